@@ -1,0 +1,98 @@
+"""rheo_nb: download datasets from notebooks and scripts: fast, resumable, verified.
+
+>>> import rheo_nb
+>>> results = await rheo_nb.fetch(urls, dest="data/")   # in a notebook cell  # doctest: +SKIP
+>>> results = rheo_nb.fetch_sync(urls, dest="data/")    # anywhere            # doctest: +SKIP
+"""
+
+__version__ = "0.1.0"
+
+from .api import Job, fetch, fetch_sync, start
+from .client import ClientFactory
+from .display import Display, TextProgress
+from .errors import (
+    DestinationError,
+    DownloadError,
+    DownloadsFailed,
+    HTTPStatusError,
+    IntegrityError,
+    InvalidItemError,
+    OptionError,
+    RedirectError,
+    RheoNbError,
+    TooLargeError,
+    TransferError,
+)
+from .events import (
+    Cancelled,
+    Completed,
+    Event,
+    EventType,
+    Failed,
+    Progress,
+    Queued,
+    Retrying,
+    Skipped,
+    Started,
+    Status,
+    Subscription,
+    Validating,
+)
+from .items import File
+from .manager import DownloadManager
+from .options import Options
+from .results import Outcome, Results
+from .tracker import DownloadInfo, Stats
+
+
+def __getattr__(name: str) -> object:
+    # ipywidgets is optional and slow to import: load the widget display on first use.
+    if name == "NotebookProgress":
+        from .display.notebook import NotebookProgress
+
+        return NotebookProgress
+    raise AttributeError(f"module 'rheo_nb' has no attribute {name!r}")
+
+
+__all__ = [
+    "Cancelled",
+    "ClientFactory",
+    "Completed",
+    "DestinationError",
+    "Display",
+    "DownloadError",
+    "DownloadInfo",
+    "DownloadManager",
+    "DownloadsFailed",
+    "Event",
+    "EventType",
+    "Failed",
+    "File",
+    "HTTPStatusError",
+    "IntegrityError",
+    "InvalidItemError",
+    "Job",
+    "NotebookProgress",
+    "OptionError",
+    "Options",
+    "Outcome",
+    "Progress",
+    "Queued",
+    "RedirectError",
+    "Results",
+    "Retrying",
+    "RheoNbError",
+    "Skipped",
+    "Started",
+    "Stats",
+    "Status",
+    "Subscription",
+    "TextProgress",
+    "TooLargeError",
+    "TransferError",
+    "Validating",
+    "__version__",
+    "fetch",
+    "fetch_sync",
+    "start",
+]

@@ -1,0 +1,75 @@
+"""Progress displays, and how ``progress=`` picks one.
+
+A display is any object with two methods (this is the whole protocol)::
+
+    def open(self, manager: DownloadManager) -> None
+        # called on the manager's loop before the first download is added: subscribe
+        # with manager.on(...), read manager.stats / manager.tracker on a timer
+    def close(self, results: Results, *, interrupted: bool) -> None
+        # called once at the end, on the same loop: draw the final state, stop timers
+
+Displays hold no download logic, and nothing in the engine imports a display.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from .text import TextProgress
+
+if TYPE_CHECKING:
+    from ..manager import DownloadManager
+    from ..results import Results
+
+
+@runtime_checkable
+class Display(Protocol):
+    def open(self, manager: DownloadManager) -> None: ...
+    def close(self, results: Results, *, interrupted: bool) -> None: ...
+
+
+ProgressArg = bool | None | Literal["auto", "text", "notebook"] | Display
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel whose frontend can show widgets."""
+    if "ipykernel" not in sys.modules:
+        return False
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell: Any = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def choose(progress: ProgressArg) -> Display | None:
+    """The display ``progress=`` asks for: ``"auto"``/``True`` (widgets in a notebook when
+    ipywidgets is installed, else text on stderr), ``"text"``, ``"notebook"``,
+    ``False``/``None`` (none), or a display object."""
+    if progress is False or progress is None:
+        return None
+    if isinstance(progress, Display):
+        return progress
+    if progress in (True, "auto"):
+        if in_notebook():
+            try:
+                from .notebook import NotebookProgress
+
+                return NotebookProgress()
+            except ImportError:  # no ipywidgets: text still works
+                pass
+        return TextProgress()
+    if progress == "text":
+        return TextProgress()
+    if progress == "notebook":
+        from .notebook import NotebookProgress
+
+        return NotebookProgress()
+    raise ValueError(
+        f"progress={progress!r}: use 'auto', 'text', 'notebook', False, or a display object"
+    )
+
+
+__all__ = ["Display", "TextProgress", "choose", "in_notebook"]

@@ -1,0 +1,100 @@
+"""The exception tree.
+
+Every exception rheo_nb raises derives from :class:`RheoNbError`::
+
+    RheoNbError
+    ├── OptionError             an option has a value rheo_nb cannot use
+    ├── InvalidItemError        an item cannot be downloaded as given (URL, path, hash spec)
+    ├── DownloadError           one download failed; carries the (masked) URL
+    │   ├── HTTPStatusError     the server answered with an error status
+    │   ├── TransferError       connection refused or lost, timeout, stalled or too slow
+    │   ├── IntegrityError      wrong length or wrong hash: the bytes are not the file
+    │   ├── TooLargeError       the body is over ``max_size``
+    │   ├── RedirectError       too many redirects, or a redirect to a refused scheme
+    │   └── DestinationError    the destination cannot hold the file (not writable, a directory…)
+    └── DownloadsFailed         raised by ``Results.raise_for_errors()``; lists every failure
+
+Messages name the URL and the cause. URLs are masked (user info and secret-looking query
+values replaced) before they reach a message, so a message can be logged as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .results import Outcome
+
+
+class RheoNbError(Exception):
+    """Root of every error raised by rheo_nb."""
+
+
+class OptionError(RheoNbError, ValueError):
+    """An option has a value rheo_nb cannot use (raised before anything is downloaded)."""
+
+
+class InvalidItemError(RheoNbError, ValueError):
+    """An item cannot be downloaded as given: bad URL, unsafe path or malformed hash."""
+
+
+class DownloadError(RheoNbError):
+    """One download failed. ``url`` is the masked URL, safe to print."""
+
+    def __init__(self, url: str, cause: str) -> None:
+        super().__init__(f"{url}: {cause}")
+        self.url = url
+        self.cause = cause
+
+    def add_context(self, text: str) -> None:
+        """Append ``text`` to the cause (how many attempts were made, say)."""
+        self.cause = f"{self.cause} {text}"
+        self.args = (f"{self.url}: {self.cause}",)
+
+
+class HTTPStatusError(DownloadError):
+    """The server answered with an error status."""
+
+    def __init__(
+        self, url: str, status: int, reason: str = "", *, retry_after: float | None = None
+    ) -> None:
+        text = f"HTTP {status}" + (f" {reason}" if reason else "")
+        super().__init__(url, text)
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class TransferError(DownloadError):
+    """The connection failed, stalled or was too slow; another attempt may succeed."""
+
+
+class IntegrityError(DownloadError):
+    """The bytes received are not the file: wrong length or wrong hash."""
+
+
+class TooLargeError(DownloadError):
+    """The body is larger than the ``max_size`` limit."""
+
+
+class RedirectError(DownloadError):
+    """Too many redirects, or a redirect to a scheme rheo_nb refuses (``file:``…)."""
+
+
+class DestinationError(DownloadError):
+    """The destination cannot hold the file: not writable, full, a directory or a symlink."""
+
+
+class DownloadsFailed(RheoNbError):
+    """Raised by :meth:`Results.raise_for_errors` when some downloads did not succeed."""
+
+    def __init__(self, failures: Sequence[Outcome]) -> None:
+        self.failures = tuple(failures)
+        n = len(self.failures)
+        lines = [f"{n} download{'s' if n != 1 else ''} did not succeed:"]
+        shown = self.failures[:20]
+        lines += [f"  [{o.status}] {o.error or o.url}" for o in shown]
+        if n > len(shown):
+            lines.append(f"  … and {n - len(shown)} more")
+        super().__init__("\n".join(lines))

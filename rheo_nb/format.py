@@ -1,0 +1,80 @@
+"""Sizes, rates, durations and URLs as short text, for displays, tables and messages."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+#: Query parameters whose values are treated as secrets when a URL is shown.
+_SECRET_PARAM = re.compile(
+    r"(key|token|secret|passw|pwd|sig|signature|credential|auth|session)", re.IGNORECASE
+)
+MASK = "***"
+
+
+def size(n: float | None) -> str:
+    """``size(1536) == '1.5 KiB'``; ``None`` (unknown) gives ``'?'``."""
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in _UNITS:
+        if abs(value) < 1024 or unit == _UNITS[-1]:
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def rate(bytes_per_second: float | None) -> str:
+    if bytes_per_second is None:
+        return "–"
+    return size(bytes_per_second) + "/s"
+
+
+def duration(seconds: float | None) -> str:
+    """``duration(75) == '1:15'``, ``duration(3.25) == '3.2s'``; ``None`` gives ``'–'``."""
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "–"
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    s = round(seconds)
+    hours, rest = divmod(s, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def mask_url(url: str, secret_params: frozenset[str] = frozenset()) -> str:
+    """The URL with its password and secret-looking query values replaced by ``***``.
+
+    ``secret_params`` names more query parameters to mask (an API key's parameter).
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<malformed URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{MASK}@{hostport}" if ":" in userinfo else f"{MASK}@{hostport}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(_is_secret(k, secret_params) for k, _ in pairs):
+            query = urlencode(
+                [(k, MASK if _is_secret(k, secret_params) else v) for k, v in pairs], safe="*"
+            )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _is_secret(name: str, extra: frozenset[str]) -> bool:
+    return name in extra or _SECRET_PARAM.search(name) is not None
+
+
+def short_name(name: str, width: int = 40) -> str:
+    """Cut a long name in the middle so both its start and its extension stay visible."""
+    if len(name) <= width:
+        return name
+    keep = width - 1
+    return name[: keep - keep // 3] + "…" + name[-(keep // 3) :]

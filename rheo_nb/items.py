@@ -1,0 +1,173 @@
+"""What to download: :class:`File`, and turning what callers pass into planned downloads."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import KW_ONLY, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from . import files, format
+from .errors import InvalidItemError
+from .hashing import ExpectedHash, parse_hash
+
+if TYPE_CHECKING:
+    from .results import Outcome
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_BAD_URL_CHARS = re.compile(r"[\x00-\x20\x7f]")
+SCHEMES = frozenset({"http", "https"})
+
+
+@dataclass(frozen=True, slots=True)
+class File:
+    """One file to download.
+
+    >>> rheo_nb.File("https://example.org/data/train.csv", "raw/train.csv",
+    ...              hash="sha256:" + "0" * 64, priority=1)  # doctest: +SKIP
+
+    ``path`` is relative to ``dest`` (sub-folders allowed); by default it is a safe name
+    taken from the URL's path. ``hash`` is ``"<algorithm>:<hex>"`` with md5, sha1, sha256
+    or sha512. Higher ``priority`` starts earlier. ``headers`` are sent with this file's
+    requests only (and never to another origin after a redirect).
+    """
+
+    url: str
+    path: str | os.PathLike[str] | None = None
+    _: KW_ONLY
+    hash: str | None = None
+    priority: int = 0
+    headers: Mapping[str, str] | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        parts = [repr(format.mask_url(self.url))]
+        if self.path is not None:
+            parts.append(f"path={os.fspath(self.path)!r}")
+        if self.hash is not None:
+            parts.append(f"hash={self.hash!r}")
+        if self.priority:
+            parts.append(f"priority={self.priority}")
+        if self.headers:
+            parts.append(f"headers=<{len(self.headers)} hidden>")
+        return f"File({', '.join(parts)})"
+
+
+Items = Iterable["str | File | Outcome"] | Mapping[str, "str | None"]
+
+
+def as_files(items: Items) -> list[File]:
+    """Normalise ``items``: URL strings, :class:`File` objects, outcomes of an earlier call
+    (``results.failed`` re-runs just those), or a mapping ``{url: hash}``."""
+    from .results import Outcome
+
+    if isinstance(items, str | File):
+        items = [items]
+    if isinstance(items, Mapping):
+        return [File(url, hash=h) for url, h in items.items()]
+    out: list[File] = []
+    for item in items:
+        if isinstance(item, File):
+            out.append(item)
+        elif isinstance(item, str):
+            out.append(File(item))
+        elif isinstance(item, Outcome):
+            out.append(item.file)
+        else:
+            raise TypeError(
+                f"cannot download a {type(item).__name__}: give URL strings, rheo_nb.File "
+                "objects, or a mapping of URL to hash"
+            )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A validated :class:`File`: where it goes and how it is checked."""
+
+    download_id: str
+    file: File
+    url: str
+    display_url: str
+    relpath: PurePosixPath
+    final: Path
+    expected: ExpectedHash | None
+    headers: dict[str, str]
+
+
+def check_url(url: str) -> str:
+    if not isinstance(url, str):
+        raise InvalidItemError(f"URL must be a string, not {type(url).__name__}")
+    shown = format.mask_url(url)
+    if not url:
+        raise InvalidItemError("empty URL")
+    if _BAD_URL_CHARS.search(url):
+        raise InvalidItemError(
+            f"URL {shown!r} contains whitespace or control characters (CR, LF, NUL…); "
+            "percent-encode them"
+        )
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError as exc:
+        raise InvalidItemError(f"malformed URL {shown!r}: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise InvalidItemError(
+            f"unsupported URL scheme {scheme + ':' if scheme else '(none)'} in {shown!r}; "
+            "rheo_nb downloads http: and https: URLs"
+        )
+    if not parts.hostname:
+        raise InvalidItemError(f"URL {shown!r} has no host")
+    return url
+
+
+def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in (headers or {}).items():
+        if not isinstance(name, str) or not _TOKEN.match(name):
+            raise InvalidItemError(f"invalid header name {name!r}")
+        if not isinstance(value, str) or any(c in value for c in "\r\n\x00"):
+            raise InvalidItemError(f"header {name!r} has a value with CR, LF or NUL (or not text)")
+        out[name] = value
+    return out
+
+
+def download_id(url: str, relpath: PurePosixPath) -> str:
+    return hashlib.sha1(f"{url}\0{relpath}".encode(), usedforsecurity=False).hexdigest()[:16]
+
+
+def plan(file: File, dest: Path, base_headers: Mapping[str, str]) -> Planned:
+    """Validate one file against ``dest`` (pure: no filesystem access).
+
+    :raises InvalidItemError: with a message naming the (masked) URL and the problem.
+    """
+    url = check_url(file.url)
+    relpath = (
+        files.relative_path(file.path)
+        if file.path is not None
+        else PurePosixPath(files.name_from_url(url))
+    )
+    expected = parse_hash(file.hash) if file.hash is not None else None
+    if not isinstance(file.priority, int):
+        raise InvalidItemError(f"priority must be an int, not {type(file.priority).__name__}")
+    headers = {**check_headers(base_headers), **check_headers(file.headers)}
+    return Planned(
+        download_id=download_id(url, relpath),
+        file=file,
+        url=url,
+        display_url=format.mask_url(url),
+        relpath=relpath,
+        final=dest.joinpath(*relpath.parts),
+        expected=expected,
+        headers=headers,
+    )
+
+
+def describe(item: Any) -> str:
+    """A safe label for an item that could not even be planned."""
+    url = getattr(item, "url", item)
+    return format.mask_url(url) if isinstance(url, str) else repr(type(url).__name__)

@@ -1,0 +1,331 @@
+"""The download engine: a priority queue, a pool of workers, events and a tracker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+
+from . import transfer
+from .client import ClientFactory
+from .errors import DestinationError, InvalidItemError, OptionError
+from .events import (
+    Cancelled,
+    Emitter,
+    Event,
+    EventType,
+    Failed,
+    Handler,
+    Queued,
+    Status,
+    Subscription,
+)
+from .items import File, Items, Planned, as_files, describe, plan
+from .options import Options
+from .queue import PriorityQueue
+from .results import Outcome, Results
+from .tracker import DownloadInfo, Stats, Tracker
+
+log = logging.getLogger("rheo_nb")
+
+
+class DownloadManager:
+    """Downloads files into ``dest`` with a pool of workers, emitting typed events.
+
+    >>> async with DownloadManager("data", concurrency=4) as m:     # doctest: +SKIP
+    ...     m.on("completed", lambda e: print("done:", e.path))
+    ...     await m.add(["https://example.org/a.csv", File(url_b, hash="sha256:…")])
+    ...     results = await m.wait()
+
+    Options are those of :class:`~rheo_nb.Options`, as an object or as keywords. ``client``
+    is an ``aiohttp.ClientSession`` (used as is, never closed here) or a
+    :class:`~rheo_nb.ClientFactory`; by default one is built from the options.
+    A manager belongs to the event loop that entered it.
+    """
+
+    def __init__(
+        self,
+        dest: str | os.PathLike[str] = ".",
+        options: Options | None = None,
+        *,
+        client: aiohttp.ClientSession | ClientFactory | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        **option_changes: Any,
+    ) -> None:
+        self.dest = Path(dest)
+        self.options = Options.build(options, **option_changes)
+        if client is not None and not isinstance(client, aiohttp.ClientSession | ClientFactory):
+            raise OptionError("client must be an aiohttp.ClientSession or a rheo_nb.ClientFactory")
+        self._client = client
+        self._clock = clock
+        self.events = Emitter()
+        self.tracker = Tracker(clock)
+        self._queue: PriorityQueue[Planned] = PriorityQueue()
+        self._plans: dict[str, Planned] = {}
+        self._outcomes: dict[str, Outcome] = {}
+        self._order: list[str] = []
+        self._by_path: dict[Path, str] = {}
+        self._running: dict[str, asyncio.Task[Outcome]] = {}
+        self._unfinished = 0
+        self._idle: asyncio.Event | None = None
+        self._taskgroup: asyncio.TaskGroup | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._owns_session = False
+        self._ctx: transfer.Context | None = None
+        self._invalid = 0
+
+    def __repr__(self) -> str:
+        s = self.tracker.stats()
+        return (
+            f"<DownloadManager dest={str(self.dest)!r} files={s.files} running={s.running} "
+            f"finished={s.finished}>"
+        )
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        dest_real = await asyncio.to_thread(_prepare_dest, self.dest)
+        self.dest = dest_real
+        if isinstance(self._client, aiohttp.ClientSession):
+            self._session = self._client
+        else:
+            factory = self._client or ClientFactory(
+                timeout=self.options.timeout,
+                total_timeout=self.options.total_timeout,
+                limit=max(100, self.options.concurrency),
+                limit_per_host=self.options.concurrency,
+            )
+            self._session = factory.create()
+            self._owns_session = True
+        self._ctx = transfer.Context(
+            self._session, self.options, self._emit, dest_real, self._clock
+        )
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._taskgroup = asyncio.TaskGroup()
+        await self._taskgroup.__aenter__()
+        self._workers = [
+            self._taskgroup.create_task(self._worker(), name=f"rheo_nb-worker-{i}")
+            for i in range(self.options.concurrency)
+        ]
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        try:
+            for w in self._workers:
+                w.cancel()
+            assert self._taskgroup is not None
+            await self._taskgroup.__aexit__(exc_type, exc, tb)
+            return None
+        finally:
+            self._drop_queued()
+            if self._owns_session and self._session is not None:
+                await self._session.close()
+
+    def _drop_queued(self) -> None:
+        while (entry := self._queue.get_nowait()) is not None:
+            self._cancel_queued(entry[0])
+
+    # --- public API ------------------------------------------------------------------------
+
+    def on(self, event_type: EventType | str | None, handler: Handler) -> Subscription:
+        """Call ``handler(event)`` for each event of ``event_type`` (``None`` or ``"*"``: all)."""
+        return self.events.on(event_type, handler)
+
+    async def add(self, items: Items) -> list[str]:
+        """Queue downloads; return their ids in the order given.
+
+        An item that cannot be downloaded as given (bad URL, unsafe path, bad hash spec,
+        a path another item already uses) is reported as failed at once; the others go on.
+        The same URL to the same path queued again is one download.
+        """
+        self._require_open()
+        ids = []
+        for file in as_files(items):
+            try:
+                planned = plan(file, self.dest, self.options.headers)
+            except InvalidItemError as exc:
+                ids.append(self._reject(file, str(exc)))
+                continue
+            did = planned.download_id
+            if did in self._plans:
+                ids.append(did)
+                continue
+            owner = self._by_path.get(planned.final)
+            if owner is not None:
+                ids.append(
+                    self._reject(
+                        file,
+                        f"{planned.display_url}: {planned.relpath} is already the path of "
+                        f"{self._plans[owner].display_url} in this call; give one of them "
+                        "another path with File(url, path=...)",
+                        planned,
+                    )
+                )
+                continue
+            ids.append(did)
+            self._plans[did] = planned
+            self._by_path[planned.final] = did
+            self._order.append(did)
+            self._unfinished += 1
+            assert self._idle is not None
+            self._idle.clear()
+            self._emit(Queued(did, planned.display_url, planned.final, file.priority))
+            self._queue.put(did, planned, file.priority)
+        return ids
+
+    async def wait(self) -> Results:
+        """Wait until every download added so far has finished; return all their outcomes."""
+        self._require_open()
+        assert self._idle is not None
+        await self._idle.wait()
+        return self.results()
+
+    def results(self, ids: list[str] | None = None) -> Results:
+        """Outcomes of finished downloads (of ``ids`` when given, in that order, once each)."""
+        order = self._order if ids is None else list(dict.fromkeys(ids))
+        return Results([self._outcomes[i] for i in order if i in self._outcomes])
+
+    async def cancel(self, download_id: str) -> bool:
+        """Cancel one download, queued or running. Returns False when it had finished."""
+        if download_id in self._queue:
+            self._queue.remove(download_id)
+            self._cancel_queued(download_id)
+            return True
+        task = self._running.get(download_id)
+        if task is None:
+            return False
+        task.cancel()
+        await asyncio.wait((task,))
+        return True
+
+    async def cancel_all(self) -> None:
+        self._drop_queued()
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    @property
+    def stats(self) -> Stats:
+        return self.tracker.stats()
+
+    def info(self, download_id: str) -> DownloadInfo:
+        """The live record of one download. :raises KeyError: for an unknown id."""
+        return self.tracker.downloads[download_id]
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _require_open(self) -> None:
+        if self._ctx is None:
+            raise RuntimeError("use the manager inside 'async with DownloadManager(...) as m:'")
+
+    def _emit(self, event: Event) -> None:
+        self.tracker.apply(event)
+        self.events.emit(event)
+
+    def _reject(self, file: File, error: str, planned: Planned | None = None) -> str:
+        self._invalid += 1
+        did = f"invalid-{self._invalid}"
+        url = planned.display_url if planned else describe(file)
+        path = planned.final if planned else self.dest
+        self._order.append(did)
+        self._emit(Queued(did, url, path, 0))
+        self._emit(Failed(did, url, path, error, 0.0))
+        self._outcomes[did] = Outcome(url, path, Status.FAILED, 0, 0.0, error, did, file)
+        return did
+
+    def _cancel_queued(self, did: str) -> None:
+        p = self._plans[did]
+        self._emit(Cancelled(did, p.display_url, p.final, 0))
+        self._done(
+            did,
+            Outcome(
+                p.display_url,
+                p.final,
+                Status.CANCELLED,
+                0,
+                0.0,
+                "cancelled before it started",
+                did,
+                p.file,
+            ),
+        )
+
+    def _done(self, did: str, outcome: Outcome) -> None:
+        self._outcomes[did] = outcome
+        self._unfinished -= 1
+        if self._unfinished == 0:
+            assert self._idle is not None
+            self._idle.set()
+
+    async def _worker(self) -> None:
+        assert self._ctx is not None
+        ctx = self._ctx
+        while True:
+            did, planned = await self._queue.get()
+            task = asyncio.create_task(transfer.download(ctx, planned), name=f"rheo_nb:{did}")
+            self._running[did] = task
+            try:
+                await asyncio.wait((task,))
+            except asyncio.CancelledError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait((task,))
+                self._settle(did, planned, task)
+                raise
+            finally:
+                self._running.pop(did, None)
+            self._settle(did, planned, task)
+
+    def _settle(self, did: str, p: Planned, task: asyncio.Task[Outcome]) -> None:
+        if did in self._outcomes:
+            return
+        if task.cancelled():
+            info = self.tracker.downloads.get(did)
+            if info is not None and not info.status.finished:  # cancelled before it ran
+                self._emit(Cancelled(did, p.display_url, p.final, info.bytes))
+            nbytes = info.bytes if info else 0
+            elapsed = info.elapsed if info else 0.0
+            outcome = Outcome(
+                p.display_url, p.final, Status.CANCELLED, nbytes, elapsed, "cancelled", did, p.file
+            )
+        elif (exc := task.exception()) is not None:
+            # A bug, not a download problem: report it on this file, keep the batch going.
+            log.error("internal error downloading %s", p.display_url, exc_info=exc)
+            error = f"{p.display_url}: internal error ({type(exc).__name__}: {exc})"
+            self._emit(Failed(did, p.display_url, p.final, error, 0.0))
+            outcome = Outcome(p.display_url, p.final, Status.FAILED, 0, 0.0, error, did, p.file)
+        else:
+            outcome = task.result()
+        self._done(did, outcome)
+
+
+def _prepare_dest(dest: Path) -> Path:
+    """Create ``dest`` and prove it writable, before any request is made. Blocking."""
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        if not dest.is_dir():
+            raise NotADirectoryError(f"{dest} is not a directory")
+        with tempfile.NamedTemporaryFile(dir=dest, prefix=".rheo_nb-probe-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise DestinationError(str(dest), f"cannot use as destination folder ({reason})") from exc
+    return Path(os.path.realpath(dest))

@@ -1,0 +1,104 @@
+"""Every download option in one frozen dataclass, validated once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from .errors import OptionError
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Options:
+    """Options shared by :func:`rheo_nb.fetch`, :class:`rheo_nb.DownloadManager` and the CLI.
+
+    Time is in seconds, sizes in bytes.
+    """
+
+    #: Downloads running at once.
+    concurrency: int = 8
+    #: Further attempts after a transient failure (0: none).
+    retries: int = 3
+    #: Longest wait for a connection, or for the next bytes of a body.
+    timeout: float = 30.0
+    #: Optional limit on one whole attempt (None: none).
+    total_timeout: float | None = None
+    #: Replace complete files already at their final path.
+    overwrite: bool = False
+    #: Headers sent with every request of the call (per-file headers win).
+    headers: Mapping[str, str] = field(default_factory=dict)
+    #: Refuse bodies larger than this (None: no limit).
+    max_size: int | None = None
+    #: First wait between attempts; doubles each time up to ``backoff_max``.
+    backoff: float = 0.5
+    backoff_max: float = 30.0
+    #: Longest ``Retry-After`` honoured; a server asking for more fails the file at once.
+    retry_after_max: float = 120.0
+    #: An attempt slower than ``low_speed_limit`` bytes/s for ``low_speed_time`` s is ended.
+    low_speed_limit: int = 1024
+    low_speed_time: float = 30.0
+    max_redirects: int = 10
+    #: Bytes gathered before a write to disk.
+    chunk_size: int = MiB
+    #: Least interval between progress events of one download.
+    progress_interval: float = 0.1
+    #: Connections per large file: ``"auto"``, or an int (1: never split).
+    segments: int | Literal["auto"] = "auto"
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise OptionError(message)
+
+        need(
+            isinstance(self.concurrency, int) and self.concurrency >= 1,
+            "concurrency must be an int >= 1",
+        )
+        need(isinstance(self.retries, int) and self.retries >= 0, "retries must be an int >= 0")
+        for name in (
+            "timeout",
+            "backoff",
+            "backoff_max",
+            "retry_after_max",
+            "low_speed_time",
+            "progress_interval",
+        ):
+            value = getattr(self, name)
+            need(isinstance(value, int | float) and value >= 0, f"{name} must be a number >= 0")
+        need(self.timeout > 0, "timeout must be > 0 seconds")
+        need(
+            self.total_timeout is None or self.total_timeout > 0,
+            "total_timeout must be > 0 or None",
+        )
+        need(self.max_size is None or self.max_size >= 0, "max_size must be >= 0 or None")
+        need(self.low_speed_limit >= 0, "low_speed_limit must be >= 0 (0 turns the check off)")
+        need(self.max_redirects >= 0, "max_redirects must be >= 0")
+        need(self.chunk_size >= 4096, "chunk_size must be at least 4096 bytes")
+        need(
+            self.segments == "auto" or (isinstance(self.segments, int) and self.segments >= 1),
+            "segments must be 'auto' or an int >= 1",
+        )
+        need(isinstance(self.headers, Mapping), "headers must be a mapping of names to values")
+        object.__setattr__(self, "headers", dict(self.headers))
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        return frozenset(f.name for f in fields(cls))
+
+    @classmethod
+    def build(cls, base: Options | None = None, **changes: Any) -> Options:
+        """``base`` (or the defaults) with ``changes``; unknown names are an error."""
+        unknown = set(changes) - cls.names()
+        if unknown:
+            raise OptionError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        changes = {k: v for k, v in changes.items() if v is not None or k in _NULLABLE}
+        if base is None:
+            return cls(**changes)
+        current = {f.name: getattr(base, f.name) for f in fields(cls)}
+        return cls(**{**current, **changes})
+
+
+_NULLABLE = frozenset({"max_size", "total_timeout"})

@@ -1,0 +1,68 @@
+"""The download queue: higher priority first, first in first out within a priority.
+
+An id is queued at most once at a time; removing an id (a cancelled download) is lazy,
+so it costs nothing until a worker would have picked it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class PriorityQueue(Generic[T]):
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, str, T]] = []
+        self._queued: set[str] = set()
+        self._counter = itertools.count()
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._queued
+
+    def put(self, item_id: str, item: T, priority: int = 0) -> bool:
+        """Queue ``item``; return False when ``item_id`` is already queued."""
+        if item_id in self._queued:
+            return False
+        self._queued.add(item_id)
+        heapq.heappush(self._heap, (-priority, next(self._counter), item_id, item))
+        # Wake every waiter: the losers simply wait again, and no wake-up is lost when a
+        # woken worker is cancelled before it takes the item.
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        return True
+
+    def remove(self, item_id: str) -> bool:
+        """Drop a queued id; return False when it was not queued."""
+        if item_id not in self._queued:
+            return False
+        self._queued.discard(item_id)
+        return True
+
+    def get_nowait(self) -> tuple[str, T] | None:
+        while self._heap:
+            _, _, item_id, item = heapq.heappop(self._heap)
+            if item_id in self._queued:
+                self._queued.discard(item_id)
+                return item_id, item
+        return None
+
+    async def get(self) -> tuple[str, T]:
+        while True:
+            entry = self.get_nowait()
+            if entry is not None:
+                return entry
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                self._waiters.remove(waiter)

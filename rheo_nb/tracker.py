@@ -1,0 +1,250 @@
+"""State reduced from events: one record per download, totals, speed and ETA.
+
+Pure bookkeeping with an injected clock: applying an event never draws anything;
+displays read :meth:`Tracker.stats` and :meth:`Tracker.active` on a timer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .events import (
+    Cancelled,
+    Completed,
+    Event,
+    Failed,
+    Progress,
+    Queued,
+    Retrying,
+    Skipped,
+    Started,
+    Status,
+    Validating,
+)
+
+#: Speeds are averaged over this many seconds.
+SPEED_WINDOW = 3.0
+_SAMPLE_EVERY = 0.1
+_PER_FILE_TAU = 1.0
+
+
+@dataclass(slots=True)
+class DownloadInfo:
+    """Everything known about one download; ``m.info(download_id)`` returns one."""
+
+    download_id: str
+    url: str
+    path: Path
+    priority: int = 0
+    status: Status = Status.QUEUED
+    bytes: int = 0
+    total: int | None = None
+    resumed_from: int = 0
+    retries: int = 0
+    validating: bool = False
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    speed: float = 0.0
+    _last: tuple[float, int] | None = None
+
+    @property
+    def elapsed(self) -> float:
+        if self.started_at is None:
+            return 0.0
+        end = self.finished_at if self.finished_at is not None else time.monotonic()
+        return max(0.0, end - self.started_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Totals at one moment (``m.stats``)."""
+
+    files: int
+    queued: int
+    running: int
+    completed: int
+    skipped: int
+    failed: int
+    cancelled: int
+    #: Bytes on disk for every download (resumed and skipped bytes included).
+    bytes_done: int
+    #: Sum of the sizes, or None while some size is unknown.
+    bytes_total: int | None
+    #: Bytes per second over the last few seconds (transfers only).
+    speed: float
+    #: Seconds left, or None when it cannot be told.
+    eta: float | None
+    elapsed: float
+
+    @property
+    def finished(self) -> int:
+        return self.completed + self.skipped + self.failed + self.cancelled
+
+
+class Tracker:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.downloads: dict[str, DownloadInfo] = {}
+        self.failures: list[DownloadInfo] = []
+        self._counts = dict.fromkeys(Status, 0)
+        self._running: dict[str, DownloadInfo] = {}  # in the order they started
+        self._bytes_done = 0
+        self._known_total = 0
+        self._unknown_sizes = 0
+        self._transferred = 0  # bytes received in this run: what speed is made of
+        self._samples: deque[tuple[float, int]] = deque()
+        self._t0: float | None = None
+
+    def _move(self, info: DownloadInfo, status: Status) -> None:
+        self._counts[info.status] -= 1
+        self._counts[status] += 1
+        info.status = status
+        if status is Status.RUNNING:
+            self._running[info.download_id] = info
+        else:
+            self._running.pop(info.download_id, None)
+
+    def _set_bytes(self, info: DownloadInfo, value: int, *, transferred: bool) -> None:
+        delta = value - info.bytes
+        info.bytes = value
+        self._bytes_done += delta
+        if transferred and delta > 0:
+            self._transferred += delta
+
+    def _set_total(self, info: DownloadInfo, total: int | None) -> None:
+        if info.total is None:
+            self._unknown_sizes -= 1
+        else:
+            self._known_total -= info.total
+        info.total = total
+        if total is None:
+            self._unknown_sizes += 1
+        else:
+            self._known_total += total
+
+    def apply(self, event: Event) -> None:
+        now = self.clock()
+        if isinstance(event, Queued):
+            if self._t0 is None:
+                self._t0 = now
+            info = DownloadInfo(event.download_id, event.url, event.path, event.priority)
+            self.downloads[event.download_id] = info
+            self._counts[Status.QUEUED] += 1
+            self._unknown_sizes += 1
+            return
+        found = self.downloads.get(event.download_id)
+        if found is None:
+            return
+        info = found
+        if isinstance(event, Progress):
+            self._set_bytes(info, event.bytes, transferred=True)
+            if event.total != info.total:
+                self._set_total(info, event.total)
+            if info._last is not None:
+                t, b = info._last
+                dt = now - t
+                if dt > 0:
+                    alpha = 1 - math.exp(-dt / _PER_FILE_TAU)
+                    info.speed += alpha * ((event.bytes - b) / dt - info.speed)
+            info._last = (now, event.bytes)
+            self._sample(now)
+        elif isinstance(event, Started):
+            if info.status is not Status.RUNNING:
+                self._move(info, Status.RUNNING)
+            if info.started_at is None:
+                info.started_at = now
+            info.resumed_from = event.resumed_from
+            info.validating = False
+            self._set_bytes(info, event.resumed_from, transferred=False)
+            self._set_total(info, event.total)
+            info._last = (now, event.resumed_from)
+        elif isinstance(event, Retrying):
+            info.retries = event.attempt
+            info.error = event.error
+            info.speed = 0.0
+        elif isinstance(event, Validating):
+            info.validating = True
+        elif isinstance(event, Completed | Skipped):
+            self._finish(
+                info, Status.COMPLETED if isinstance(event, Completed) else Status.SKIPPED, now
+            )
+            info.error = None
+            self._set_bytes(info, event.bytes, transferred=isinstance(event, Completed))
+            self._set_total(info, event.bytes)
+            self._sample(now)
+        elif isinstance(event, Failed):
+            self._finish(info, Status.FAILED, now)
+            info.error = event.error
+            self.failures.append(info)
+            self._set_total(info, info.bytes)
+        elif isinstance(event, Cancelled):
+            self._finish(info, Status.CANCELLED, now)
+            self._set_total(info, info.bytes)
+
+    def _finish(self, info: DownloadInfo, status: Status, now: float) -> None:
+        self._move(info, status)
+        if info.started_at is None:
+            info.started_at = now
+        info.finished_at = now
+        info.speed = 0.0
+        info.validating = False
+
+    def _sample(self, now: float) -> None:
+        samples = self._samples
+        if not samples or now - samples[-1][0] >= _SAMPLE_EVERY:
+            samples.append((now, self._transferred))
+            while len(samples) > 2 and now - samples[1][0] >= SPEED_WINDOW:
+                samples.popleft()
+
+    def speed(self) -> float:
+        now = self.clock()
+        samples = self._samples
+        if not samples:
+            return 0.0
+        t0, b0 = samples[0]
+        if now - samples[-1][0] > SPEED_WINDOW:  # nothing arrived for a while
+            return 0.0
+        dt = now - t0
+        return (self._transferred - b0) / dt if dt > 0 else 0.0
+
+    def stats(self) -> Stats:
+        now = self.clock()
+        c = self._counts
+        total = self._known_total if self._unknown_sizes == 0 else None
+        speed = self.speed()
+        elapsed = 0.0 if self._t0 is None else now - self._t0
+        unfinished = c[Status.QUEUED] + c[Status.RUNNING]
+        eta: float | None = None
+        if unfinished == 0:
+            eta = 0.0 if self.downloads else None
+        elif total is not None and speed > 0:
+            eta = max(0.0, total - self._bytes_done) / speed
+        elif elapsed > 1:
+            done = len(self.downloads) - unfinished
+            if done:
+                eta = unfinished * elapsed / done
+        return Stats(
+            files=len(self.downloads),
+            queued=c[Status.QUEUED],
+            running=c[Status.RUNNING],
+            completed=c[Status.COMPLETED],
+            skipped=c[Status.SKIPPED],
+            failed=c[Status.FAILED],
+            cancelled=c[Status.CANCELLED],
+            bytes_done=self._bytes_done,
+            bytes_total=total,
+            speed=speed,
+            eta=eta,
+            elapsed=elapsed,
+        )
+
+    def active(self, limit: int = 5) -> list[DownloadInfo]:
+        """Up to ``limit`` running downloads, the earliest started first."""
+        return list(itertools.islice(self._running.values(), limit))
