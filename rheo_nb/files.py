@@ -263,23 +263,44 @@ def open_part(path: Path, offset: int) -> int:
     return fd
 
 
-def write_all(fd: int, chunks: list[bytes], hasher: Any | None = None) -> int:
-    """Write every chunk (and feed the hasher) in as few syscalls as possible."""
+def write_all(
+    fd: int, chunks: list[bytes], hasher: Any | None = None, offset: int | None = None
+) -> int:
+    """Write every chunk (and feed the hasher) in as few syscalls as possible, at the file
+    position, or at ``offset`` (then the file position is left alone)."""
     if hasher is not None:
         for chunk in chunks:
             hasher.update(chunk)
     total = sum(len(c) for c in chunks)
     views = [memoryview(c) for c in chunks]
     while views:
-        written = os.writev(fd, views[:1024])
-        while written and views:
-            if written >= len(views[0]):
-                written -= len(views[0])
-                views.pop(0)
-            else:
-                views[0] = views[0][written:]
-                written = 0
+        batch = views[:1024]
+        if offset is None:
+            written = os.writev(fd, batch)
+        else:
+            written = os.pwritev(fd, batch, offset)
+            offset += written
+        done = 0
+        while done < len(batch) and written >= len(batch[done]):
+            written -= len(batch[done])
+            done += 1
+        del views[:done]
+        if written:
+            views[0] = views[0][written:]
     return total
+
+
+def preallocate(fd: int, size: int) -> None:
+    """Give the file its full size, reserving the space where the filesystem can (so a
+    full disk shows up now, not midway)."""
+    if os.fstat(fd).st_size == size:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    os.ftruncate(fd, size)
 
 
 def commit(part: Path, final: Path) -> None:

@@ -50,14 +50,21 @@ def parse_hash(spec: str) -> ExpectedHash:
     return ExpectedHash(algorithm, digest)
 
 
-def hash_file(path: Path | str, algorithm: str, limit: int | None = None) -> hashlib._Hash:
-    """A hash object fed with the file's bytes (its first ``limit`` bytes when given).
-
-    Blocking: run it in a thread.
+def hash_file(
+    path: Path | str,
+    algorithm: str,
+    limit: int | None = None,
+    *,
+    start: int = 0,
+    into: hashlib._Hash | None = None,
+) -> hashlib._Hash:
+    """A hash object fed with the file's bytes from ``start`` (``limit`` of them when given),
+    continuing ``into`` when given. Blocking: run it in a thread.
     """
-    h = hashlib.new(algorithm)
+    h = into if into is not None else hashlib.new(algorithm)
     remaining = limit
     with open(path, "rb") as f:
+        f.seek(start)
         while remaining is None or remaining > 0:
             block = f.read(_READ if remaining is None else min(_READ, remaining))
             if not block:

@@ -33,6 +33,8 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 
 BLOCK = 1 << 16
+#: ``app[SERVER]`` is the :class:`LocalServer` serving the app (for added routes).
+SERVER: web.AppKey[LocalServer] = web.AppKey("server")
 _LAST_MODIFIED = formatdate(1_700_000_000, usegmt=True)
 
 
@@ -104,15 +106,18 @@ async def serve_generated(
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     pos = start
-    while pos < end:
-        chunk = content(name, size, pos, min(end, pos + step))
-        await resp.write(chunk)
-        pos += len(chunk)
-        if rate:
-            ahead = (pos - start) / rate - (loop.time() - t0)
-            if ahead > 0:
-                await asyncio.sleep(ahead)
-    await resp.write_eof()
+    try:
+        while pos < end:
+            chunk = content(name, size, pos, min(end, pos + step))
+            await resp.write(chunk)
+            pos += len(chunk)
+            if rate:
+                ahead = (pos - start) / rate - (loop.time() - t0)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        await resp.write_eof()
+    except ConnectionResetError:  # the client went away (a cancelled or split download)
+        pass
     return resp
 
 
@@ -134,7 +139,7 @@ class LocalServer:
         self.host = host
         self.port = port
         self.app = web.Application(middlewares=list(middlewares))
-        self.app["server"] = self
+        self.app[SERVER] = self
         self.app.add_routes(list(routes))
         self.app.router.add_route("GET", "/files/{name:.+}", self._files)
         self.app.router.add_route("HEAD", "/files/{name:.+}", self._files)

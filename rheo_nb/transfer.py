@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ from .hashing import hash_file
 from .items import SCHEMES, Planned
 from .options import Options
 from .results import Outcome
+from .segments import MAX_SEGMENTS, MIN_SEGMENT, Segment, restore, steal
 
 T = TypeVar("T")
 
@@ -69,6 +71,11 @@ class Context:
     emit: Callable[[Event], None]
     dest: Path  # real path of the destination folder
     clock: Callable[[], float] = time.monotonic
+    #: Connections per host allowed to this manager, and how many are in use: a download
+    #: holds one, and a segmented download may borrow more while some are free.
+    host_limit: int = 8
+    connections: Counter[str] = field(default_factory=Counter)
+    splitting: Counter[str] = field(default_factory=Counter)  # segmented downloads per host
 
 
 class _Restart(Exception):
@@ -123,6 +130,8 @@ async def download(ctx: Context, p: Planned) -> Outcome:
         )
 
     lock: int | None = None
+    host = _host(p.url)
+    ctx.connections[host] += 1
     try:
         skipped = await _check_existing(ctx, p)
         if skipped is not None:
@@ -143,6 +152,7 @@ async def download(ctx: Context, p: Planned) -> Outcome:
         ctx.emit(Failed(p.download_id, p.display_url, p.final, str(exc), ctx.clock() - t0))
         return outcome(Status.FAILED, state.received, str(exc))
     finally:
+        ctx.connections[host] -= 1
         if lock is not None:
             with contextlib.suppress(OSError):
                 await blocking(files.unlock, p.final, lock)
@@ -240,6 +250,7 @@ class _State:
     unique: bool = False  # writing to a private temp name (no lock): never resumed
     resumable: bool = False  # the partial on disk has what a later resume needs
     touched: bool = False  # this run wrote to the part file
+    no_split: bool = False  # ranges failed once: one stream from now on
     fd: int | None = None
     hasher: Any = None
 
@@ -253,6 +264,11 @@ async def _attempt(ctx: Context, p: Planned, st: _State) -> int:
     if partial is None or not (partial.size > 0 and partial.url == key and partial.validator):
         partial = files.Partial(0, key)
     st.resumable = partial.size > 0
+    if partial.segments and not st.no_split:
+        split = _resume_split(p, partial)
+        if split is None:
+            raise _Restart
+        return await _segmented(ctx, p, st, split, None)
     headers = {"Accept-Encoding": "identity", **p.headers}
     if partial.size:
         headers["Range"] = f"bytes={partial.size}-"
@@ -398,6 +414,10 @@ async def _receive(
         raise TooLargeError(
             p.display_url, f"file is {size(total)}, over max_size={size(opts.max_size)}"
         )
+    if status == 200 and total is not None and _splittable(ctx, st, resp, total):
+        assert validator is not None
+        split = _Split([Segment(0, total)], total, validator, partial.url, _host(p.url))
+        return await _segmented(ctx, p, st, split, resp)
     st.received = offset
     ctx.emit(Started(p.download_id, p.display_url, p.final, total, offset))
     meta = (
@@ -518,6 +538,322 @@ def _write_verify_commit(st: _State, chunks: list[bytes], offset: int, total: in
             )
     files.commit(st.part, p.final)
     return nbytes
+
+
+# --- segmented downloads ----------------------------------------------------------------
+#
+# A large file whose server takes ranges streams over several connections into one
+# preallocated part file. The download's own connection starts on the whole file;
+# every 0.2 s (and whenever a connection finishes its range) the coordinator gives free
+# connections the second half of the largest range left, as far as this host's
+# connection limit and a fair share among the files splitting on that host allow.
+# Each range is retried and resumed on its own; the sidecar keeps every range's
+# progress, so a later run resumes each of them.
+
+_RECRUIT_EVERY = 0.2
+_SAVE_EVERY = 1.0
+
+
+@dataclass(slots=True)
+class _Split:
+    """What the connections of one segmented download share."""
+
+    segments: list[Segment]
+    total: int
+    validator: str
+    key: str
+    host: str
+    owned: set[int] = field(default_factory=set)  # id() of segments with a connection
+    extra: int = 0  # connections beyond the download's own
+    last_emit: float = 0.0
+    hasher: Any = None  # fed by the range at offset 0 while it is contiguous
+    hashed: int = 0
+
+    def meta(self) -> files.Partial:
+        segments = [s.as_list() for s in self.segments]
+        return files.Partial(0, self.key, self.validator, self.total, segments)
+
+    @property
+    def done(self) -> int:
+        return sum(s.done for s in self.segments)
+
+
+def _splittable(ctx: Context, st: _State, resp: aiohttp.ClientResponse, total: int | None) -> bool:
+    return (
+        total is not None
+        and total >= 2 * MIN_SEGMENT
+        and ctx.options.segments != 1
+        and not st.unique
+        and not st.no_split
+        and _validator(resp) is not None
+        and resp.headers.get("Accept-Ranges", "").lower() == "bytes"
+    )
+
+
+def _host(url: str) -> str:
+    u = URL(url)
+    return f"{u.scheme}://{u.host}:{u.port}"
+
+
+async def _segmented(
+    ctx: Context,
+    p: Planned,
+    st: _State,
+    split: _Split,
+    first: aiohttp.ClientResponse | None,
+) -> int:
+    """Download the ranges of ``split`` that are not on disk yet; verify; rename."""
+    fresh = first is not None
+    if p.expected is not None and fresh:
+        split.hasher = p.expected.new()
+    st.fd = await blocking(_open_preallocated, st, split.meta(), fresh)
+    st.touched = st.resumable = True
+    st.received = split.done
+    ctx.emit(Started(p.download_id, p.display_url, p.final, split.total, split.done))
+    ctx.splitting[split.host] += 1
+    workers: dict[asyncio.Task[None], Segment] = {}
+
+    def spawn(seg: Segment, resp: aiohttp.ClientResponse | None = None) -> None:
+        if workers:
+            split.extra += 1
+            ctx.connections[split.host] += 1
+        split.owned.add(id(seg))
+        task = asyncio.create_task(_run_segment(ctx, p, st, split, seg, resp))
+        workers[task] = seg
+
+    def recruit() -> None:
+        opts = ctx.options
+        cap = MAX_SEGMENTS if opts.segments == "auto" else int(opts.segments)
+        fair = max(1, ctx.host_limit // max(1, ctx.splitting[split.host]))
+        while True:
+            spare = ctx.host_limit - ctx.connections[split.host]
+            if workers and (spare <= 0 or len(workers) >= min(cap, fair)):
+                return
+            seg = next(
+                (s for s in split.segments if s.remaining and id(s) not in split.owned), None
+            )
+            if seg is None:
+                seg = steal(split.segments)
+                if seg is None:
+                    return
+                split.segments.insert(split.segments.index(_owner_of(split, seg)) + 1, seg)
+            spawn(seg)
+
+    last_save = ctx.clock()
+    try:
+        if first is not None:
+            spawn(split.segments[0], first)
+        recruit()
+        while workers:
+            finished, _ = await asyncio.wait(
+                workers, timeout=_RECRUIT_EVERY, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in finished:
+                seg = workers.pop(task)
+                split.owned.discard(id(seg))
+                if split.extra:
+                    split.extra -= 1
+                    ctx.connections[split.host] -= 1
+                task.result()  # a range that failed for good fails the file
+            recruit()
+            if ctx.clock() - last_save >= _SAVE_EVERY:
+                last_save = ctx.clock()
+                await blocking(files.write_meta, p.final, split.meta())
+    finally:
+        for task in workers:
+            task.cancel()
+        if workers:
+            await asyncio.wait(workers)
+        ctx.connections[split.host] -= split.extra
+        ctx.splitting[split.host] -= 1
+        with contextlib.suppress(OSError):
+            await blocking(files.write_meta, p.final, split.meta())
+    if p.expected is not None:
+        ctx.emit(Validating(p.download_id, p.display_url))
+    try:
+        return await blocking(_verify_segmented, st, split)
+    except OSError as exc:
+        raise DestinationError(p.display_url, _os_reason(exc)) from exc
+
+
+def _resume_split(p: Planned, partial: files.Partial) -> _Split | None:
+    if partial.total is None or partial.validator is None or partial.size != partial.total:
+        return None
+    segments = restore(partial.segments, partial.total)
+    if segments is None:
+        return None
+    return _Split(segments, partial.total, partial.validator, partial.url, _host(p.url))
+
+
+def _owner_of(split: _Split, new: Segment) -> Segment:
+    """The segment ``new`` was cut from: the one now ending where ``new`` starts."""
+    return next(s for s in split.segments if s.end == new.start)
+
+
+async def _run_segment(
+    ctx: Context,
+    p: Planned,
+    st: _State,
+    split: _Split,
+    seg: Segment,
+    resp: aiohttp.ClientResponse | None,
+) -> None:
+    """Fetch one range to its end, retrying transient failures from where it stopped."""
+    opts = ctx.options
+    attempt = 0
+    while seg.remaining > 0:
+        try:
+            if resp is None:
+                resp = await _open_range(ctx, p, st, split, seg)
+            await _stream_range(ctx, p, st, split, seg, resp)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            error: DownloadError = _network_error(ctx, p, exc, st.received)
+        except DownloadError as exc:
+            error = exc
+        else:
+            continue
+        finally:
+            if resp is not None:
+                resp.close()  # a range cut short by a split leaves bytes unread
+                resp = None
+        attempt += 1
+        if not retry.is_transient(error) or attempt > opts.retries:
+            raise error
+        delay = retry.backoff(attempt, opts.backoff, opts.backoff_max)
+        ctx.emit(
+            Retrying(
+                p.download_id,
+                p.display_url,
+                attempt,
+                delay,
+                f"range {seg.position}-{seg.end - 1}: {error.cause}",
+            )
+        )
+        await asyncio.sleep(delay)
+
+
+async def _open_range(
+    ctx: Context, p: Planned, st: _State, split: _Split, seg: Segment
+) -> aiohttp.ClientResponse:
+    headers = {
+        "Accept-Encoding": "identity",
+        **p.headers,
+        "Range": f"bytes={seg.position}-{seg.end - 1}",
+        "If-Range": split.validator,
+    }
+    resp = await _open(ctx, p, headers)
+    if resp.status == 206:
+        rng = parse_content_range(resp.headers.get("Content-Range"))
+        validator = _validator(resp)
+        if rng == (seg.position, seg.end - 1, split.total) and validator in (None, split.validator):
+            return resp
+    if resp.status in (200, 206, 416):
+        # Ranges refused, mangled, or the file changed: start over with one stream.
+        resp.close()
+        st.no_split = True
+        raise _Restart
+    status, reason = resp.status, resp.reason or ""
+    resp.close()
+    raise HTTPStatusError(p.display_url, status, reason)
+
+
+async def _stream_range(
+    ctx: Context,
+    p: Planned,
+    st: _State,
+    split: _Split,
+    seg: Segment,
+    resp: aiohttp.ClientResponse,
+) -> None:
+    opts = ctx.options
+    content = resp.content
+    pending: list[bytes] = []
+    pending_n = 0
+    clock = ctx.clock
+    low_limit, low_time = opts.low_speed_limit, opts.low_speed_time
+    window_t, window_b = clock(), seg.done
+    try:
+        while True:
+            # ``seg.end`` moves down when another connection takes over part of this range.
+            room = seg.end - seg.position - pending_n
+            if room <= 0:
+                break
+            chunk = await content.readany()
+            if not chunk:
+                raise TransferError(
+                    p.display_url,
+                    f"connection closed {seg.remaining - pending_n} bytes before the end of "
+                    f"range {seg.start}-{seg.end - 1}",
+                )
+            if len(chunk) > room:
+                chunk = chunk[:room]
+            pending.append(chunk)
+            pending_n += len(chunk)
+            st.received += len(chunk)
+            if pending_n >= opts.chunk_size:
+                await _write_range(st, split, seg, pending)
+                pending, pending_n = [], 0
+            now = clock()
+            if now - split.last_emit >= opts.progress_interval:
+                split.last_emit = now
+                ctx.emit(Progress(p.download_id, p.display_url, st.received, split.total))
+            if low_limit and now - window_t >= low_time:
+                got = seg.done + pending_n - window_b
+                if got < low_limit * (now - window_t):
+                    raise TransferError(
+                        p.display_url,
+                        f"slower than {size(low_limit)}/s for {low_time:g} s "
+                        "(low_speed_limit / low_speed_time)",
+                    )
+                window_t, window_b = now, seg.done + pending_n
+    finally:
+        if pending:
+            with contextlib.suppress(OSError):
+                await _write_range(st, split, seg, pending)
+
+
+async def _write_range(st: _State, split: _Split, seg: Segment, chunks: list[bytes]) -> None:
+    assert st.fd is not None
+    hasher = split.hasher if split.hasher is not None and seg.position == split.hashed else None
+    n = await blocking(files.write_all, st.fd, chunks, hasher, seg.position)
+    seg.done += n
+    if hasher is not None:
+        split.hashed += n
+
+
+def _open_preallocated(st: _State, meta: files.Partial, fresh: bool) -> int:
+    """Open the part file at its full size (space reserved when the filesystem can)."""
+    files.write_meta(st.planned.final, meta)
+    assert meta.total is not None
+    fd = files.open_part(st.part, 0 if fresh else meta.total)
+    try:
+        files.preallocate(fd, meta.total)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _verify_segmented(st: _State, split: _Split) -> int:
+    p = st.planned
+    assert st.fd is not None
+    os.close(st.fd)
+    st.fd = None
+    if split.done != split.total:
+        raise IntegrityError(
+            p.display_url, f"length mismatch: expected {split.total} bytes, have {split.done}"
+        )
+    if p.expected is not None:
+        hasher = split.hasher or p.expected.new()
+        start = split.hashed if split.hasher is not None else 0
+        actual = hash_file(st.part, p.expected.algorithm, start=start, into=hasher).hexdigest()
+        if actual != p.expected.hexdigest:
+            raise IntegrityError(
+                p.display_url,
+                f"{p.expected.algorithm} mismatch: expected {p.expected.hexdigest}, got {actual}",
+            )
+    files.commit(st.part, p.final)
+    return split.total
 
 
 def _validator(resp: aiohttp.ClientResponse) -> str | None:
