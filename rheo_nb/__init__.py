@@ -8,6 +8,7 @@
 __version__ = "0.1.0"
 
 from .api import Job, fetch, fetch_sync, start
+from .auth import ApiKey, BearerToken, DigestAuth, OAuth2ClientCredentials
 from .client import ClientFactory
 from .display import Display, TextProgress
 from .errors import (
@@ -55,10 +56,13 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "ApiKey",
+    "BearerToken",
     "Cancelled",
     "ClientFactory",
     "Completed",
     "DestinationError",
+    "DigestAuth",
     "Display",
     "DownloadError",
     "DownloadInfo",
@@ -73,6 +77,7 @@ __all__ = [
     "InvalidItemError",
     "Job",
     "NotebookProgress",
+    "OAuth2ClientCredentials",
     "OptionError",
     "Options",
     "Outcome",

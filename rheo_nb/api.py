@@ -13,11 +13,11 @@ from typing import Any
 
 import aiohttp
 
+from .auth import AuthArg
 from .client import ClientFactory
 from .display import Display, ProgressArg, choose
 from .items import File, Items, as_files
 from .manager import DownloadManager
-from .options import Options
 from .results import Results
 from .runner import LoopThread, run_sync
 
@@ -35,6 +35,7 @@ async def fetch(
     overwrite: bool = False,
     progress: ProgressArg = "auto",
     headers: dict[str, str] | None = None,
+    auth: AuthArg = None,
     client: Client = None,
     **options: Any,
 ) -> Results:
@@ -50,6 +51,16 @@ async def fetch(
     Files already complete at their path are skipped (``overwrite=True`` replaces them);
     partial files left by an interrupted run are resumed. One bad item never stops the
     others: its outcome says what went wrong. More options: :class:`Options`.
+
+    Private sources: ``auth`` takes ``(user, password)``, :class:`BearerToken`,
+    :class:`ApiKey`, :class:`DigestAuth` or :class:`OAuth2ClientCredentials`; ``headers``
+    and ``cookies=`` go with every request. All of them reach only the origin of each
+    file's URL, never a host a redirect leads to. The session options ``verify``
+    (CA file, ``"system"``, ``SSLContext``), ``proxy``, ``trust_env`` and ``netrc`` are
+    those of :class:`ClientFactory`.
+
+    >>> token = rheo_nb.BearerToken(os.environ["TOKEN"])
+    >>> await rheo_nb.fetch(urls, auth=token, verify="corp-ca.pem")  # doctest: +SKIP
 
     Runs on the caller's event loop (top-level ``await`` in a notebook cell).
     Cancelling the call stops every download, keeps resumable partials and re-raises.
@@ -68,6 +79,7 @@ async def fetch(
             timeout=timeout,
             overwrite=overwrite,
             headers=headers,
+            auth=auth,
             **options,
         )
     )
@@ -76,11 +88,13 @@ async def fetch(
 def _prepare(
     items: Items, dest: Dest, progress: ProgressArg, client: Client, **options: Any
 ) -> tuple[DownloadManager, list[File], Display | None]:
-    manager = DownloadManager(dest, Options.build(**options), client=client)
+    manager = DownloadManager(dest, client=client, **options)
     return manager, as_files(items), choose(progress)
 
 
-async def _run(manager: DownloadManager, files: list[File], display: Display | None) -> Results:
+async def _run(
+    manager: DownloadManager, files: list[File], display: Display | None, *, shown: bool = False
+) -> Results:
     ids: list[str] = []
     opened = interrupted = False
     try:
@@ -94,7 +108,9 @@ async def _run(manager: DownloadManager, files: list[File], display: Display | N
         interrupted = True
         raise
     finally:
-        if opened and display is not None:
+        # A display shown before the run (start()) is closed even when the run failed
+        # before opening it, so it never stays at "starting…".
+        if display is not None and (opened or shown):
             display.close(manager.results(ids), interrupted=interrupted)
     return manager.results(ids)
 
@@ -116,51 +132,85 @@ class Job:
 
     >>> job = rheo_nb.start(urls, dest="data")   # doctest: +SKIP
     >>> job.done(), job.results_so_far           # doctest: +SKIP
-    >>> results = await job                      # or job.result() from sync code
+    >>> results = await job                      # or job.result() from sync code  # doctest: +SKIP
 
     The work runs on a private event loop in a worker thread, so neither a busy cell nor a
-    blocked kernel loop slows it down, and ``job.result()`` can block a cell safely.
+    blocked kernel loop slows it down, and ``job.result()`` can block a cell safely. In a
+    notebook its progress widget sits in the cell that called :func:`start` and keeps
+    updating while other cells run; its Cancel button calls :meth:`cancel`.
     """
 
     def __init__(self, items: Items, dest: Dest, options: dict[str, Any]) -> None:
         progress = options.pop("progress", "auto")
         client = options.pop("client", None)
         self._manager, files, self._display = _prepare(items, dest, progress, client, **options)
+        show = getattr(self._display, "show", None)
+        if callable(show):
+            # Here, on the caller's thread: the widget must land in the cell that started
+            # the job, and its Cancel button must stop this job.
+            show(cancel=self.cancel)
         self._thread: LoopThread[Results] = LoopThread(
-            lambda: _run(self._manager, files, self._display), name="rheo_nb-job"
+            lambda: _run(self._manager, files, self._display, shown=callable(show)),
+            name="rheo_nb-job",
         )
 
     @property
     def manager(self) -> DownloadManager:
-        """The engine of this job (events: ``job.manager.on(...)``; totals: ``.stats``)."""
+        """The engine of this job (events: ``job.manager.on(...)``; totals: ``.stats``).
+
+        Handlers run on the job's thread; events that fired before you subscribed are
+        already counted in ``job.manager.stats``.
+        """
         return self._manager
 
     @property
-    def display(self) -> Any:
+    def display(self) -> Display | None:
+        """The progress display of this job (``None`` with ``progress=False``)."""
         return self._display
 
     def done(self) -> bool:
+        """True once every download has finished, or the job was cancelled or failed."""
         return self._thread.done()
 
     def cancel(self) -> None:
-        """Stop every download (thread-safe, returns at once); partials are kept."""
+        """Stop every download (thread-safe, returns at once); partials are kept.
+
+        Awaiting the job, or ``job.result()``, then raises ``asyncio.CancelledError``;
+        ``job.results_so_far`` has the outcomes, the unfinished files marked cancelled.
+        """
         self._thread.cancel()
 
     def result(self, timeout: float | None = None) -> Results:
-        """Wait for the outcomes. :raises TimeoutError: still running after ``timeout`` s;
-        ``asyncio.CancelledError`` when the job was cancelled."""
+        """Block until the job ends and return its outcomes.
+
+        From a notebook cell too: the job runs on its own thread, so waiting cannot
+        deadlock. Interrupting the wait (the kernel's ■ button, Ctrl-C) cancels the job.
+
+        :raises TimeoutError: still running after ``timeout`` seconds (the job goes on).
+        :raises asyncio.CancelledError: the job was cancelled.
+        """
         return self._thread.result(timeout)
 
     @property
     def results_so_far(self) -> Results:
+        """Outcomes of the files finished so far, in the order given."""
         return self._manager.results()
 
     def __await__(self) -> Generator[Any, None, Results]:
-        return asyncio.wrap_future(self._thread.future).__await__()
+        return self._wait().__await__()
+
+    async def _wait(self) -> Results:
+        try:
+            return await asyncio.wrap_future(self._thread.future)
+        except asyncio.CancelledError:
+            # The awaiting cell was interrupted or cancelled: like job.result(), stop the job
+            # too (a no-op when the job itself was what got cancelled).
+            self.cancel()
+            raise
 
     def _ipython_display_(self) -> None:
         display = getattr(self._display, "_ipython_display_", None)
-        if display is not None:
+        if callable(display):
             display()
         else:
             print(repr(self))
@@ -175,9 +225,16 @@ def start(items: Items, dest: Dest = ".", **options: Any) -> Job:
     """Start downloading in the background and return a :class:`Job` at once.
 
     >>> job = rheo_nb.start(urls, dest="data")   # doctest: +SKIP
-    >>> job                                     # in a notebook: its live progress widget
-    >>> results = await job
+    >>> job.cancel()                             # or the widget's Cancel button  # doctest: +SKIP
+    >>> results = await job                      # or job.result()  # doctest: +SKIP
 
-    Same options as :func:`fetch`.
+    Same options as :func:`fetch`. The downloads run on a private event loop in a worker
+    thread, in a notebook as in a script, so the kernel stays free for other cells and a
+    blocking cell (training a model, ``time.sleep``) does not stall them. In a notebook
+    the progress widget appears in the calling cell right away.
+
+    Two calls never write the same file at once: a later call (another job, a re-run
+    cell, ``fetch``) waits for the earlier writer of a file, then finds it complete and
+    reports it ``skipped``; when the earlier one was cancelled, it resumes the partial.
     """
     return Job(items, dest, dict(options))

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from yarl import URL
 
 from . import __version__
 from .api import fetch_sync
+from .auth import BearerToken
 from .errors import RheoNbError
-from .items import File
+from .items import File, check_headers
 
 
 def _read_list(path: str) -> list[File]:
@@ -31,6 +36,46 @@ def _read_list(path: str) -> list[File]:
         dest = next((f for f in rest if ":" not in f), None)
         out.append(File(url, dest, hash=hash_))
     return out
+
+
+def _secret_from_env(flag: str, var: str) -> str:
+    value = os.environ.get(var)
+    if not value:
+        raise SystemExit(f"rheo-nb: {flag} {var}: the environment variable {var} is not set")
+    return value
+
+
+def _private_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of the 'private sources' flags. :raises SystemExit: on a misuse."""
+    options: dict[str, Any] = {"netrc": args.netrc}
+    headers: dict[str, str] = {}
+    for raw in args.header:
+        name, colon, value = raw.partition(":")
+        if not colon or not name.strip():
+            raise SystemExit(f"rheo-nb: --header {raw!r}: expected 'Name: value'")
+        headers[name.strip()] = value.strip()
+    if headers:
+        options["headers"] = check_headers(headers)
+    if args.bearer_env and args.user:
+        raise SystemExit("rheo-nb: give --bearer-env or --user, not both")
+    if args.bearer_env:
+        options["auth"] = BearerToken(_secret_from_env("--bearer-env", args.bearer_env))
+    elif args.user:
+        options["auth"] = (args.user, _secret_from_env("--password-env", args.password_env))
+    if args.ca:
+        options["verify"] = args.ca
+    if args.proxy:
+        try:
+            has_password = URL(args.proxy).password is not None
+        except ValueError:
+            raise SystemExit(f"rheo-nb: --proxy: malformed URL {args.proxy!r}") from None
+        if has_password:
+            raise SystemExit(
+                "rheo-nb: --proxy: a password on the command line is visible to other users; "
+                "set HTTPS_PROXY / HTTP_PROXY in the environment instead"
+            )
+        options["proxy"] = args.proxy
+    return options
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,6 +128,50 @@ def _parser() -> argparse.ArgumentParser:
     )
     get.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
+    private = get.add_argument_group(
+        "private sources",
+        "Secrets are read from environment variables, never from the command line, where "
+        "other users of the machine could see them. Credentials are sent only to the hosts "
+        "of the URLs given, never to a host a redirect leads to.",
+    )
+    private.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="send this header with every request (repeatable)",
+    )
+    private.add_argument(
+        "--bearer-env",
+        metavar="VAR",
+        help="send 'Authorization: Bearer <token>' with the token in environment variable VAR",
+    )
+    private.add_argument(
+        "--user",
+        metavar="USER",
+        help="basic auth as USER, with the password in the variable named by --password-env",
+    )
+    private.add_argument(
+        "--password-env",
+        metavar="VAR",
+        default="RHEO_NB_PASSWORD",
+        help="environment variable holding the --user password (default: RHEO_NB_PASSWORD)",
+    )
+    private.add_argument("--netrc", action="store_true", help="use logins from $NETRC or ~/.netrc")
+    private.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="trust the CA certificates in FILE (PEM); 'system': the operating system's "
+        "trust store (needs the truststore package)",
+    )
+    private.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="send requests through this HTTP proxy (default: HTTP_PROXY / HTTPS_PROXY / "
+        "NO_PROXY from the environment, which is also where a proxy password belongs)",
+    )
+
     demo = sub.add_parser("demo", help="download sample files from a bundled local server")
     demo.add_argument(
         "-o",
@@ -114,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("rheo-nb get: no URLs given (as arguments or with -i FILE)")
     segments: int | str = args.segments if args.segments == "auto" else int(args.segments)
     try:
+        private = _private_options(args)
         results = fetch_sync(
             items,
             args.output,
@@ -123,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             overwrite=args.overwrite,
             segments=segments,
             progress=False if args.quiet else "text",
+            **private,
         )
     except RheoNbError as exc:
         print(f"rheo-nb: {exc}", file=sys.stderr)

@@ -68,6 +68,14 @@ def mask_url(url: str, secret_params: frozenset[str] = frozenset()) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+_URL_IN_TEXT = re.compile(r"""https?://[^\s'"<>]+""", re.IGNORECASE)
+
+
+def mask_urls_in(text: str, secret_params: frozenset[str] = frozenset()) -> str:
+    """``text`` with every http(s) URL in it masked as :func:`mask_url` does."""
+    return _URL_IN_TEXT.sub(lambda m: mask_url(m.group(0), secret_params), text)
+
+
 def _is_secret(name: str, extra: frozenset[str]) -> bool:
     return name in extra or _SECRET_PARAM.search(name) is not None
 

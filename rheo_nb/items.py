@@ -56,7 +56,7 @@ class File:
         return f"File({', '.join(parts)})"
 
 
-Items = Iterable["str | File | Outcome"] | Mapping[str, "str | None"]
+Items = File | Iterable["str | File | Outcome"] | Mapping[str, "str | None"]
 
 
 def as_files(items: Items) -> list[File]:
@@ -90,18 +90,18 @@ class Planned:
 
     download_id: str
     file: File
-    url: str
+    url: str = field(repr=False)  # may hold a password: display_url is the one to show
     display_url: str
     relpath: PurePosixPath
     final: Path
     expected: ExpectedHash | None
-    headers: dict[str, str]
+    headers: dict[str, str] = field(repr=False)
 
 
-def check_url(url: str) -> str:
+def check_url(url: str, secret_params: frozenset[str] = frozenset()) -> str:
     if not isinstance(url, str):
         raise InvalidItemError(f"URL must be a string, not {type(url).__name__}")
-    shown = format.mask_url(url)
+    shown = format.mask_url(url, secret_params)
     if not url:
         raise InvalidItemError("empty URL")
     if _BAD_URL_CHARS.search(url):
@@ -140,12 +140,20 @@ def download_id(url: str, relpath: PurePosixPath) -> str:
     return hashlib.sha1(f"{url}\0{relpath}".encode(), usedforsecurity=False).hexdigest()[:16]
 
 
-def plan(file: File, dest: Path, base_headers: Mapping[str, str]) -> Planned:
+def plan(
+    file: File,
+    dest: Path,
+    base_headers: Mapping[str, str],
+    secret_params: frozenset[str] = frozenset(),
+) -> Planned:
     """Validate one file against ``dest`` (pure: no filesystem access).
+
+    ``secret_params``: query parameters to mask in the shown URL besides those that look
+    secret (an API key's parameter).
 
     :raises InvalidItemError: with a message naming the (masked) URL and the problem.
     """
-    url = check_url(file.url)
+    url = check_url(file.url, secret_params)
     relpath = (
         files.relative_path(file.path)
         if file.path is not None
@@ -159,7 +167,7 @@ def plan(file: File, dest: Path, base_headers: Mapping[str, str]) -> Planned:
         download_id=download_id(url, relpath),
         file=file,
         url=url,
-        display_url=format.mask_url(url),
+        display_url=format.mask_url(url, secret_params),
         relpath=relpath,
         final=dest.joinpath(*relpath.parts),
         expected=expected,
@@ -167,7 +175,7 @@ def plan(file: File, dest: Path, base_headers: Mapping[str, str]) -> Planned:
     )
 
 
-def describe(item: Any) -> str:
+def describe(item: Any, secret_params: frozenset[str] = frozenset()) -> str:
     """A safe label for an item that could not even be planned."""
     url = getattr(item, "url", item)
-    return format.mask_url(url) if isinstance(url, str) else repr(type(url).__name__)
+    return format.mask_url(url, secret_params) if isinstance(url, str) else repr(type(url).__name__)

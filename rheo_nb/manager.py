@@ -15,8 +15,8 @@ from typing import Any, Self
 
 import aiohttp
 
-from . import transfer
-from .client import ClientFactory
+from . import auth, format, transfer
+from .client import SESSION_OPTIONS, ClientFactory, Network
 from .errors import DestinationError, InvalidItemError, OptionError
 from .events import (
     Cancelled,
@@ -48,8 +48,10 @@ class DownloadManager:
 
     Options are those of :class:`~rheo_nb.Options`, as an object or as keywords. ``client``
     is an ``aiohttp.ClientSession`` (used as is, never closed here) or a
-    :class:`~rheo_nb.ClientFactory`; by default one is built from the options.
-    A manager belongs to the event loop that entered it.
+    :class:`~rheo_nb.ClientFactory`; by default one is built from the options and from
+    the session keywords of :class:`~rheo_nb.ClientFactory` (``verify``, ``proxy``,
+    ``trust_env``, ``netrc``, ``limit``, ``limit_per_host``), which cannot be combined
+    with ``client``. A manager belongs to the event loop that entered it.
     """
 
     def __init__(
@@ -62,10 +64,31 @@ class DownloadManager:
         **option_changes: Any,
     ) -> None:
         self.dest = Path(dest)
+        session_options = {
+            k: option_changes.pop(k) for k in SESSION_OPTIONS.intersection(option_changes)
+        }
         self.options = Options.build(options, **option_changes)
         if client is not None and not isinstance(client, aiohttp.ClientSession | ClientFactory):
             raise OptionError("client must be an aiohttp.ClientSession or a rheo_nb.ClientFactory")
+        if client is not None and session_options:
+            given = ", ".join(f"{k}=" for k in sorted(session_options))
+            where = (
+                "a ready aiohttp.ClientSession is used as is"
+                if isinstance(client, aiohttp.ClientSession)
+                else "pass them to the ClientFactory instead"
+            )
+            raise OptionError(f"{given} configure the HTTP client, but client= was given: {where}")
         self._client = client
+        self._factory: ClientFactory | None = None
+        if client is None:
+            # Built now, so that a bad verify= or proxy= fails the call before any work.
+            self._factory = ClientFactory(
+                timeout=self.options.timeout,
+                total_timeout=self.options.total_timeout,
+                limit=max(100, self.options.concurrency),
+                limit_per_host=self.options.concurrency,
+                **session_options,
+            )
         self._clock = clock
         self.events = Emitter()
         self.tracker = Tracker(clock)
@@ -96,19 +119,24 @@ class DownloadManager:
     async def __aenter__(self) -> Self:
         dest_real = await asyncio.to_thread(_prepare_dest, self.dest)
         self.dest = dest_real
+        network = Network()
         if isinstance(self._client, aiohttp.ClientSession):
             self._session = self._client
         else:
-            factory = self._client or ClientFactory(
-                timeout=self.options.timeout,
-                total_timeout=self.options.total_timeout,
-                limit=max(100, self.options.concurrency),
-                limit_per_host=self.options.concurrency,
-            )
-            self._session = factory.create()
+            factory = self._client or self._factory
+            assert factory is not None
+            network = await asyncio.to_thread(factory.network)
+            self._session = factory.create(network)
             self._owns_session = True
         self._ctx = transfer.Context(
-            self._session, self.options, self._emit, dest_real, self._clock
+            self._session,
+            self.options,
+            self._emit,
+            dest_real,
+            self._clock,
+            network=network,
+            host_limit=getattr(self._session.connector, "limit_per_host", 0)
+            or self.options.concurrency,
         )
         self._idle = asyncio.Event()
         self._idle.set()
@@ -158,7 +186,9 @@ class DownloadManager:
         ids = []
         for file in as_files(items):
             try:
-                planned = plan(file, self.dest, self.options.headers)
+                planned = plan(
+                    file, self.dest, self.options.headers, auth.secret_params(self.options.auth)
+                )
             except InvalidItemError as exc:
                 ids.append(self._reject(file, str(exc)))
                 continue
@@ -243,7 +273,11 @@ class DownloadManager:
     def _reject(self, file: File, error: str, planned: Planned | None = None) -> str:
         self._invalid += 1
         did = f"invalid-{self._invalid}"
-        url = planned.display_url if planned else describe(file)
+        url = (
+            planned.display_url
+            if planned
+            else describe(file, auth.secret_params(self.options.auth))
+        )
         path = planned.final if planned else self.dest
         self._order.append(did)
         self._emit(Queued(did, url, path, 0))
@@ -309,7 +343,9 @@ class DownloadManager:
         elif (exc := task.exception()) is not None:
             # A bug, not a download problem: report it on this file, keep the batch going.
             log.error("internal error downloading %s", p.display_url, exc_info=exc)
-            error = f"{p.display_url}: internal error ({type(exc).__name__}: {exc})"
+            # Its text may quote a request URL, with a password or an API key in it.
+            text = format.mask_urls_in(str(exc), auth.secret_params(self.options.auth))
+            error = f"{p.display_url}: internal error ({type(exc).__name__}: {text})"
             self._emit(Failed(did, p.display_url, p.final, error, 0.0))
             outcome = Outcome(p.display_url, p.final, Status.FAILED, 0, 0.0, error, did, p.file)
         else:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from .auth import Auth, check_cookies, coerce
 from .errors import OptionError
 
 MiB = 1 << 20
@@ -29,7 +30,14 @@ class Options:
     #: Replace complete files already at their final path.
     overwrite: bool = False
     #: Headers sent with every request of the call (per-file headers win).
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: Credentials: ``(user, password)``, ``aiohttp.BasicAuth``, :class:`~rheo_nb.BearerToken`,
+    #: :class:`~rheo_nb.ApiKey`, :class:`~rheo_nb.DigestAuth` or
+    #: :class:`~rheo_nb.OAuth2ClientCredentials`. Like ``headers`` and ``cookies``, sent only
+    #: to the origin of each file's URL, never after a redirect to another.
+    auth: Auth | None = None
+    #: Cookies sent with every request of the call (``{name: value}``).
+    cookies: Mapping[str, str] = field(default_factory=dict, repr=False)
     #: Refuse bodies larger than this (None: no limit).
     max_size: int | None = None
     #: First wait between attempts; doubles each time up to ``backoff_max``.
@@ -47,6 +55,9 @@ class Options:
     progress_interval: float = 0.1
     #: Connections per large file: ``"auto"``, or an int (1: never split).
     segments: int | Literal["auto"] = "auto"
+    #: Name files given without a ``path`` as the server's ``Content-Disposition`` header
+    #: says (reduced to a safe name inside ``dest``); off: names come from the URL.
+    content_disposition: bool = False
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -69,20 +80,36 @@ class Options:
             value = getattr(self, name)
             need(isinstance(value, int | float) and value >= 0, f"{name} must be a number >= 0")
         need(self.timeout > 0, "timeout must be > 0 seconds")
+        # Type checks first, so a wrong type is an OptionError rather than a TypeError.
         need(
-            self.total_timeout is None or self.total_timeout > 0,
+            self.total_timeout is None
+            or (isinstance(self.total_timeout, int | float) and self.total_timeout > 0),
             "total_timeout must be > 0 or None",
         )
-        need(self.max_size is None or self.max_size >= 0, "max_size must be >= 0 or None")
-        need(self.low_speed_limit >= 0, "low_speed_limit must be >= 0 (0 turns the check off)")
-        need(self.max_redirects >= 0, "max_redirects must be >= 0")
-        need(self.chunk_size >= 4096, "chunk_size must be at least 4096 bytes")
+        need(
+            self.max_size is None or (isinstance(self.max_size, int) and self.max_size >= 0),
+            "max_size must be an int >= 0 or None",
+        )
+        need(
+            isinstance(self.low_speed_limit, int | float) and self.low_speed_limit >= 0,
+            "low_speed_limit must be >= 0 (0 turns the check off)",
+        )
+        need(
+            isinstance(self.max_redirects, int) and self.max_redirects >= 0,
+            "max_redirects must be an int >= 0",
+        )
+        need(
+            isinstance(self.chunk_size, int) and self.chunk_size >= 4096,
+            "chunk_size must be an int of at least 4096 bytes",
+        )
         need(
             self.segments == "auto" or (isinstance(self.segments, int) and self.segments >= 1),
             "segments must be 'auto' or an int >= 1",
         )
         need(isinstance(self.headers, Mapping), "headers must be a mapping of names to values")
         object.__setattr__(self, "headers", dict(self.headers))
+        object.__setattr__(self, "auth", coerce(self.auth))
+        object.__setattr__(self, "cookies", check_cookies(self.cookies))
 
     @classmethod
     def names(cls) -> frozenset[str]:

@@ -21,12 +21,14 @@ from typing import Any, TypeVar
 import aiohttp
 from yarl import URL
 
-from . import files, retry
+from . import auth, files, format, retry
+from .client import Network
 from .errors import (
     DestinationError,
     DownloadError,
     HTTPStatusError,
     IntegrityError,
+    OptionError,
     RedirectError,
     TooLargeError,
     TransferError,
@@ -59,7 +61,12 @@ _SAFE_ACROSS_ORIGINS = frozenset(
     {"accept", "accept-encoding", "accept-language", "range", "if-range", "user-agent"}
 )
 _LOCK_POLL = (0.02, 0.5)  # first and longest wait between tries of a busy lock
-_READ_BUFSIZE = 1 << 18
+_READ_BUFSIZE = 1 << 17
+#: Bytes all connections may hold in memory before writing, together; each connection
+#: writes once it holds its share (at most ``Options.chunk_size``), which keeps memory
+#: flat however many connections run.
+_WRITE_BUDGET = 8 << 20
+_MIN_WRITE = 128 << 10
 
 
 @dataclass(slots=True)
@@ -71,15 +78,31 @@ class Context:
     emit: Callable[[Event], None]
     dest: Path  # real path of the destination folder
     clock: Callable[[], float] = time.monotonic
+    #: Proxy and .netrc settings read once per call (empty: the session decides).
+    network: Network = field(default_factory=Network)
     #: Connections per host allowed to this manager, and how many are in use: a download
     #: holds one, and a segmented download may borrow more while some are free.
     host_limit: int = 8
     connections: Counter[str] = field(default_factory=Counter)
     splitting: Counter[str] = field(default_factory=Counter)  # segmented downloads per host
 
+    def write_size(self) -> int:
+        """Bytes a connection gathers before it writes them: its share of the budget."""
+        share = _WRITE_BUDGET // max(1, sum(self.connections.values()))
+        return max(_MIN_WRITE, min(self.options.chunk_size, share))
+
 
 class _Restart(Exception):
     """The partial cannot be trusted: drop it and start over at once (not a failure)."""
+
+
+class _Present(Exception):
+    """The file the server named (Content-Disposition) is already complete: skip it."""
+
+    def __init__(self, size: int, reason: str) -> None:
+        super().__init__(reason)
+        self.size = size
+        self.reason = reason
 
 
 async def blocking(fn: Callable[..., T], *args: Any) -> T:
@@ -122,48 +145,63 @@ def _os_reason(exc: OSError) -> str:
 async def download(ctx: Context, p: Planned) -> Outcome:
     """Download one planned file and report its outcome; never raises but for cancellation."""
     t0 = ctx.clock()
-    state = _State(p)
+    st = _State(p)
 
     def outcome(status: Status, nbytes: int, error: str | None = None) -> Outcome:
+        path = st.target or p.final
         return Outcome(
-            p.display_url, p.final, status, nbytes, ctx.clock() - t0, error, p.download_id, p.file
+            p.display_url, path, status, nbytes, ctx.clock() - t0, error, p.download_id, p.file
         )
 
-    lock: int | None = None
     host = _host(p.url)
     ctx.connections[host] += 1
     try:
-        skipped = await _check_existing(ctx, p)
+        skipped = await _claim(ctx, p, st)
         if skipped is not None:
             return outcome(Status.SKIPPED, skipped)
-        lock, waited = await _acquire_lock(ctx, p)
-        if waited:  # another writer just finished this file, most likely
-            skipped = await _check_existing(ctx, p)
-            if skipped is not None:
-                return outcome(Status.SKIPPED, skipped)
-        nbytes = await _with_retries(ctx, p, state, unique_part=lock == files.LOCK_UNSUPPORTED)
+        nbytes = await _with_retries(ctx, p, st)
+    except _Present as present:
+        with contextlib.suppress(OSError):
+            await blocking(_discard, st)  # a partial of the same file, now not needed
+        assert st.target is not None
+        ctx.emit(Skipped(p.download_id, p.display_url, st.target, present.size, present.reason))
+        return outcome(Status.SKIPPED, present.size)
     except asyncio.CancelledError:
-        if state.touched and not state.resumable:
+        if st.touched and not st.resumable:
             with contextlib.suppress(OSError):
-                await blocking(_discard, state)
-        ctx.emit(Cancelled(p.download_id, p.display_url, p.final, state.received))
+                await blocking(_discard, st)
+        ctx.emit(Cancelled(p.download_id, p.display_url, p.final, st.received))
         raise
     except DownloadError as exc:
         ctx.emit(Failed(p.download_id, p.display_url, p.final, str(exc), ctx.clock() - t0))
-        return outcome(Status.FAILED, state.received, str(exc))
+        return outcome(Status.FAILED, st.received, str(exc))
     finally:
         ctx.connections[host] -= 1
-        if lock is not None:
+        if st.lock is not None:
             with contextlib.suppress(OSError):
-                await blocking(files.unlock, p.final, lock)
-    ctx.emit(Completed(p.download_id, p.display_url, p.final, nbytes, ctx.clock() - t0))
+                await blocking(files.unlock, p.final, st.lock)
+            st.lock = None
+        if st.target_lock is not None and st.target is not None:
+            with contextlib.suppress(OSError):
+                await blocking(files.unlock, st.target, st.target_lock)
+    path = st.target or p.final
+    ctx.emit(Completed(p.download_id, p.display_url, path, nbytes, ctx.clock() - t0))
     return outcome(Status.COMPLETED, nbytes)
 
 
-async def _check_existing(ctx: Context, p: Planned) -> int | None:
-    """The size of a complete file already at the final path that can be kept, else None."""
-    existing = await _fs(p.display_url, files.inspect_target, ctx.dest, p.final)
-    if existing.size is None or ctx.options.overwrite:
+async def _claim(ctx: Context, p: Planned, st: _State) -> int | None:
+    """Become the one writer of the final path, and look at what is there already.
+
+    Returns the size of a complete file to keep (the download is then skipped), else
+    None with the lock held and ``st.partial`` read.
+    """
+    keep_unverified = not ctx.options.overwrite and p.expected is None
+    delay, longest = _LOCK_POLL
+    while (claim := await _fs(p.display_url, _look, ctx.dest, st, keep_unverified)) is None:
+        # Another call or process is writing this file: wait, then most likely skip it.
+        await asyncio.sleep(delay)
+        delay = min(longest, delay * 2)
+    if claim == _NOTHING or ctx.options.overwrite:
         return None
     reason = "already downloaded"
     if p.expected is not None:
@@ -171,28 +209,46 @@ async def _check_existing(ctx: Context, p: Planned) -> int | None:
         if digest.hexdigest() != p.expected.hexdigest:
             return None  # not the file asked for: download it again
         reason = f"already downloaded, {p.expected.algorithm} verified"
-    ctx.emit(Skipped(p.download_id, p.display_url, p.final, existing.size, reason))
-    return existing.size
+        if st.lock is not None:
+            await _fs(p.display_url, files.unlock, p.final, st.lock)
+            st.lock = None
+    ctx.emit(Skipped(p.download_id, p.display_url, p.final, claim, reason))
+    return claim
 
 
-async def _acquire_lock(ctx: Context, p: Planned) -> tuple[int, bool]:
-    """Wait for the writer lock of the final path; also True when it had to wait."""
-    delay, longest = _LOCK_POLL
-    waited = False
-    while True:
-        fd = await _fs(p.display_url, files.try_lock, p.final)
-        if fd is not None:
-            return fd, waited
-        waited = True
-        await asyncio.sleep(delay)
-        delay = min(longest, delay * 2)
+_NOTHING = -1
 
 
-async def _with_retries(ctx: Context, p: Planned, state: _State, *, unique_part: bool) -> int:
+def _look(dest: Path, st: _State, keep_unverified: bool) -> int | None:
+    """Lock, then inspect the final path and any partial, in one thread hop. Blocking.
+
+    Returns None when another writer holds the lock, the size of the file at the final
+    path, or ``_NOTHING``.
+    """
+    final = st.planned.final
+    files.ensure_parent(dest, final)
+    lock = files.try_lock(final)
+    if lock is None:
+        return None
+    try:
+        existing = files.existing_size(final)
+        if existing is not None and keep_unverified:
+            files.unlock(final, lock)
+            return existing
+        if lock == files.LOCK_UNSUPPORTED:
+            st.part = final.with_name(f".{final.name}.{os.getpid()}-{id(st):x}.part")
+            st.unique = True
+        else:
+            st.partial = files.read_partial(final)
+    except BaseException:
+        files.unlock(final, lock)
+        raise
+    st.lock = lock
+    return _NOTHING if existing is None else existing
+
+
+async def _with_retries(ctx: Context, p: Planned, state: _State) -> int:
     opts = ctx.options
-    if unique_part:
-        state.part = p.final.with_name(f".{p.final.name}.{os.getpid()}-{id(state):x}.part")
-        state.unique = True
     attempt = 0
     restarted = False
     while True:
@@ -250,9 +306,13 @@ class _State:
     unique: bool = False  # writing to a private temp name (no lock): never resumed
     resumable: bool = False  # the partial on disk has what a later resume needs
     touched: bool = False  # this run wrote to the part file
+    lock: int | None = None  # the writer lock's descriptor while held
+    partial: files.Partial | None = None  # read with the lock; used by the first attempt
     no_split: bool = False  # ranges failed once: one stream from now on
     fd: int | None = None
     hasher: Any = None
+    target: Path | None = None  # the final path as named by Content-Disposition
+    target_lock: int | None = None  # the writer lock of ``target`` while held
 
     def __post_init__(self) -> None:
         self.part = files.sidecar(self.planned.final, ".part")
@@ -260,7 +320,9 @@ class _State:
 
 async def _attempt(ctx: Context, p: Planned, st: _State) -> int:
     key = files.url_key(p.url)
-    partial = None if st.unique else await _fs(p.display_url, files.read_partial, p.final)
+    partial, st.partial = st.partial, None
+    if partial is None and st.touched and not st.unique:  # an earlier attempt wrote some
+        partial = await _fs(p.display_url, files.read_partial, p.final)
     if partial is None or not (partial.size > 0 and partial.url == key and partial.validator):
         partial = files.Partial(0, key)
     st.resumable = partial.size > 0
@@ -291,41 +353,132 @@ async def _attempt(ctx: Context, p: Planned, st: _State) -> int:
 
 
 async def _open(ctx: Context, p: Planned, headers: dict[str, str]) -> aiohttp.ClientResponse:
-    """GET with redirects followed by hand, so that credentials never change origin."""
+    """GET with redirects followed by hand, so that credentials never change origin.
+
+    Credentials (``auth``, a password in the URL, a ``.netrc`` login, cookies and the
+    caller's headers) go only with requests to the origin of the file's URL (same scheme,
+    host and port), and never again once a redirect has left it. A 401 lets ``auth``
+    renew itself once (an OAuth2 token) before the request is sent again.
+    """
     opts = ctx.options
     timeout = aiohttp.ClientTimeout(
         total=opts.total_timeout, sock_connect=opts.timeout, sock_read=opts.timeout
     )
-    url: str | URL = p.url
-    origin = _origin(URL(p.url))
-    for _ in range(opts.max_redirects + 1):
+    url = URL(p.url)
+    credentials: auth.Auth | None = opts.auth
+    if url.raw_user is not None or url.raw_password is not None:
+        # aiohttp would turn these into basic auth on every hop; send them ourselves.
+        try:
+            credentials = auth.Basic(url.user or "", url.password or "")
+        except OptionError as exc:
+            raise DownloadError(p.display_url, f"unusable login in the URL ({exc})") from None
+        url = url.with_user(None)
+    elif credentials is None and not _has_header(headers, "Authorization"):
+        credentials = ctx.network.login_for(url.host)
+    if opts.cookies and not _has_header(headers, "Cookie"):
+        headers = {**headers, "Cookie": auth.cookie_header(opts.cookies)}
+    origin = _origin(url)
+    on_origin = True  # still where the credentials belong
+    tried_refresh = renewed = False
+    hops = 0
+    while True:
+        sent = auth.Request(url, headers, proxy_for=ctx.network.proxy_for)
+        if on_origin and credentials is not None:
+            sent.headers = dict(headers)
+            try:
+                await credentials.apply(ctx.session, sent)
+            except auth.TokenError as exc:
+                raise _token_error(p, exc) from None
         resp = await ctx.session.get(
-            url,
-            headers=headers,
+            sent.url,
+            headers=sent.headers,
+            # None keeps an injected session's own middlewares on the origin's requests.
+            middlewares=(sent.middlewares or None) if on_origin else _CROSS_ORIGIN,
+            proxy=ctx.network.proxy_for(url),
             allow_redirects=False,
             auto_decompress=False,
             timeout=timeout,
             read_bufsize=_READ_BUFSIZE,
         )
+        if resp.status == 401 and on_origin and credentials is not None and not tried_refresh:
+            tried_refresh = True
+            try:
+                renewed = await credentials.refresh(ctx.session, sent)
+            except auth.TokenError as exc:
+                resp.release()
+                raise _token_error(p, exc) from None
+            if renewed:
+                resp.release()
+                continue
+        if resp.status in (401, 403):
+            resp.release()
+            raise _auth_failure(p, resp, credentials if on_origin else None, on_origin, renewed)
         if resp.status not in _REDIRECTS:
             return resp
         location = resp.headers.get("Location")
         resp.release()
         if not location:
             raise HTTPStatusError(p.display_url, resp.status, "redirect without a Location")
+        hops += 1
+        if hops > opts.max_redirects:
+            raise RedirectError(p.display_url, f"more than {opts.max_redirects} redirects")
         try:
-            target = resp.url.join(URL(location))
+            # A password in a Location is never used: it would be sent without being asked for.
+            target = url.join(URL(location)).with_user(None)
         except ValueError:
             raise RedirectError(p.display_url, "redirect to a malformed URL") from None
         if target.scheme not in SCHEMES:
             raise RedirectError(
                 p.display_url, f"redirect to a {target.scheme or 'relative'}: URL refused"
             )
-        if _origin(target) != origin:
+        if on_origin and _origin(target) != origin:
             headers = {k: v for k, v in headers.items() if k.lower() in _SAFE_ACROSS_ORIGINS}
-            origin = _origin(target)
+            on_origin = False
         url = target
-    raise RedirectError(p.display_url, f"more than {opts.max_redirects} redirects")
+
+
+async def _without_credentials(
+    req: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    # Credentials the session adds by itself (an injected session's default headers or its
+    # own netrc lookup) must not follow a redirect to another origin either.
+    req.headers.popall("Authorization", None)
+    return await handler(req)
+
+
+_CROSS_ORIGIN: tuple[aiohttp.ClientMiddlewareType, ...] = (_without_credentials,)
+
+
+def _has_header(headers: dict[str, str], name: str) -> bool:
+    lowered = name.lower()
+    return any(k.lower() == lowered for k in headers)
+
+
+def _token_error(p: Planned, exc: auth.TokenError) -> DownloadError:
+    return (TransferError if exc.transient else DownloadError)(p.display_url, exc.cause)
+
+
+def _auth_failure(
+    p: Planned,
+    resp: aiohttp.ClientResponse,
+    credentials: auth.Auth | None,
+    on_origin: bool,
+    renewed: bool,
+) -> HTTPStatusError:
+    """A 401/403 is final: the message says which credentials were sent (never the secret)."""
+    exc = HTTPStatusError(p.display_url, resp.status, resp.reason or "")
+    if credentials is not None:
+        exc.add_context(
+            f"(sent {credentials.describe()}" + (", renewed once" if renewed else "") + ")"
+        )
+    elif not on_origin:
+        exc.add_context(
+            f"(after a redirect to {format.mask_url(str(resp.url.origin()))}: credentials are "
+            "not sent to another origin)"
+        )
+    elif resp.status == 401:
+        exc.add_context("(no credentials were sent: pass auth=..., or headers=...)")
+    return exc
 
 
 def _origin(url: URL) -> tuple[str, str, int | None]:
@@ -337,7 +490,18 @@ def _network_error(ctx: Context, p: Planned, exc: BaseException, received: int) 
         return DownloadError(
             p.display_url,
             f"TLS certificate not trusted ({exc.certificate_error}); pass verify='ca.pem' "
-            "or an ssl.SSLContext for a private CA",
+            "or an ssl.SSLContext for a private CA, or verify='system' to use the "
+            "operating system's trust store (a network that inspects TLS)",
+        )
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        if exc.status == 407:
+            return DownloadError(
+                p.display_url, "the proxy asks for credentials (HTTP 407): check the proxy login"
+            )
+        return TransferError(p.display_url, f"the proxy answered HTTP {exc.status} {exc.message}")
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return TransferError(
+            p.display_url, f"cannot connect to the proxy ({exc.os_error.strerror or exc})"
         )
     if isinstance(exc, aiohttp.ClientConnectorError):
         return TransferError(p.display_url, f"cannot connect ({exc.os_error.strerror or exc})")
@@ -359,10 +523,16 @@ def _network_error(ctx: Context, p: Planned, exc: BaseException, received: int) 
         cause = str(exc).split(". ")[0] or type(exc).__name__
         return TransferError(p.display_url, f"connection lost after {received} bytes ({cause})")
     if isinstance(exc, aiohttp.ClientResponseError):
-        return DownloadError(p.display_url, f"malformed response ({exc.message})")
+        # The parser's message can span lines and quote raw bytes: keep its first words.
+        gist = str(exc.message).splitlines()[0].split(": b'")[0].rstrip(":. ")
+        if gist.startswith("Got more than"):
+            gist = f"a header line is too long: {gist.lower()}"
+        return DownloadError(p.display_url, f"malformed response ({gist})")
     if isinstance(exc, aiohttp.InvalidURL):
         return DownloadError(p.display_url, "invalid URL")
-    return TransferError(p.display_url, f"{type(exc).__name__}: {exc}")
+    # Text from elsewhere may quote the request URL, with its query key or password.
+    text = format.mask_urls_in(str(exc), auth.secret_params(ctx.options.auth))
+    return TransferError(p.display_url, f"{type(exc).__name__}: {text}")
 
 
 async def _receive(
@@ -414,6 +584,8 @@ async def _receive(
         raise TooLargeError(
             p.display_url, f"file is {size(total)}, over max_size={size(opts.max_size)}"
         )
+    if opts.content_disposition and p.file.path is None and st.target is None:
+        await _name_from_server(ctx, p, st, resp.headers.get("Content-Disposition"))
     if status == 200 and total is not None and _splittable(ctx, st, resp, total):
         assert validator is not None
         split = _Split([Segment(0, total)], total, validator, partial.url, _host(p.url))
@@ -433,7 +605,7 @@ async def _receive(
     pending_n = 0
     clock = ctx.clock
     interval = opts.progress_interval
-    chunk_size = opts.chunk_size
+    chunk_size = ctx.write_size()
     max_size = opts.max_size
     low_limit, low_time = opts.low_speed_limit, opts.low_speed_time
     last_emit = window_t = clock()
@@ -454,6 +626,7 @@ async def _receive(
             if pending_n >= chunk_size:
                 await _flush(p, st, pending, offset, meta)
                 pending, pending_n = [], 0
+                chunk_size = ctx.write_size()
             now = clock()
             if now - last_emit >= interval:
                 last_emit = now
@@ -473,6 +646,36 @@ async def _receive(
                 await _flush(p, st, pending, offset, meta)
         raise
     return await _finish(ctx, p, st, pending, offset, total)
+
+
+async def _name_from_server(ctx: Context, p: Planned, st: _State, header: str | None) -> None:
+    """Take the file's name from ``Content-Disposition`` (opt-in), in the same folder.
+
+    The named path gets a writer lock of its own, and a complete file there is skipped
+    (verified against the hash when one is given), as at the URL's name.
+    """
+    name = files.name_from_disposition(header)
+    if not name or name == p.final.name:
+        return
+    target = p.final.with_name(name)
+    lock = await _fs(p.display_url, files.try_lock, target)
+    if lock is None:
+        raise DownloadError(
+            p.display_url,
+            f"the server names it {name}, which another download is writing; give it a "
+            "path with File(url, path=...)",
+        )
+    st.target, st.target_lock = target, lock
+    existing = await _fs(p.display_url, files.existing_size, target)
+    if existing is None or ctx.options.overwrite:
+        return
+    reason = f"already downloaded as {name} (the server's name)"
+    if p.expected is not None:
+        digest = await _fs(p.display_url, hash_file, target, p.expected.algorithm)
+        if digest.hexdigest() != p.expected.hexdigest:
+            return
+        reason += f", {p.expected.algorithm} verified"
+    raise _Present(existing, reason)
 
 
 async def _flush(
@@ -536,8 +739,16 @@ def _write_verify_commit(st: _State, chunks: list[bytes], offset: int, total: in
                 p.display_url,
                 f"{p.expected.algorithm} mismatch: expected {p.expected.hexdigest}, got {actual}",
             )
-    files.commit(st.part, p.final)
+    _commit(st)
     return nbytes
+
+
+def _commit(st: _State) -> None:
+    """Rename the verified part file, and let go of the lock in the same thread hop."""
+    files.commit(st.part, st.planned.final, st.target)
+    if st.lock is not None:
+        files.unlock(st.planned.final, st.lock)
+        st.lock = None
 
 
 # --- segmented downloads ----------------------------------------------------------------
@@ -772,6 +983,7 @@ async def _stream_range(
     clock = ctx.clock
     low_limit, low_time = opts.low_speed_limit, opts.low_speed_time
     window_t, window_b = clock(), seg.done
+    write_size = ctx.write_size()
     try:
         while True:
             # ``seg.end`` moves down when another connection takes over part of this range.
@@ -790,9 +1002,10 @@ async def _stream_range(
             pending.append(chunk)
             pending_n += len(chunk)
             st.received += len(chunk)
-            if pending_n >= opts.chunk_size:
+            if pending_n >= write_size:
                 await _write_range(st, split, seg, pending)
                 pending, pending_n = [], 0
+                write_size = ctx.write_size()
             now = clock()
             if now - split.last_emit >= opts.progress_interval:
                 split.last_emit = now
@@ -852,7 +1065,7 @@ def _verify_segmented(st: _State, split: _Split) -> int:
                 p.display_url,
                 f"{p.expected.algorithm} mismatch: expected {p.expected.hexdigest}, got {actual}",
             )
-    files.commit(st.part, p.final)
+    _commit(st)
     return split.total
 
 
@@ -878,16 +1091,21 @@ def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None
     total: int | None
     if total_text == "*":
         total = None
-    elif total_text.isdigit():
+    elif _digits(total_text):
         total = int(total_text)
     else:
         return None
     if rng == "*":
         return (-1, -1, total) if total is not None else None
     first, dash, last = rng.partition("-")
-    if not dash or not first.isdigit() or not last.isdigit():
+    if not dash or not _digits(first) or not _digits(last):
         return None
     start, end = int(first), int(last)
     if end < start or (total is not None and end >= total):
         return None
     return start, end, total
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: ``isdigit()`` alone also accepts "²" and other scripts' digits."""
+    return text.isascii() and text.isdigit()
