@@ -34,6 +34,7 @@ _WINDOWS_RESERVED = re.compile(
     r"^(con|prn|aux|nul|com[0-9]|lpt[0-9]|conin\$|conout\$)(\..*)?$", re.I
 )
 _UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*\\/]')
+_DISPOSITION_PARAM = re.compile(r';\s*([^\s;=]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
 _MAX_NAME_BYTES = 255 - len(".part.json") - 2  # room for the sidecar names
 DEFAULT_NAME = "index.html"
 
@@ -58,9 +59,32 @@ def sanitize_name(name: str) -> str:
         if not dot or len(ext.encode()) > 16:
             stem, ext = text, ""
         budget = _MAX_NAME_BYTES - len(ext.encode()) - (1 if ext else 0)
-        stem = stem.encode()[:budget].decode(errors="ignore")
+        # The cut may land just after a dot or space: trailing ones go, as above.
+        stem = stem.encode()[:budget].decode(errors="ignore").rstrip(". ")
         text = f"{stem}.{ext}" if ext else stem
     return text
+
+
+def name_from_disposition(value: str | None) -> str:
+    """The safe file name a ``Content-Disposition`` header offers, or ``""`` for none.
+
+    ``filename*`` (percent-encoded, with a charset) wins over ``filename``; either is
+    reduced by :func:`sanitize_name`, so whatever the server says stays one name in ``dest``.
+    """
+    params: dict[str, str] = {}
+    for key, raw in _DISPOSITION_PARAM.findall(";" + (value or "")):
+        params.setdefault(key.lower(), raw.strip())
+    name = ""
+    extended = params.get("filename*")
+    if extended:
+        charset, _, rest = extended.strip('"').partition("'")
+        with contextlib.suppress(LookupError, UnicodeDecodeError):
+            name = unquote(rest.partition("'")[2], charset or "utf-8", "strict")
+    if not name and "filename" in params:
+        name = params["filename"]
+        if len(name) >= 2 and name[0] == name[-1] == '"':
+            name = re.sub(r"\\(.)", r"\1", name[1:-1])
+    return sanitize_name(name)
 
 
 def name_from_url(url: str) -> str:
@@ -102,32 +126,34 @@ def is_within(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-@dataclass(frozen=True, slots=True)
-class Existing:
-    """What sits at the final path before a download."""
+def ensure_parent(dest_real: Path, final: Path) -> None:
+    """Create the folders above ``final``, refusing any that leads outside ``dest``
+    (a symlinked sub-folder). Blocking.
 
-    size: int | None  # None: nothing there
-
-
-def inspect_target(dest_real: Path, final: Path) -> Existing:
-    """Create the parent folders and check the final path is safe to write. Blocking.
-
-    :raises OSError: with a message fit for users, when the target cannot be used.
+    :raises OSError: with a message fit for users.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     if not is_within(Path(os.path.realpath(final.parent)), dest_real):
         raise OSError(errno.EXDEV, f"{final.parent} leads outside the destination folder")
+
+
+def existing_size(final: Path) -> int | None:
+    """Size of the regular file at ``final``, or None when there is none. Blocking.
+
+    :raises OSError: when something there is not a regular file (a symlink is never
+        followed or replaced: it may point anywhere).
+    """
     try:
         st = os.lstat(final)
     except FileNotFoundError:
-        return Existing(None)
+        return None
     if stat.S_ISLNK(st.st_mode):
         raise OSError(errno.ELOOP, f"{final} is a symbolic link; refusing to follow or replace it")
     if stat.S_ISDIR(st.st_mode):
         raise OSError(errno.EISDIR, f"{final} is a directory")
     if not stat.S_ISREG(st.st_mode):
         raise OSError(errno.EINVAL, f"{final} is not a regular file")
-    return Existing(st.st_size)
+    return st.st_size
 
 
 # --- locks -----------------------------------------------------------------------------
@@ -229,7 +255,11 @@ def read_partial(final: Path) -> Partial | None:
 def write_meta(final: Path, partial: Partial) -> None:
     path = sidecar(final, ".part.json")
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(partial.to_json())
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # a symlink planted there is removed, never written through
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    with open(fd, "w") as f:
+        f.write(partial.to_json())
     os.replace(tmp, path)
 
 
@@ -303,8 +333,9 @@ def preallocate(fd: int, size: int) -> None:
     os.ftruncate(fd, size)
 
 
-def commit(part: Path, final: Path) -> None:
-    """Move a verified part file to its final name, atomically, and drop its sidecar."""
-    os.replace(part, final)
+def commit(part: Path, final: Path, target: Path | None = None) -> None:
+    """Move a verified part file to its final name (or ``target``, a name the server gave),
+    atomically, and drop its sidecar."""
+    os.replace(part, target or final)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(sidecar(final, ".part.json"))

@@ -17,7 +17,9 @@ T = TypeVar("T")
 class PriorityQueue(Generic[T]):
     def __init__(self) -> None:
         self._heap: list[tuple[int, int, str, T]] = []
-        self._queued: set[str] = set()
+        # id -> counter of its live heap entry: an entry left behind by remove() is stale
+        # even when the id is queued again later.
+        self._queued: dict[str, int] = {}
         self._counter = itertools.count()
         self._waiters: list[asyncio.Future[None]] = []
 
@@ -31,8 +33,8 @@ class PriorityQueue(Generic[T]):
         """Queue ``item``; return False when ``item_id`` is already queued."""
         if item_id in self._queued:
             return False
-        self._queued.add(item_id)
-        heapq.heappush(self._heap, (-priority, next(self._counter), item_id, item))
+        count = self._queued[item_id] = next(self._counter)
+        heapq.heappush(self._heap, (-priority, count, item_id, item))
         # Wake every waiter: the losers simply wait again, and no wake-up is lost when a
         # woken worker is cancelled before it takes the item.
         for waiter in self._waiters:
@@ -44,14 +46,14 @@ class PriorityQueue(Generic[T]):
         """Drop a queued id; return False when it was not queued."""
         if item_id not in self._queued:
             return False
-        self._queued.discard(item_id)
+        del self._queued[item_id]
         return True
 
     def get_nowait(self) -> tuple[str, T] | None:
         while self._heap:
-            _, _, item_id, item = heapq.heappop(self._heap)
-            if item_id in self._queued:
-                self._queued.discard(item_id)
+            _, count, item_id, item = heapq.heappop(self._heap)
+            if self._queued.get(item_id) == count:
+                del self._queued[item_id]
                 return item_id, item
         return None
 

@@ -423,14 +423,15 @@ async def _open(ctx: Context, p: Planned, headers: dict[str, str]) -> aiohttp.Cl
         if hops > opts.max_redirects:
             raise RedirectError(p.display_url, f"more than {opts.max_redirects} redirects")
         try:
-            # A password in a Location is never used: it would be sent without being asked for.
-            target = url.join(URL(location)).with_user(None)
+            target = url.join(URL(location))
         except ValueError:
             raise RedirectError(p.display_url, "redirect to a malformed URL") from None
         if target.scheme not in SCHEMES:
             raise RedirectError(
                 p.display_url, f"redirect to a {target.scheme or 'relative'}: URL refused"
             )
+        # A password in a Location is never used: it would be sent without being asked for.
+        target = target.with_user(None)
         if on_origin and _origin(target) != origin:
             headers = {k: v for k, v in headers.items() if k.lower() in _SAFE_ACROSS_ORIGINS}
             on_origin = False
@@ -639,11 +640,14 @@ async def _receive(
                         "(low_speed_limit / low_speed_time)",
                     )
                 window_t, window_b = now, received
-    except BaseException:
+    except BaseException as exc:
+        arrived = st.received + pending_n
         # Keep what arrived: the next attempt (or run) resumes after it.
         if pending and meta is not None:
             with contextlib.suppress(OSError):
                 await _flush(p, st, pending, offset, meta)
+        if isinstance(exc, aiohttp.ClientError | TimeoutError):
+            raise _network_error(ctx, p, exc, arrived) from exc
         raise
     return await _finish(ctx, p, st, pending, offset, total)
 

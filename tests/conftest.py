@@ -1,0 +1,77 @@
+"""Fixtures shared by the whole suite.
+
+* ``shared_server`` (session) / ``server`` (per test): the test server of ``server.py``;
+  ``other_server``: a second one, another origin.
+* ``dest``: an empty destination folder per test.
+* ``fast``: options that keep retries quick and the progress display off.
+* ``blockbuster`` (autouse): any blocking call made by rheo_nb code while an event loop
+  runs in the same thread fails the test. Only frames of ``rheo_nb`` are scanned: the
+  suite's own helpers, pytest and aiohttp may block (a test reading a file it just
+  downloaded is not a bug). Tests that block a loop on purpose (``fetch_sync`` from a
+  coroutine) carry ``@pytest.mark.allow_blocking``; the one bounded wait rheo_nb makes on
+  purpose (for the worker thread of ``start()`` to be up) is allowed by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from blockbuster import BlockBuster, blockbuster_ctx
+from hypothesis import settings
+from server import FAST, Server, SharedServer
+
+# No example database: the suite writes nothing outside its temporary folders.
+settings.register_profile("rheo_nb", database=None, deadline=None, max_examples=200)
+settings.load_profile("rheo_nb")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "allow_blocking: blocking the event loop is what this test does on purpose"
+    )
+
+
+@pytest.fixture(scope="session")
+def shared_server() -> Iterator[SharedServer]:
+    with SharedServer() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def other_server() -> Iterator[SharedServer]:
+    """A second origin (another port), for redirects across origins."""
+    with SharedServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def server(shared_server: SharedServer) -> Server:
+    return shared_server.view()
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    path = tmp_path / "dest"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def fast() -> dict[str, Any]:
+    return dict(FAST)
+
+
+@pytest.fixture(autouse=True)
+def blockbuster(request: pytest.FixtureRequest) -> Iterator[BlockBuster | None]:
+    if request.node.get_closest_marker("allow_blocking") is not None:
+        yield None
+        return
+    with blockbuster_ctx("rheo_nb") as bb:
+        # start() waits for its worker thread's loop to exist, so that job.cancel() can
+        # never be lost: a handshake as short as Thread.start(), which blockbuster allows.
+        for name in ("threading.Lock.acquire", "threading.Lock.acquire_lock"):
+            bb.functions[name].can_block_in("rheo_nb/runner.py", "__init__")
+        yield bb

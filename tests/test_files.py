@@ -1,0 +1,329 @@
+"""Naming, confinement to dest, locks, partial files and the final rename."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from pathlib import Path, PurePosixPath
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rheo_nb import files
+from rheo_nb.errors import InvalidItemError
+
+# --- sanitize_name ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "safe"),
+    [
+        ("data.csv", "data.csv"),
+        ("a/b/c.txt", "c.txt"),
+        ("..\\..\\windows\\system.ini", "system.ini"),
+        ("..", ""),
+        ("...", ""),
+        (".bashrc", "bashrc"),
+        ("name. . ", "name"),
+        ("a\x00b", "a_b"),
+        ("tab\there", "tab_here"),
+        ('a<b>c:d"e|f?g*h', "a_b_c_d_e_f_g_h"),
+        ("con", "_con"),
+        ("CON.txt", "_CON.txt"),
+        ("lpt1.tar.gz", "_lpt1.tar.gz"),
+        ("console.txt", "console.txt"),
+        ("e\u0301t\u0301e\u0301", "\u00e9t\u0301\u00e9"),
+    ],
+)
+def test_sanitize_name_examples(raw: str, safe: str) -> None:
+    assert files.sanitize_name(raw) == safe
+
+
+def test_sanitize_name_shortens_long_names_and_keeps_the_extension() -> None:
+    name = files.sanitize_name("x" * 400 + ".csv")
+    assert name.endswith(".csv")
+    assert len(name.encode()) <= 255 - len(".part.json") - 2
+
+
+def test_sanitize_name_never_splits_a_multibyte_character() -> None:
+    name = files.sanitize_name("é" * 400)
+    assert name
+    assert set(name) == {"é"}
+    assert len(name.encode()) <= 255
+
+
+@given(st.text())
+def test_sanitize_name_always_gives_one_safe_component(raw: str) -> None:
+    name = files.sanitize_name(raw)
+    assert "/" not in name
+    assert "\\" not in name
+    assert not any(ord(c) < 0x20 or c == "\x7f" for c in name)
+    assert not name.startswith(".")
+    assert name == name.rstrip(". ")
+    assert len(name.encode()) <= 255 - len(".part.json")
+    if name:
+        root = PurePosixPath("/dest")
+        assert (root / name).parent == root
+
+
+@given(st.text(alphabet="ab. é-", min_size=230, max_size=600))
+def test_sanitize_name_shortened_names_keep_the_rules(raw: str) -> None:
+    name = files.sanitize_name(raw)
+    assert len(name.encode()) <= 255 - len(".part.json") - 2
+    assert not name.startswith(".")
+    assert name == name.rstrip(". ")
+
+
+@given(st.text())
+def test_sanitize_name_is_stable(raw: str) -> None:
+    once = files.sanitize_name(raw)
+    assert files.sanitize_name(once) == once.strip()
+
+
+# --- name_from_url ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("https://example.org/data/train.csv?version=2#top", "train.csv"),
+        ("https://example.org/", "index.html"),
+        ("https://example.org", "index.html"),
+        ("https://example.org/a/%2e%2e", "index.html"),
+        ("https://example.org/..%2F..%2Fetc%2Fpasswd", "passwd"),
+        ("https://example.org/%2Fetc%2Fshadow", "shadow"),
+        ("https://example.org/my%20file.txt", "my file.txt"),
+        ("https://example.org/.env", "env"),
+    ],
+)
+def test_name_from_url(url: str, name: str) -> None:
+    assert files.name_from_url(url) == name
+
+
+# --- relative_path -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("a.txt", "a.txt"),
+        ("raw/2024/a.txt", "raw/2024/a.txt"),
+        ("./raw//a.txt", "raw/a.txt"),
+        ("raw\\a.txt", "raw/a.txt"),
+        (Path("raw") / "a.txt", "raw/a.txt"),
+    ],
+)
+def test_relative_path_accepts_paths_inside_dest(given: str | Path, expected: str) -> None:
+    assert files.relative_path(given) == PurePosixPath(expected)
+
+
+@pytest.mark.parametrize(
+    ("given", "words"),
+    [
+        ("../escape.txt", "outside dest"),
+        ("a/../../escape.txt", "outside dest"),
+        ("a\\..\\..\\escape.txt", "outside dest"),
+        ("/etc/passwd", "absolute"),
+        ("\\\\server\\share\\x", "absolute"),
+        ("C:\\Windows\\x", "absolute"),
+        ("c:x", "absolute"),
+        ("", "names no file"),
+        (".", "names no file"),
+        ("a/./", "a"),
+        ("a\x00b", "NUL"),
+    ],
+)
+def test_relative_path_rejects_escapes_and_empty_names(given: str, words: str) -> None:
+    if given == "a/./":  # a folder-looking path still names the file "a"
+        assert files.relative_path(given) == PurePosixPath("a")
+        return
+    with pytest.raises(InvalidItemError, match=words):
+        files.relative_path(given)
+
+
+@given(st.lists(st.sampled_from(["a", "b", "..", ".", "", "/", "\\", "c:"]), max_size=8))
+def test_relative_path_never_leaves_dest(parts: list[str]) -> None:
+    text = "/".join(parts)
+    try:
+        rel = files.relative_path(text)
+    except InvalidItemError:
+        return
+    root = Path("/dest")
+    assert files.is_within(Path(os.path.normpath(root.joinpath(*rel.parts))), root)
+    assert ".." not in rel.parts
+
+
+# --- sidecars and confinement ---------------------------------------------------------------
+
+
+def test_sidecar_names() -> None:
+    final = Path("/d/x.csv")
+    assert files.sidecar(final, ".part") == Path("/d/x.csv.part")
+    assert files.sidecar(final, ".part.json") == Path("/d/.x.csv.part.json")
+    assert files.sidecar(final, ".lock") == Path("/d/.x.csv.lock")
+
+
+def test_is_within() -> None:
+    root = Path("/d")
+    assert files.is_within(Path("/d"), root)
+    assert files.is_within(Path("/d/a/b"), root)
+    assert not files.is_within(Path("/dx"), root)
+    assert not files.is_within(Path("/"), root)
+
+
+def test_ensure_parent_creates_the_folders(tmp_path: Path) -> None:
+    final = tmp_path / "a" / "b" / "x.bin"
+    files.ensure_parent(tmp_path, final)
+    assert final.parent.is_dir()
+    assert files.existing_size(final) is None
+
+
+def test_existing_size_of_a_regular_file(tmp_path: Path) -> None:
+    (tmp_path / "x.bin").write_bytes(b"12345")
+    assert files.existing_size(tmp_path / "x.bin") == 5
+
+
+def test_existing_size_refuses_a_symlink_at_the_final_path(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "x.txt").symlink_to(outside)
+    with pytest.raises(OSError, match="symbolic link") as info:
+        files.existing_size(dest / "x.txt")
+    assert info.value.errno == errno.ELOOP
+    assert outside.read_text() == "keep me"
+
+
+def test_existing_size_refuses_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "x").mkdir()
+    with pytest.raises(IsADirectoryError):
+        files.existing_size(tmp_path / "x")
+
+
+def test_ensure_parent_refuses_a_folder_linked_outside_dest(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "sub").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(OSError, match="outside the destination") as info:
+        files.ensure_parent(dest, dest / "sub" / "x.bin")
+    assert info.value.errno == errno.EXDEV
+
+
+# --- locks ------------------------------------------------------------------------------------
+
+
+def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
+    final = tmp_path / "x.bin"
+    fd = files.try_lock(final)
+    assert fd is not None
+    assert fd >= 0
+    assert files.try_lock(final) is None
+    files.unlock(final, fd)
+    assert not files.sidecar(final, ".lock").exists()
+    again = files.try_lock(final)
+    assert again is not None
+    assert again >= 0
+    files.unlock(final, again)
+
+
+def test_unlock_without_flock_support_is_a_no_op(tmp_path: Path) -> None:
+    files.unlock(tmp_path / "x.bin", files.LOCK_UNSUPPORTED)
+
+
+# --- partial files --------------------------------------------------------------------------
+
+
+def test_url_key_hides_the_url() -> None:
+    key = files.url_key("https://u:secret@example.org/x?token=abc")
+    assert "secret" not in key
+    assert "abc" not in key
+    assert key == files.url_key("https://u:secret@example.org/x?token=abc")
+    assert key != files.url_key("https://example.org/x")
+
+
+def test_partial_metadata_round_trips(tmp_path: Path) -> None:
+    final = tmp_path / "x.bin"
+    files.sidecar(final, ".part").write_bytes(b"abc")
+    files.write_meta(final, files.Partial(0, "k" * 32, '"etag"', 1000, [[0, 10, 3]]))
+    assert files.read_partial(final) == files.Partial(3, "k" * 32, '"etag"', 1000, [[0, 10, 3]])
+
+
+def test_read_partial_without_a_part_file_is_none(tmp_path: Path) -> None:
+    assert files.read_partial(tmp_path / "x.bin") is None
+
+
+def test_read_partial_with_unreadable_metadata_keeps_only_the_size(tmp_path: Path) -> None:
+    final = tmp_path / "x.bin"
+    files.sidecar(final, ".part").write_bytes(b"abcd")
+    files.sidecar(final, ".part.json").write_text("{not json")
+    assert files.read_partial(final) == files.Partial(4)
+
+
+def test_read_partial_ignores_a_part_that_is_not_a_regular_file(tmp_path: Path) -> None:
+    final = tmp_path / "x.bin"
+    files.sidecar(final, ".part").symlink_to(tmp_path / "elsewhere")
+    assert files.read_partial(final) == files.Partial(0)
+
+
+def test_discard_partial_removes_the_part_and_its_metadata(tmp_path: Path) -> None:
+    final = tmp_path / "x.bin"
+    files.sidecar(final, ".part").write_bytes(b"abc")
+    files.write_meta(final, files.Partial(0, "k"))
+    files.discard_partial(final)
+    files.discard_partial(final)  # twice is fine
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_open_part_truncates_at_the_offset(tmp_path: Path) -> None:
+    part = tmp_path / "x.bin.part"
+    part.write_bytes(b"0123456789")
+    fd = files.open_part(part, 4)
+    try:
+        files.write_all(fd, [b"ab", b"cd"])
+    finally:
+        os.close(fd)
+    assert part.read_bytes() == b"0123abcd"
+
+
+def test_open_part_replaces_a_planted_symlink_instead_of_following_it(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    part = tmp_path / "x.bin.part"
+    part.symlink_to(victim)
+    fd = files.open_part(part, 0)
+    try:
+        files.write_all(fd, [b"new"])
+    finally:
+        os.close(fd)
+    assert victim.read_text() == "keep me"
+    assert not part.is_symlink()
+    assert part.read_bytes() == b"new"
+
+
+def test_write_all_writes_every_chunk_and_feeds_the_hasher(tmp_path: Path) -> None:
+    chunks = [os.urandom(n) for n in (1, 70_000, 0, 3, 200_000)]
+    hasher = hashlib.sha256()
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+    try:
+        assert files.write_all(fd, chunks, hasher) == sum(map(len, chunks))
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    assert (tmp_path / "out").read_bytes() == data
+    assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_commit_renames_and_drops_the_metadata(tmp_path: Path) -> None:
+    final = tmp_path / "x.bin"
+    final.write_bytes(b"old")
+    part = files.sidecar(final, ".part")
+    part.write_bytes(b"new")
+    files.write_meta(final, files.Partial(0, "k"))
+    files.commit(part, final)
+    assert final.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]

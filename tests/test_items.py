@@ -1,0 +1,149 @@
+"""Turning what callers pass into planned downloads: File, as_files, plan."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from rheo_nb import File, InvalidItemError
+from rheo_nb.events import Status
+from rheo_nb.hashing import ExpectedHash
+from rheo_nb.items import as_files, check_headers, check_url, describe, download_id, plan
+from rheo_nb.results import Outcome
+
+DEST = Path("/data")
+URL = "https://example.org/sets/train.csv"
+SHA = "sha256:" + "ab" * 32
+
+
+def test_as_files_accepts_strings_files_mappings_and_outcomes() -> None:
+    f = File("https://example.org/b", "b.bin", hash=SHA)
+    outcome = Outcome("masked", Path("/x"), Status.FAILED, 0, 0.0, "boom", "id", f)
+    assert as_files(URL) == [File(URL)]
+    assert as_files(f) == [f]
+    assert as_files([URL, f, outcome]) == [File(URL), f, f]
+    assert as_files({URL: SHA, "https://example.org/c": None}) == [
+        File(URL, hash=SHA),
+        File("https://example.org/c"),
+    ]
+    assert as_files(u for u in [URL]) == [File(URL)]
+
+
+def test_as_files_refuses_other_objects() -> None:
+    with pytest.raises(TypeError, match="cannot download a int"):
+        as_files([URL, 42])  # type: ignore[list-item]
+
+
+def test_file_repr_masks_the_url_and_hides_headers() -> None:
+    f = File(
+        "https://me:pw@example.org/a?token=abc",
+        "a.bin",
+        hash=SHA,
+        priority=2,
+        headers={"Authorization": "Bearer s3cret"},
+    )
+    text = repr(f)
+    assert "pw" not in text
+    assert "abc" not in text
+    assert "s3cret" not in text
+    assert "headers=<1 hidden>" in text
+    assert "priority=2" in text
+    assert "path='a.bin'" in text
+
+
+def test_file_is_frozen_and_hashable() -> None:
+    assert len({File(URL), File(URL)}) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("", "empty URL"),
+        ("https://example.org/a b", "whitespace or control"),
+        ("https://example.org/a\r\nHost: evil", "whitespace or control"),
+        ("ftp://example.org/a", "unsupported URL scheme ftp:"),
+        ("file:///etc/passwd", "unsupported URL scheme file:"),
+        ("example.org/a", r"unsupported URL scheme \(none\)"),
+        ("https:///a", "has no host"),
+        ("https://example.org:99999/a", "malformed URL"),
+        ("https://example.org:port/a", "malformed URL"),
+    ],
+)
+def test_check_url_rejects_unusable_urls(url: str, words: str) -> None:
+    with pytest.raises(InvalidItemError, match=words):
+        check_url(url)
+
+
+def test_check_url_never_shows_secrets() -> None:
+    with pytest.raises(InvalidItemError) as info:
+        check_url("ftp://me:hunter2@example.org/a?token=abc")
+    assert "hunter2" not in str(info.value)
+    assert "abc" not in str(info.value)
+
+
+def test_check_url_accepts_http_and_https() -> None:
+    assert check_url("HTTP://example.org/a") == "HTTP://example.org/a"
+    assert check_url("https://127.0.0.1:8080/a?b=c") == "https://127.0.0.1:8080/a?b=c"
+
+
+def test_check_headers() -> None:
+    assert check_headers(None) == {}
+    assert check_headers({"X-Key": "v"}) == {"X-Key": "v"}
+    with pytest.raises(InvalidItemError, match="invalid header name"):
+        check_headers({"Bad Name": "v"})
+    with pytest.raises(InvalidItemError, match="CR, LF or NUL"):
+        check_headers({"X-Key": "v\r\nInjected: yes"})
+    with pytest.raises(InvalidItemError, match="not text"):
+        check_headers({"X-Key": 3})  # type: ignore[dict-item]
+
+
+def test_plan_names_the_file_from_the_url() -> None:
+    p = plan(File(URL), DEST, {})
+    assert p.relpath == PurePosixPath("train.csv")
+    assert p.final == DEST / "train.csv"
+    assert p.expected is None
+    assert p.url == URL
+
+
+def test_plan_uses_the_given_path_inside_dest() -> None:
+    p = plan(File(URL, "raw/2024/train.csv", hash=SHA), DEST, {})
+    assert p.final == DEST / "raw" / "2024" / "train.csv"
+    assert p.expected == ExpectedHash("sha256", "ab" * 32)
+
+
+@pytest.mark.parametrize("path", ["../train.csv", "/etc/passwd", "", "a/../../b"])
+def test_plan_rejects_paths_outside_dest(path: str) -> None:
+    with pytest.raises(InvalidItemError):
+        plan(File(URL, path), DEST, {})
+
+
+def test_plan_masks_the_display_url() -> None:
+    p = plan(File("https://example.org/a.csv?api_key=abc"), DEST, {})
+    assert p.display_url == "https://example.org/a.csv?api_key=***"
+    assert p.url.endswith("api_key=abc")
+
+
+def test_plan_rejects_a_bad_hash_or_priority() -> None:
+    with pytest.raises(InvalidItemError, match="malformed sha256"):
+        plan(File(URL, hash="sha256:xyz"), DEST, {})
+    with pytest.raises(InvalidItemError, match="priority must be an int"):
+        plan(File(URL, priority="high"), DEST, {})  # type: ignore[arg-type]
+
+
+def test_plan_merges_headers_per_file_winning() -> None:
+    p = plan(File(URL, headers={"X-A": "file"}), DEST, {"X-A": "call", "X-B": "call"})
+    assert p.headers == {"X-A": "file", "X-B": "call"}
+
+
+def test_download_id_depends_on_url_and_path() -> None:
+    a = plan(File(URL), DEST, {}).download_id
+    assert a == plan(File(URL, "train.csv"), DEST, {}).download_id
+    assert a == download_id(URL, PurePosixPath("train.csv"))
+    assert a != plan(File(URL, "other.csv"), DEST, {}).download_id
+    assert a != plan(File(URL + "?v=2"), DEST, {}).download_id
+
+
+def test_describe_is_safe_for_anything() -> None:
+    assert describe(File("https://example.org/a?token=x")) == "https://example.org/a?token=***"
+    assert describe(File(42)) == "'int'"  # type: ignore[arg-type]

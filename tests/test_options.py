@@ -1,0 +1,104 @@
+"""Options: defaults, validation once, and building from keywords."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from rheo_nb import OptionError, Options
+
+
+def test_defaults() -> None:
+    o = Options()
+    assert (o.concurrency, o.retries, o.timeout, o.overwrite) == (8, 3, 30.0, False)
+    assert o.total_timeout is None
+    assert o.max_size is None
+    assert o.headers == {}
+    assert o.segments == "auto"
+
+
+def test_options_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Options().retries = 5  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"concurrency": 0}, "concurrency"),
+        ({"concurrency": 2.5}, "concurrency"),
+        ({"concurrency": "4"}, "concurrency"),
+        ({"retries": -1}, "retries"),
+        ({"retries": 2.0}, "retries"),
+        ({"timeout": 0}, "timeout must be > 0"),
+        ({"timeout": -1}, "timeout"),
+        ({"timeout": "30"}, "timeout"),
+        ({"timeout": float("nan")}, "timeout"),
+        ({"total_timeout": 0}, "total_timeout"),
+        ({"total_timeout": "soon"}, "total_timeout"),
+        ({"backoff": -0.1}, "backoff"),
+        ({"backoff_max": None}, "backoff_max"),
+        ({"retry_after_max": -1}, "retry_after_max"),
+        ({"low_speed_time": -1}, "low_speed_time"),
+        ({"progress_interval": "fast"}, "progress_interval"),
+        ({"max_size": -1}, "max_size"),
+        ({"max_size": "10 MB"}, "max_size"),
+        ({"low_speed_limit": -5}, "low_speed_limit"),
+        ({"low_speed_limit": "slow"}, "low_speed_limit"),
+        ({"max_redirects": -1}, "max_redirects"),
+        ({"max_redirects": None}, "max_redirects"),
+        ({"max_redirects": 1.5}, "max_redirects"),
+        ({"chunk_size": 100}, "chunk_size"),
+        ({"chunk_size": "1M"}, "chunk_size"),
+        ({"segments": 0}, "segments"),
+        ({"segments": "many"}, "segments"),
+        ({"headers": None}, "headers"),
+        ({"headers": [("a", "b")]}, "headers"),
+    ],
+)
+def test_bad_values_are_an_option_error(changes: dict[str, Any], words: str) -> None:
+    with pytest.raises(OptionError, match=words):
+        Options(**changes)
+
+
+def test_option_error_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="retries"):
+        Options(retries=-1)
+
+
+def test_headers_are_copied() -> None:
+    headers = {"X-Team": "a"}
+    o = Options(headers=headers)
+    headers["X-Team"] = "b"
+    assert o.headers == {"X-Team": "a"}
+
+
+def test_build_from_keywords() -> None:
+    o = Options.build(retries=0, concurrency=2)
+    assert (o.retries, o.concurrency) == (0, 2)
+
+
+def test_build_names_unknown_options() -> None:
+    with pytest.raises(OptionError, match="unknown option\\(s\\): colour, speed"):
+        Options.build(speed=1, colour="red")
+
+
+def test_build_on_a_base_keeps_its_values() -> None:
+    base = Options(retries=7, backoff=0.1)
+    o = Options.build(base, concurrency=3)
+    assert (o.retries, o.backoff, o.concurrency) == (7, 0.1, 3)
+    assert base.concurrency == 8
+
+
+def test_build_treats_none_as_default_except_for_nullable_options() -> None:
+    base = Options(retries=7, max_size=10, total_timeout=5.0)
+    o = Options.build(base, retries=None, max_size=None, total_timeout=None)
+    assert o.retries == 7
+    assert o.max_size is None
+    assert o.total_timeout is None
+
+
+def test_names() -> None:
+    assert {"concurrency", "retries", "timeout", "overwrite", "headers"} <= Options.names()
