@@ -37,7 +37,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if value is None:
         return None
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # not "²", which isdigit() also accepts
         return float(text)
     try:
         when = parsedate_to_datetime(text)
