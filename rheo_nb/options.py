@@ -64,6 +64,17 @@ class Options:
             if not ok:
                 raise OptionError(message)
 
+        # bool is an int to isinstance; concurrency=True is a mistake, not "1".
+        for name in (
+            "concurrency",
+            "retries",
+            "max_size",
+            "max_redirects",
+            "chunk_size",
+            "segments",
+        ):
+            need(not isinstance(getattr(self, name), bool), f"{name} must be a number, not a bool")
+
         need(
             isinstance(self.concurrency, int) and self.concurrency >= 1,
             "concurrency must be an int >= 1",

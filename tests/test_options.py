@@ -102,3 +102,9 @@ def test_build_treats_none_as_default_except_for_nullable_options() -> None:
 
 def test_names() -> None:
     assert {"concurrency", "retries", "timeout", "overwrite", "headers"} <= Options.names()
+
+
+@pytest.mark.parametrize("name", ["concurrency", "retries", "max_redirects", "segments"])
+def test_a_bool_is_not_taken_for_a_count(name: str) -> None:
+    with pytest.raises(OptionError, match="not a bool"):
+        Options(**{name: True})
