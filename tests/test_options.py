@@ -106,5 +106,6 @@ def test_names() -> None:
 
 @pytest.mark.parametrize("name", ["concurrency", "retries", "max_redirects", "segments"])
 def test_a_bool_is_not_taken_for_a_count(name: str) -> None:
+    changes: dict[str, Any] = {name: True}
     with pytest.raises(OptionError, match="not a bool"):
-        Options(**{name: True})
+        Options(**changes)
