@@ -64,6 +64,8 @@ async def fetch(
 
     Runs on the caller's event loop (top-level ``await`` in a notebook cell).
     Cancelling the call stops every download, keeps resumable partials and re-raises.
+    The progress widget's Cancel button stops every download too; the call then returns,
+    the unfinished files marked cancelled.
 
     :raises DestinationError: ``dest`` cannot be created or written (before any request).
     :raises OptionError: an option has an unusable value.
@@ -122,7 +124,9 @@ def fetch_sync(items: Items, dest: Dest = ".", **options: Any) -> Results:
 
     Inside a running event loop (a notebook cell) the downloads run on a private loop in
     a worker thread while the cell waits; the kernel's interrupt button stops them
-    (partials are kept for a resume) and raises ``KeyboardInterrupt``.
+    (partials are kept for a resume) and raises ``KeyboardInterrupt``. The progress
+    widget updates live but has no Cancel button there: a busy kernel cannot handle a
+    click until the cell ends.
     """
     return run_sync(lambda: fetch(items, dest, **options))
 

@@ -17,13 +17,14 @@ from .items import File
 #: Rows shown by ``_repr_html_`` and ``repr`` before the rest is summarised as a count.
 MAX_ROWS = 30
 
+# Plain symbols with a colour, not emoji: they show in any font, a CI screenshot included.
 _ICONS = {
-    Status.COMPLETED: "✅",
-    Status.SKIPPED: "⏭️",
-    Status.FAILED: "❌",
-    Status.CANCELLED: "⏹️",
+    Status.COMPLETED: "<span style='color:#388e3c'>✔</span>",
+    Status.SKIPPED: "<span style='color:#1976d2'>↷</span>",
+    Status.FAILED: "<span style='color:#d32f2f'>✖</span>",
+    Status.CANCELLED: "<span style='color:#757575'>■</span>",
     Status.QUEUED: "…",
-    Status.RUNNING: "⏳",
+    Status.RUNNING: "▸",
 }
 
 
@@ -137,24 +138,49 @@ class Results(Sequence[Outcome]):
         body = "".join(
             "<tr>"
             f"<td title='{esc(o.status)}'>{_ICONS[o.status]}</td>"
-            f"<td style='text-align:left' title='{esc(o.url)}'>"
-            f"{esc(format.short_name(o.path.name, 48))}</td>"
-            f"<td style='text-align:right'>{esc(format.size(o.bytes))}</td>"
-            f"<td style='text-align:right'>{esc(format.duration(o.elapsed))}</td>"
-            f"<td style='text-align:left'>{esc(o.error or '')}</td>"
+            f"<td class='l' title='{esc(o.url)}'>{esc(format.short_name(o.path.name, 48))}</td>"
+            f"<td>{esc(format.size(o.bytes))}</td>"
+            f"<td>{esc(format.duration(o.elapsed))}</td>"
+            f"<td class='e'{_error_title(o)}>{esc(_error_text(o))}</td>"
             "</tr>"
             for o in shown
         )
-        hidden = len(rows) - len(shown)
-        more = (
-            f"<tr><td colspan='5' style='text-align:left'>… and {hidden} more</td></tr>"
-            if hidden
-            else ""
-        )
+        hidden = rows[len(shown) :]
+        more = ""
+        if hidden:
+            counts = Counter(o.status for o in hidden)
+            kinds = ", ".join(f"{counts[s]} {s}" for s in Status if counts[s])
+            more = (
+                f"<tr><td colspan='5' class='l'>… and {len(hidden)} more ({esc(kinds)})</td></tr>"
+            )
         return (
-            "<div class='rheo-nb-results'>"
+            f"<div class='rheo-nb-results'><style>{_CSS}</style>"
             f"<p><b>rheo_nb</b> · {esc(self.summary())}</p>"
-            "<table><thead><tr><th></th><th style='text-align:left'>file</th><th>size</th>"
-            "<th>time</th><th style='text-align:left'>error</th></tr></thead>"
+            "<table><thead><tr><th></th><th class='l'>file</th><th>size</th>"
+            "<th>time</th><th class='l'>error</th></tr></thead>"
             f"<tbody>{body}{more}</tbody></table></div>"
         )
+
+
+#: Scoped to the table's class, and specific enough to win over JupyterLab's own table
+#: style; a viewer that drops <style> still shows a plain table.
+_CSS = (
+    "div.rheo-nb-results p{margin:0 0 4px}"
+    "div.rheo-nb-results table td,div.rheo-nb-results table th{padding:1px 8px;"
+    "vertical-align:top;white-space:nowrap}"
+    "div.rheo-nb-results table td.l,div.rheo-nb-results table th.l{text-align:left}"
+    "div.rheo-nb-results table td.e{text-align:left;white-space:normal;max-width:48em}"
+)
+
+
+def _error_text(o: Outcome) -> str:
+    """The error without the URL it starts with: the row already names the file."""
+    error = o.error or ""
+    prefix = o.url + ": "
+    return error[len(prefix) :] if error.startswith(prefix) else error
+
+
+def _error_title(o: Outcome) -> str:
+    if not o.error or _error_text(o) == o.error:
+        return ""
+    return f" title='{html.escape(o.error)}'"

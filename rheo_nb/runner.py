@@ -37,6 +37,9 @@ class LoopThread(Generic[T]):
     def __init__(self, make_coro: Callable[[], Coroutine[Any, Any, T]], name: str) -> None:
         self._make_coro = make_coro
         self.future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        # Running from the start: a waiter (asyncio.wrap_future) that is cancelled must not
+        # cancel the future under the thread, whose set_result would then raise.
+        self.future.set_running_or_notify_cancel()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[Any] | None = None
         self._started = threading.Event()

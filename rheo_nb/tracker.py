@@ -151,8 +151,11 @@ class Tracker:
                 t, b = info._last
                 dt = now - t
                 if dt > 0:
-                    alpha = 1 - math.exp(-dt / _PER_FILE_TAU)
-                    info.speed += alpha * ((event.bytes - b) / dt - info.speed)
+                    rate = (event.bytes - b) / dt
+                    # The first sample sets the speed: averaging it in from zero would show
+                    # a fraction of the real rate for the whole of a short download.
+                    alpha = 1 - math.exp(-dt / _PER_FILE_TAU) if info.speed else 1.0
+                    info.speed += alpha * (rate - info.speed)
             info._last = (now, event.bytes)
             self._sample(now)
         elif isinstance(event, Started):

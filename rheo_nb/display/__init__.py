@@ -5,8 +5,26 @@ A display is any object with two methods (this is the whole protocol)::
     def open(self, manager: DownloadManager) -> None
         # called on the manager's loop before the first download is added: subscribe
         # with manager.on(...), read manager.stats / manager.tracker on a timer
+        # (loop.call_later), never per event
     def close(self, results: Results, *, interrupted: bool) -> None
-        # called once at the end, on the same loop: draw the final state, stop timers
+        # called once at the end, on the same loop: draw the final state, stop timers;
+        # interrupted is True when the call ended by an exception or a cancellation
+
+and, optionally::
+
+    def show(self, *, cancel: Callable[[], object] | None) -> None
+        # start() calls it on the caller's thread before the job starts: show yourself
+        # now (in the cell that started the job) and let a Cancel control call cancel()
+
+For example, a display that logs each finished file::
+
+    class Log:
+        def open(self, manager):
+            manager.on("completed", lambda e: print("done:", e.path.name))
+        def close(self, results, *, interrupted):
+            print(results.summary())
+
+    await rheo_nb.fetch(urls, dest="data", progress=Log())
 
 Displays hold no download logic, and nothing in the engine imports a display.
 """
