@@ -96,6 +96,14 @@ class Planned:
     final: Path
     expected: ExpectedHash | None
     headers: dict[str, str] = field(repr=False)
+    #: ``scheme://host:port``: what connection limits count by.
+    host: str = ""
+
+
+def host_key(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    return f"{parts.scheme.lower()}://{parts.hostname}:{port}"
 
 
 def check_url(url: str, secret_params: frozenset[str] = frozenset()) -> str:
@@ -172,6 +180,7 @@ def plan(
         final=dest.joinpath(*relpath.parts),
         expected=expected,
         headers=headers,
+        host=host_key(url),
     )
 
 

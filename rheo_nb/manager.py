@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import tempfile
@@ -33,6 +34,7 @@ from .items import File, Items, Planned, as_files, describe, plan
 from .options import Options
 from .queue import PriorityQueue
 from .results import Outcome, Results
+from .runner import ThreadLane
 from .tracker import DownloadInfo, Stats, Tracker
 
 log = logging.getLogger("rheo_nb")
@@ -105,6 +107,7 @@ class DownloadManager:
         self._session: aiohttp.ClientSession | None = None
         self._owns_session = False
         self._ctx: transfer.Context | None = None
+        self._lane: ThreadLane | None = None
         self._invalid = 0
 
     def __repr__(self) -> str:
@@ -140,10 +143,17 @@ class DownloadManager:
         )
         self._idle = asyncio.Event()
         self._idle.set()
+        self._lane = ThreadLane(asyncio.get_running_loop())
+        # The workers (and the downloads they start) find the lane in their context; the
+        # caller's own context is left alone.
+        context = contextvars.copy_context()
+        context.run(transfer.LANE.set, self._lane)
         self._taskgroup = asyncio.TaskGroup()
         await self._taskgroup.__aenter__()
         self._workers = [
-            self._taskgroup.create_task(self._worker(), name=f"rheo_nb-worker-{i}")
+            self._taskgroup.create_task(
+                self._worker(), name=f"rheo_nb-worker-{i}", context=context.copy()
+            )
             for i in range(self.options.concurrency)
         ]
         return self
@@ -162,6 +172,8 @@ class DownloadManager:
             return None
         finally:
             self._drop_queued()
+            if self._lane is not None:
+                self._lane.close()
             if self._owns_session and self._session is not None:
                 await self._session.close()
 

@@ -1,18 +1,24 @@
-"""Run a coroutine from synchronous code, also when the calling thread already runs a loop.
+"""Crossing between threads and event loops, both ways.
 
-A notebook cell runs inside the kernel's event loop, where ``asyncio.run`` refuses to
-start. Rather than patching that loop, the coroutine runs on a private loop in a worker
-thread while the caller waits. The wait is interruptible: a ``KeyboardInterrupt`` (the
-kernel's interrupt button, Ctrl-C) cancels the coroutine, waits briefly for its cleanup
-(partials flushed, connections closed) and is re-raised.
+* :func:`run_sync` / :class:`LoopThread`: run a coroutine from synchronous code, also when
+  the calling thread already runs a loop. A notebook cell runs inside the kernel's event
+  loop, where ``asyncio.run`` refuses to start. Rather than patching that loop, the
+  coroutine runs on a private loop in a worker thread while the caller waits. The wait is
+  interruptible: a ``KeyboardInterrupt`` (the kernel's interrupt button, Ctrl-C) cancels
+  the coroutine, waits briefly for its cleanup (partials flushed, connections closed) and
+  is re-raised.
+* :class:`ThreadLane`: run blocking calls (filesystem work) for one event loop on a few
+  threads, handing results back in batches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
@@ -104,3 +110,74 @@ def run_sync(make_coro: Callable[[], Coroutine[Any, Any, T]]) -> T:
     if not in_running_loop():
         return asyncio.run(make_coro())
     return LoopThread(make_coro, name="rheo_nb-sync").result()
+
+
+_Job = tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]]
+
+
+class ThreadLane:
+    """Blocking calls for one event loop, run on a few threads; results come back in batches.
+
+    ``loop.run_in_executor`` costs two wake-ups and a chain of futures per call; for many
+    small files (two short filesystem steps each) that overhead measured more than the
+    steps themselves. Here a call is a queue entry, and a worker that finishes while the
+    loop has not yet collected earlier results adds to the same hand-back, so a busy loop
+    takes many results per wake-up.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, threads: int = 4) -> None:
+        self._loop = loop
+        self._jobs: queue.SimpleQueue[
+            tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...]] | None
+        ] = queue.SimpleQueue()
+        self._done: deque[tuple[asyncio.Future[Any], bool, Any]] = deque()
+        self._wake_pending = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"rheo_nb-files-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run ``fn(*args)`` on a lane thread; the future resolves on the lane's loop.
+
+        Cancelling the future does not stop a call already running.
+        """
+        fut: asyncio.Future[T] = self._loop.create_future()
+        self._jobs.put((fut, fn, args))
+        return fut
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fut, fn, args = job
+            try:
+                entry = (fut, True, fn(*args))
+            except BaseException as exc:  # handed to the awaiting task, never lost
+                entry = (fut, False, exc)
+            self._done.append(entry)
+            # deque appends and a bool read are atomic under the GIL; _deliver clears the
+            # flag before it drains, so an entry is never left behind without a wake-up.
+            if not self._wake_pending:
+                self._wake_pending = True
+                try:
+                    self._loop.call_soon_threadsafe(self._deliver)
+                except RuntimeError:  # the loop is closed: nobody is waiting any more
+                    return
+
+    def _deliver(self) -> None:
+        self._wake_pending = False
+        done = self._done
+        while done:
+            fut, ok, value = done.popleft()
+            if fut.cancelled():
+                continue
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+    def close(self) -> None:
+        """Let the threads finish the calls queued so far, then end."""
+        for _ in self._threads:
+            self._jobs.put(None)

@@ -14,6 +14,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,6 +51,7 @@ from .hashing import hash_file
 from .items import SCHEMES, Planned
 from .options import Options
 from .results import Outcome
+from .runner import ThreadLane
 from .segments import MAX_SEGMENTS, MIN_SEGMENT, Segment, restore, steal
 
 T = TypeVar("T")
@@ -85,11 +87,17 @@ class Context:
     host_limit: int = 8
     connections: Counter[str] = field(default_factory=Counter)
     splitting: Counter[str] = field(default_factory=Counter)  # segmented downloads per host
+    #: Folders already created and found inside ``dest``: checked once per call, not per file.
+    checked_dirs: set[Path] = field(default_factory=set)
 
     def write_size(self) -> int:
         """Bytes a connection gathers before it writes them: its share of the budget."""
         share = _WRITE_BUDGET // max(1, sum(self.connections.values()))
         return max(_MIN_WRITE, min(self.options.chunk_size, share))
+
+
+#: The manager's thread lane for filesystem calls (the loop's default executor without one).
+LANE: ContextVar[ThreadLane | None] = ContextVar("rheo_nb_lane", default=None)
 
 
 class _Restart(Exception):
@@ -112,7 +120,12 @@ async def blocking(fn: Callable[..., T], *args: Any) -> T:
     would let the caller close the descriptor while the thread still writes to it.
     The cancellation is re-raised once the thread is done (these calls are short).
     """
-    fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    lane = LANE.get()
+    fut: asyncio.Future[T] = (
+        lane.submit(fn, *args)
+        if lane is not None
+        else asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    )
     cancelled = False
     while not fut.done():
         try:
@@ -145,7 +158,7 @@ def _os_reason(exc: OSError) -> str:
 async def download(ctx: Context, p: Planned) -> Outcome:
     """Download one planned file and report its outcome; never raises but for cancellation."""
     t0 = ctx.clock()
-    st = _State(p)
+    st = _State(p, checked_dirs=ctx.checked_dirs)
 
     def outcome(status: Status, nbytes: int, error: str | None = None) -> Outcome:
         path = st.target or p.final
@@ -153,7 +166,7 @@ async def download(ctx: Context, p: Planned) -> Outcome:
             p.display_url, path, status, nbytes, ctx.clock() - t0, error, p.download_id, p.file
         )
 
-    host = _host(p.url)
+    host = p.host
     ctx.connections[host] += 1
     try:
         skipped = await _claim(ctx, p, st)
@@ -226,7 +239,9 @@ def _look(dest: Path, st: _State, keep_unverified: bool) -> int | None:
     path, or ``_NOTHING``.
     """
     final = st.planned.final
-    files.ensure_parent(dest, final)
+    if final.parent not in st.checked_dirs:
+        files.ensure_parent(dest, final)
+        st.checked_dirs.add(final.parent)
     lock = files.try_lock(final)
     if lock is None:
         return None
@@ -313,6 +328,7 @@ class _State:
     hasher: Any = None
     target: Path | None = None  # the final path as named by Content-Disposition
     target_lock: int | None = None  # the writer lock of ``target`` while held
+    checked_dirs: set[Path] = field(default_factory=set)  # the manager's, shared
 
     def __post_init__(self) -> None:
         self.part = files.sidecar(self.planned.final, ".part")
@@ -589,7 +605,7 @@ async def _receive(
         await _name_from_server(ctx, p, st, resp.headers.get("Content-Disposition"))
     if status == 200 and total is not None and _splittable(ctx, st, resp, total):
         assert validator is not None
-        split = _Split([Segment(0, total)], total, validator, partial.url, _host(p.url))
+        split = _Split([Segment(0, total)], total, validator, partial.url, p.host)
         return await _segmented(ctx, p, st, split, resp)
     st.received = offset
     ctx.emit(Started(p.download_id, p.display_url, p.final, total, offset))
@@ -614,8 +630,10 @@ async def _receive(
     content = resp.content
     try:
         while True:
-            chunk = await content.readany()
+            chunk, http_chunk_end = await content.readchunk()
             if not chunk:
+                if http_chunk_end:  # the boundary of a chunked body: more follows
+                    continue
                 break
             pending.append(chunk)
             pending_n += len(chunk)
@@ -805,11 +823,6 @@ def _splittable(ctx: Context, st: _State, resp: aiohttp.ClientResponse, total: i
     )
 
 
-def _host(url: str) -> str:
-    u = URL(url)
-    return f"{u.scheme}://{u.host}:{u.port}"
-
-
 async def _segmented(
     ctx: Context,
     p: Planned,
@@ -897,7 +910,7 @@ def _resume_split(p: Planned, partial: files.Partial) -> _Split | None:
     segments = restore(partial.segments, partial.total)
     if segments is None:
         return None
-    return _Split(segments, partial.total, partial.validator, partial.url, _host(p.url))
+    return _Split(segments, partial.total, partial.validator, partial.url, p.host)
 
 
 def _owner_of(split: _Split, new: Segment) -> Segment:
@@ -994,8 +1007,10 @@ async def _stream_range(
             room = seg.end - seg.position - pending_n
             if room <= 0:
                 break
-            chunk = await content.readany()
+            chunk, http_chunk_end = await content.readchunk()
             if not chunk:
+                if http_chunk_end:
+                    continue
                 raise TransferError(
                     p.display_url,
                     f"connection closed {seg.remaining - pending_n} bytes before the end of "
