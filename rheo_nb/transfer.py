@@ -643,8 +643,10 @@ async def _receive(
                     p.display_url, f"body is over max_size={size(max_size)}; stopped there"
                 )
             if pending_n >= chunk_size:
-                await _flush(p, st, pending, offset, meta)
-                pending, pending_n = [], 0
+                # Hand the chunks over before awaiting: a cancel during the write must not
+                # leave them here for the cleanup below to write a second time.
+                chunks, pending, pending_n = pending, [], 0
+                await _flush(p, st, chunks, offset, meta)
                 chunk_size = ctx.write_size()
             now = clock()
             if now - last_emit >= interval:
@@ -703,9 +705,18 @@ async def _name_from_server(ctx: Context, p: Planned, st: _State, header: str | 
 async def _flush(
     p: Planned, st: _State, chunks: list[bytes], offset: int, meta: files.Partial | None
 ) -> None:
+    await blocking(_write_part, st, chunks, offset, meta)
+
+
+def _write_part(st: _State, chunks: list[bytes], offset: int, meta: files.Partial | None) -> None:
+    """Append to the part file (opened on the first write). Blocking.
+
+    The count is kept here, in the thread: the write always completes, even when the task
+    awaiting it is cancelled meanwhile.
+    """
     if st.fd is None:
-        st.fd, st.hasher = await blocking(_open_part, st, offset, meta)
-    st.received += await blocking(files.write_all, st.fd, chunks, st.hasher)
+        st.fd, st.hasher = _open_part(st, offset, meta)
+    st.received += files.write_all(st.fd, chunks, st.hasher)
 
 
 def _open_part(st: _State, offset: int, meta: files.Partial | None) -> tuple[int, Any]:
@@ -1022,8 +1033,8 @@ async def _stream_range(
             pending_n += len(chunk)
             st.received += len(chunk)
             if pending_n >= write_size:
-                await _write_range(st, split, seg, pending)
-                pending, pending_n = [], 0
+                chunks, pending, pending_n = pending, [], 0  # see _receive: never twice
+                await _write_range(st, split, seg, chunks)
                 write_size = ctx.write_size()
             now = clock()
             if now - split.last_emit >= opts.progress_interval:
@@ -1045,9 +1056,14 @@ async def _stream_range(
 
 
 async def _write_range(st: _State, split: _Split, seg: Segment, chunks: list[bytes]) -> None:
+    await blocking(_write_at, st, split, seg, chunks)
+
+
+def _write_at(st: _State, split: _Split, seg: Segment, chunks: list[bytes]) -> None:
+    """Write a range's next bytes in place and count them, in the thread (as _write_part)."""
     assert st.fd is not None
     hasher = split.hasher if split.hasher is not None and seg.position == split.hashed else None
-    n = await blocking(files.write_all, st.fd, chunks, hasher, seg.position)
+    n = files.write_all(st.fd, chunks, hasher, seg.position)
     seg.done += n
     if hasher is not None:
         split.hashed += n

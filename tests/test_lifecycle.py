@@ -264,3 +264,42 @@ def test_a_killed_segmented_download_is_never_taken_for_complete(
     assert all(h is not None for h in asked)
     assert final.read_bytes() == server.content("seg.bin", size)
     assert leftovers(dest) == ["seg.bin"]
+
+
+# --- a cancellation that lands while bytes are being written ---------------------------------
+
+
+@pytest.mark.parametrize("segmented", [False, True], ids=["one-stream", "segmented"])
+async def test_a_cancel_during_a_write_never_writes_those_bytes_twice(
+    server: Server, dest: Path, monkeypatch: pytest.MonkeyPatch, segmented: bool
+) -> None:
+    # The write runs in a thread and is always let finish (the descriptor must not be
+    # closed under it); the bytes it wrote must then count as written, not be written
+    # again by the cleanup that keeps the partial.
+    size = 2 * MIN_SEGMENT + 500_000 if segmented else SIZE
+    name = "seg-cancel.bin" if segmented else "cancel.bin"
+    url = slow_url(server, name, size)
+    final = dest / name
+    real_write = files.write_all
+    writing = threading.Event()
+    release = threading.Event()
+
+    def slow_write(fd: int, chunks: list[bytes], *args: Any, **kwargs: Any) -> int:
+        n = real_write(fd, chunks, *args, **kwargs)
+        if part_size(final) > 20_000 or segmented:
+            writing.set()
+            release.wait(5)
+        return n
+
+    monkeypatch.setattr(files, "write_all", slow_write)
+    task = asyncio.create_task(fetch([url], dest, chunk_size=4096, segments=4 if segmented else 1))
+    await asyncio.to_thread(writing.wait, 20)
+    task.cancel()  # lands while a write is in the thread
+    await asyncio.sleep(0.05)
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    monkeypatch.setattr(files, "write_all", real_write)
+    res = await fetch([url], dest)
+    assert res[0].status is Status.COMPLETED
+    assert final.read_bytes() == server.content(name, size)
