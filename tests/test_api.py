@@ -24,7 +24,7 @@ from rheo_nb import (
     TextProgress,
 )
 from rheo_nb.files import sidecar
-from rheo_nb.runner import LoopThread, run_sync
+from rheo_nb.runner import LoopThread, new_event_loop, run_sync
 
 
 def listing(folder: Path) -> list[str]:
@@ -348,3 +348,38 @@ async def test_job_result_can_block_a_running_loop(server: Server, dest: Path) -
     res = job.result(timeout=30)  # the job's own loop is not the one blocked here
     assert res[0].status is Status.COMPLETED
     assert (dest / "bg.bin").read_bytes() == server.content("bg.bin")
+
+
+def test_private_loops_use_uvloop_when_installed_and_not_turned_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    uvloop = pytest.importorskip("uvloop")
+    loop = new_event_loop()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
+    monkeypatch.setenv("RHEO_NB_UVLOOP", "0")
+    loop = new_event_loop()
+    try:
+        assert not isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
+
+
+def test_fetch_sync_in_a_script_runs_on_the_private_loop(
+    server: Server, dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uvloop = pytest.importorskip("uvloop")
+    seen: list[asyncio.AbstractEventLoop] = []
+
+    class Spy:
+        def open(self, manager: Any) -> None:
+            seen.append(asyncio.get_running_loop())
+
+        def close(self, results: Any, *, interrupted: bool) -> None:
+            pass
+
+    res = rheo_nb.fetch_sync([server.url("loop.bin", 1000)], dest, **{**FAST, "progress": Spy()})
+    assert res[0].status is Status.COMPLETED
+    assert isinstance(seen[0], uvloop.Loop)
