@@ -67,7 +67,7 @@ _READ_BUFSIZE = 1 << 17
 #: Bytes all connections may hold in memory before writing, together; each connection
 #: writes once it holds its share (at most ``Options.chunk_size``), which keeps memory
 #: flat however many connections run.
-_WRITE_BUDGET = 6 << 20
+_WRITE_BUDGET = 4 << 20
 _MIN_WRITE = 128 << 10
 
 
