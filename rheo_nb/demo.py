@@ -40,7 +40,8 @@ def run(dest: str | Path | None = None, *, progress: ProgressArg = "auto") -> Re
         results = fetch_sync(
             sample_files(server), dest, concurrency=8, progress=progress, backoff=0.2
         )
-    print(results)
+    print()
+    print(results.table(max_rows=12))
     expected_failures = [o for o in results.failed if "missing.bin" not in o.url]
     if expected_failures:
         raise SystemExit(f"demo: unexpected failures: {expected_failures}")

@@ -130,10 +130,45 @@ class Results(Sequence[Outcome]):
             lines.append(f"  … {len(problems) - MAX_ROWS} more not ok")
         return "\n".join(lines)
 
-    def _repr_html_(self) -> str:
-        # Problems first: they are what a reader needs to see in a long list.
+    def _rows(self, limit: int) -> tuple[list[Outcome], str]:
+        """The rows a table shows (problems first: they are what a reader needs to see in
+        a long list) and a note on the rest, e.g. "… and 15 more (10 completed, 5 skipped)"."""
         rows = sorted(self._outcomes, key=lambda o: o.status.ok)
-        shown = rows[:MAX_ROWS]
+        shown, hidden = rows[:limit], rows[limit:]
+        if not hidden:
+            return shown, ""
+        counts = Counter(o.status for o in hidden)
+        kinds = ", ".join(f"{counts[s]} {s}" for s in Status if counts[s])
+        return shown, f"… and {len(hidden)} more ({kinds})"
+
+    def table(self, max_rows: int = MAX_ROWS) -> str:
+        """The outcomes as a plain-text table, problems first, for terminals and logs.
+
+        >>> print(results.table())  # doctest: +SKIP
+        """
+        shown, more = self._rows(max_rows)
+        cells = [("", "file", "size", "time", "error")] + [
+            (
+                str(o.status),
+                format.short_name(o.path.name, 40),
+                format.size(o.bytes),
+                format.duration(o.elapsed),
+                _error_text(o),
+            )
+            for o in shown
+        ]
+        w = [max(len(row[i]) for row in cells) for i in range(4)]
+        lines = [self.summary()]
+        lines += [
+            f"{st:<{w[0]}}  {name:<{w[1]}}  {sz:>{w[2]}}  {tm:>{w[3]}}  {err}".rstrip()
+            for st, name, sz, tm, err in cells
+        ]
+        if more:
+            lines.append(more)
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        shown, note = self._rows(MAX_ROWS)
         esc = html.escape
         body = "".join(
             "<tr>"
@@ -145,14 +180,7 @@ class Results(Sequence[Outcome]):
             "</tr>"
             for o in shown
         )
-        hidden = rows[len(shown) :]
-        more = ""
-        if hidden:
-            counts = Counter(o.status for o in hidden)
-            kinds = ", ".join(f"{counts[s]} {s}" for s in Status if counts[s])
-            more = (
-                f"<tr><td colspan='5' class='l'>… and {len(hidden)} more ({esc(kinds)})</td></tr>"
-            )
+        more = f"<tr><td colspan='5' class='l'>{esc(note)}</td></tr>" if note else ""
         return (
             f"<div class='rheo-nb-results'><style>{_CSS}</style>"
             f"<p><b>rheo_nb</b> · {esc(self.summary())}</p>"

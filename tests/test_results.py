@@ -129,3 +129,34 @@ def test_repr_html_summarises_long_lists() -> None:
     html = many._repr_html_()
     assert html.count("<tr>") == MAX_ROWS + 2
     assert "… and 7 more" in html
+
+
+def test_text_table_lists_problems_first_and_counts_the_rest() -> None:
+    outcomes = [
+        Outcome(f"http://h/{i}.bin", Path(f"/d/{i}.bin"), Status.COMPLETED, 10, 0.1)
+        for i in range(5)
+    ] + [
+        Outcome(
+            "http://h/bad.bin",
+            Path("/d/bad.bin"),
+            Status.FAILED,
+            0,
+            0.0,
+            "http://h/bad.bin: HTTP 404 Not Found",
+        )
+    ]
+    lines = Results(outcomes).table(max_rows=3).splitlines()
+    assert lines[0].startswith("6 files: 5 completed, 1 failed")
+    assert lines[2].split() == [
+        "failed",
+        "bad.bin",
+        "0",
+        "B",
+        "0.0s",
+        "HTTP",
+        "404",
+        "Not",
+        "Found",
+    ]
+    assert lines[-1] == "… and 3 more (3 completed)"
+    assert len(lines) == 2 + 3 + 1
