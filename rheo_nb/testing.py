@@ -121,7 +121,71 @@ async def serve_generated(
     return resp
 
 
-class LocalServer:
+class ServerThread:
+    """A server on its own event loop in a daemon thread, so blocking and async callers
+    alike can use it. A subclass says how it starts (``_start``, which sets ``port``) and
+    how it stops (``_stop``); ``with server:`` or ``start()`` / ``stop()`` run it."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    async def _stop(self) -> None:
+        pass
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(target=self._serve, name=type(self).__name__, daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error is not None:
+            raise RuntimeError(
+                f"{type(self).__name__} did not start: {self._error}"
+            ) from self._error
+        return self
+
+    def _serve(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._start())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(self._stop())
+            loop.close()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalServer(ServerThread):
     """Serve generated files on ``127.0.0.1`` from a background thread.
 
     ``routes`` and ``middlewares`` extend the app (tests add misbehaving routes).
@@ -135,19 +199,14 @@ class LocalServer:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        super().__init__(host, port)
         self.requests: collections.Counter[str] = collections.Counter()
-        self.host = host
-        self.port = port
         self.app = web.Application(middlewares=list(middlewares))
         self.app[SERVER] = self
         self.app.add_routes(list(routes))
         self.app.router.add_route("GET", "/files/{name:.+}", self._files)
         self.app.router.add_route("HEAD", "/files/{name:.+}", self._files)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
 
     @property
     def base_url(self) -> str:
@@ -177,34 +236,7 @@ class LocalServer:
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    def start(self) -> Self:
-        self._thread = threading.Thread(
-            target=self._serve, name="rheo_nb-local-server", daemon=True
-        )
-        self._thread.start()
-        self._ready.wait(10)
-        if self._error is not None:
-            raise RuntimeError(f"local server did not start: {self._error}") from self._error
-        return self
-
-    def _serve(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._start_site())
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            loop.close()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(self._runner.cleanup() if self._runner else asyncio.sleep(0))
-            loop.close()
-
-    async def _start_site(self) -> None:
+    async def _start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -213,19 +245,6 @@ class LocalServer:
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
-    def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._loop = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

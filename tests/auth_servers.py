@@ -22,12 +22,10 @@ import hashlib
 import re
 import secrets
 import ssl
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
@@ -59,59 +57,7 @@ class Seen:
     headers: CIMultiDict[str]
 
 
-class _Threaded:
-    """Runs ``_start`` / ``_stop`` on a private event loop in a daemon thread."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-
-    async def _start(self) -> None:
-        raise NotImplementedError
-
-    async def _stop(self) -> None:
-        raise NotImplementedError
-
-    def _serve(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._start())
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-            loop.close()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(self._stop())
-            loop.close()
-
-    def __enter__(self) -> Self:
-        self._thread = threading.Thread(target=self._serve, daemon=True, name=type(self).__name__)
-        self._thread.start()
-        self._ready.wait(10)
-        if self._error is not None:
-            raise RuntimeError(f"{type(self).__name__} did not start") from self._error
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-
-
-class AuthServer(_Threaded):
+class AuthServer(testing.ServerThread):
     """An aiohttp app whose routes demand credentials; see the module docstring."""
 
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
@@ -281,7 +227,7 @@ class Passed:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class ForwardProxy(_Threaded):
+class ForwardProxy(testing.ServerThread):
     """A small HTTP forward proxy on loopback: absolute-form requests for ``http://`` URLs
     and ``CONNECT`` tunnels for ``https://`` ones, to 127.0.0.1 only. Records what passed.
 

@@ -64,6 +64,17 @@ def fast() -> dict[str, Any]:
     return dict(FAST)
 
 
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No proxy, ``.netrc`` or CA bundle from the machine's environment."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+
+
 @pytest.fixture(autouse=True)
 def blockbuster(request: pytest.FixtureRequest) -> Iterator[BlockBuster | None]:
     if request.node.get_closest_marker("allow_blocking") is not None:
@@ -74,4 +85,8 @@ def blockbuster(request: pytest.FixtureRequest) -> Iterator[BlockBuster | None]:
         # never be lost: a handshake as short as Thread.start(), which blockbuster allows.
         for name in ("threading.Lock.acquire", "threading.Lock.acquire_lock"):
             bb.functions[name].can_block_in("rheo_nb/runner.py", "__init__")
+            # Test servers (rheo_nb.testing) wait for their own thread to listen and to
+            # end; tests run them from coroutines too. That is setup, not download work.
+            for step in ("start", "stop"):
+                bb.functions[name].can_block_in("rheo_nb/testing.py", step)
         yield bb

@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import Self
 
 from aiohttp import web
-from server import Spec, requested_range, route
+from server import RouteHandler, Spec, requested_range, route
 
 from rheo_nb import files, testing
 
@@ -376,6 +376,34 @@ async def mangledranges(request: web.Request, spec: Spec) -> web.StreamResponse:
     return await stream(request, spec.key, size, start=0, end=n, status=206, headers=headers)
 
 
+def recording_ranges(
+    size: int, etag: str, rate: dict[str, float | None], asked: list[str | None]
+) -> RouteHandler:
+    """A handler serving a file of ``size`` with ranges, at ``rate["rate"]`` bytes/s (a test
+    may change it midway), noting every ``Range`` header it is asked for in ``asked``."""
+
+    async def ranges(request: web.Request, spec: Spec) -> web.StreamResponse:
+        asked.append(request.headers.get("Range"))
+        headers = {"ETag": etag, "Accept-Ranges": "bytes"}
+        rng = requested_range(request, size)
+        if rng is None:
+            return await stream(request, spec.key, size, headers=headers, rate=rate["rate"])
+        start, end = rng
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        return await stream(
+            request,
+            spec.key,
+            size,
+            start=start,
+            end=end,
+            status=206,
+            headers=headers,
+            rate=rate["rate"],
+        )
+
+    return ranges
+
+
 @route("ranged")
 async def ranged(request: web.Request, spec: Spec) -> web.StreamResponse:
     """A well-behaved file served block by block (``rate=`` bytes/s per response)."""
@@ -539,28 +567,26 @@ def head(status: int, headers: dict[str, str] | list[tuple[str, str]] | None = N
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-class RawServer:
+class RawServer(testing.ServerThread):
     """``asyncio.start_server`` on 127.0.0.1 in its own thread; ``handler`` answers each
     request with whatever bytes it likes."""
 
     def __init__(self, handler: RawHandler) -> None:
+        super().__init__()
         self._handler = handler
         self.requests: list[RawRequest] = []
         self.connections = 0
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     def url(self, path: str = "/file.bin") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
     async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
@@ -594,22 +620,6 @@ class RawServer:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.sleep(0.01)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
 
 
 @contextlib.contextmanager

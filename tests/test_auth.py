@@ -43,13 +43,8 @@ from rheo_nb.events import Event
 QUICK: dict[str, Any] = {"progress": False, "backoff": 0.01, "backoff_max": 0.05}
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No proxy and no netrc from the machine: each test sets what it needs."""
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+# No proxy, netrc or CA setting from the machine: each test sets what it needs.
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 @pytest.fixture

@@ -13,15 +13,8 @@ from auth_servers import KEY, PASSWORD, SECRETS, TOKEN, AuthServer, ForwardProxy
 
 from rheo_nb import cli
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
-    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+# No proxy, netrc or CA setting from the machine: each test sets what it needs.
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 @pytest.fixture

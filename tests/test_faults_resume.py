@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from faults import FAILED_RANGES, RANGES, leftovers, plant_partial, stream, until
+from faults import (
+    FAILED_RANGES,
+    RANGES,
+    leftovers,
+    plant_partial,
+    recording_ranges,
+    until,
+)
 from server import FAST, Server, Spec, of_type, requested_range, run_manager, send
 
 import rheo_nb
@@ -236,27 +243,7 @@ async def test_a_segmented_partial_resumes_only_its_missing_ranges(
     rate: dict[str, float | None] = {"rate": 6_000_000}
     asked: list[str | None] = []
 
-    async def ranges(request: web.Request, spec: Spec) -> web.StreamResponse:
-        asked.append(request.headers.get("Range"))
-        size = BIG
-        headers = {"ETag": '"r"', "Accept-Ranges": "bytes"}
-        rng = requested_range(request, size)
-        if rng is None:
-            return await stream(request, spec.key, size, headers=headers, rate=rate["rate"])
-        start, end = rng
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-        return await stream(
-            request,
-            spec.key,
-            size,
-            start=start,
-            end=end,
-            status=206,
-            headers=headers,
-            rate=rate["rate"],
-        )
-
-    url = server.handle("resume.bin", ranges)
+    url = server.handle("resume.bin", recording_ranges(BIG, '"r"', rate, asked))
     final = dest / "resume.bin"
     meta = files.sidecar(final, ".part.json")
     task = asyncio.create_task(fetch([url], dest))

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from faults import child, leftovers, part_size, stream, until, wait_for
-from server import FAST, FAST_ENGINE, Server, Spec, requested_range, run_manager
+from faults import child, leftovers, part_size, recording_ranges, until, wait_for
+from server import FAST, FAST_ENGINE, Server, run_manager
 
 import rheo_nb
 from rheo_nb import Status, files
@@ -220,26 +219,7 @@ def test_a_killed_segmented_download_is_never_taken_for_complete(
     rate: dict[str, float | None] = {"rate": 3_000_000}
     asked: list[str | None] = []
 
-    async def ranges(request: web.Request, spec: Spec) -> web.StreamResponse:
-        asked.append(request.headers.get("Range"))
-        headers = {"ETag": '"k"', "Accept-Ranges": "bytes"}
-        rng = requested_range(request, size)
-        if rng is None:
-            return await stream(request, spec.key, size, headers=headers, rate=rate["rate"])
-        start, end = rng
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-        return await stream(
-            request,
-            spec.key,
-            size,
-            start=start,
-            end=end,
-            status=206,
-            headers=headers,
-            rate=rate["rate"],
-        )
-
-    url = server.handle("seg.bin", ranges)
+    url = server.handle("seg.bin", recording_ranges(size, '"k"', rate, asked))
     final = dest / "seg.bin"
     meta = files.sidecar(final, ".part.json")
     proc = child(url, dest, chunk_size=1 << 20)
