@@ -646,7 +646,7 @@ async def _receive(
                 # Hand the chunks over before awaiting: a cancel during the write must not
                 # leave them here for the cleanup below to write a second time.
                 chunks, pending, pending_n = pending, [], 0
-                await _flush(p, st, chunks, offset, meta)
+                await blocking(_write_part, st, chunks, offset, meta)
                 chunk_size = ctx.write_size()
             now = clock()
             if now - last_emit >= interval:
@@ -665,7 +665,7 @@ async def _receive(
         # Keep what arrived: the next attempt (or run) resumes after it.
         if pending and meta is not None:
             with contextlib.suppress(OSError):
-                await _flush(p, st, pending, offset, meta)
+                await blocking(_write_part, st, pending, offset, meta)
         if isinstance(exc, aiohttp.ClientError | TimeoutError):
             raise _network_error(ctx, p, exc, arrived) from exc
         raise
@@ -700,12 +700,6 @@ async def _name_from_server(ctx: Context, p: Planned, st: _State, header: str | 
             return
         reason += f", {p.expected.algorithm} verified"
     raise _Present(existing, reason)
-
-
-async def _flush(
-    p: Planned, st: _State, chunks: list[bytes], offset: int, meta: files.Partial | None
-) -> None:
-    await blocking(_write_part, st, chunks, offset, meta)
 
 
 def _write_part(st: _State, chunks: list[bytes], offset: int, meta: files.Partial | None) -> None:
