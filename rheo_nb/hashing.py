@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +72,3 @@ def hash_file(
             if remaining is not None:
                 remaining -= len(block)
     return h
-
-
-def file_size(path: Path | str) -> int:
-    return os.stat(path).st_size

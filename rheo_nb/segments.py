@@ -1,18 +1,18 @@
-"""Range planning for segmented downloads: pure functions, no I/O.
+"""Byte ranges of segmented downloads: pure functions, no I/O.
 
-A large file is cut into contiguous byte ranges fetched over several connections into
-one preallocated part file. Each :class:`Segment` remembers how many of its bytes are on
-disk, so a failed segment resumes on its own, and a partial file resumes segment by
-segment in a later run.
+A large file starts as one range; each free connection takes the second half of the
+range with the most left (:func:`steal`), so the file ends up cut into contiguous ranges
+fetched over several connections into one preallocated part file. Each
+:class:`Segment` remembers how many of its bytes are on disk, so a failed segment resumes
+on its own, and a partial file resumes segment by segment in a later run.
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 MiB = 1 << 20
-#: No segment is planned smaller than this: below it a new connection costs more than
+#: No range is split off smaller than this: below it a new connection costs more than
 #: it brings.
 MIN_SEGMENT = 8 * MiB
 #: Most connections one file uses on its own.
@@ -43,33 +43,6 @@ class Segment:
 
     def as_list(self) -> list[int]:
         return [self.start, self.end, self.done]
-
-
-def segment_count(total: int, spare_connections: int, wanted: int | str) -> int:
-    """How many segments a file of ``total`` bytes gets.
-
-    ``wanted`` is the ``segments`` option: an int (1 turns splitting off) or ``"auto"``.
-    Never more than the connections free for this host (``spare_connections`` besides
-    the one already open), nor so many that a segment falls under :data:`MIN_SEGMENT`.
-    """
-    limit = MAX_SEGMENTS if wanted == "auto" else int(wanted)
-    by_size = total // MIN_SEGMENT
-    return max(1, min(limit, spare_connections + 1, by_size))
-
-
-def plan(total: int, count: int) -> list[Segment]:
-    """Cut ``total`` bytes into ``count`` contiguous segments covering every byte once.
-
-    Boundaries fall on 64 KiB multiples (whole pages for the writes); the last segment
-    takes what is left.
-    """
-    if total <= 0:
-        return [Segment(0, 0)]
-    count = max(1, min(count, -(-total // _ALIGN)))
-    step = -(-total // count)
-    step = -(-step // _ALIGN) * _ALIGN
-    bounds = [min(total, i * step) for i in range(count)] + [total]
-    return [Segment(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def restore(raw: list[list[int]], total: int) -> list[Segment] | None:
