@@ -5,8 +5,7 @@
 >>> results = rheo_nb.fetch_sync(urls, dest="data/")    # anywhere            # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .api import Job, fetch, fetch_sync, start
 from .auth import ApiKey, BearerToken, DigestAuth, OAuth2ClientCredentials
 from .client import ClientFactory
@@ -32,6 +31,7 @@ from .events import (
     Failed,
     Progress,
     Queued,
+    Restarted,
     Retrying,
     Skipped,
     Started,
@@ -84,6 +84,7 @@ __all__ = [
     "Progress",
     "Queued",
     "RedirectError",
+    "Restarted",
     "Results",
     "Retrying",
     "RheoNbError",

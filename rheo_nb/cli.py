@@ -11,7 +11,7 @@ from typing import Any
 
 from yarl import URL
 
-from . import __version__
+from ._version import __version__
 from .api import fetch_sync
 from .auth import BearerToken
 from .errors import RheoNbError

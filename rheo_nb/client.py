@@ -20,7 +20,8 @@ import aiohttp
 import certifi
 from yarl import URL
 
-from . import __version__, format
+from . import format
+from ._version import __version__
 from .auth import Basic
 from .errors import OptionError
 

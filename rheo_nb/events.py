@@ -42,6 +42,7 @@ class EventType(StrEnum):
     STARTED = "started"
     PROGRESS = "progress"
     RETRYING = "retrying"
+    RESTARTED = "restarted"
     VALIDATING = "validating"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -92,6 +93,22 @@ class Retrying:
 
 
 @dataclass(frozen=True, slots=True)
+class Restarted:
+    """A partial could not be continued, and the file starts again from its first byte.
+
+    ``discarded`` bytes of an earlier attempt or run were dropped; ``reason`` says why in
+    a few words (``"the server does not support resume"``, ``"the file changed on the
+    server"``).
+    """
+
+    type: ClassVar[EventType] = EventType.RESTARTED
+    download_id: str
+    url: str
+    discarded: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Validating:
     type: ClassVar[EventType] = EventType.VALIDATING
     download_id: str
@@ -138,7 +155,16 @@ class Cancelled:
 
 
 Event = (
-    Queued | Started | Progress | Retrying | Validating | Completed | Skipped | Failed | Cancelled
+    Queued
+    | Started
+    | Progress
+    | Retrying
+    | Restarted
+    | Validating
+    | Completed
+    | Skipped
+    | Failed
+    | Cancelled
 )
 Handler = Callable[[Event], object]
 

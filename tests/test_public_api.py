@@ -37,6 +37,7 @@ EXPECTED = [
     "Progress",
     "Queued",
     "RedirectError",
+    "Restarted",
     "Results",
     "Retrying",
     "RheoNbError",
