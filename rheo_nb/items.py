@@ -8,15 +8,13 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from . import files, format
 from .errors import InvalidItemError
+from .events import Status
 from .hashing import ExpectedHash, parse_hash
-
-if TYPE_CHECKING:
-    from .results import Outcome
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_URL_CHARS = re.compile(r"[\x00-\x20\x7f]")
@@ -56,14 +54,31 @@ class File:
         return f"File({', '.join(parts)})"
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one file. ``url`` is masked (safe to show); ``error`` is None
+    unless the download failed or was cancelled."""
+
+    url: str
+    path: Path
+    status: Status
+    bytes: int
+    elapsed: float
+    error: str | None = None
+    download_id: str = ""
+    file: File = field(default_factory=lambda: File(""), repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status.ok
+
+
 Items = File | Iterable["str | File | Outcome"] | Mapping[str, "str | None"]
 
 
 def as_files(items: Items) -> list[File]:
     """Normalise ``items``: URL strings, :class:`File` objects, outcomes of an earlier call
     (``results.failed`` re-runs just those), or a mapping ``{url: hash}``."""
-    from .results import Outcome
-
     if isinstance(items, str | File):
         items = [items]
     if isinstance(items, Mapping):

@@ -173,6 +173,38 @@ class ThreadLane:
         self._jobs.put((fut, fn, args))
         return fut
 
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on a lane thread and wait for it, even through a cancellation.
+
+        For calls that write through a file descriptor: returning early on cancel would
+        let the caller close the descriptor while the thread still writes to it. The
+        cancellation is re-raised once the call is done (these calls are short).
+        """
+        fut = self.submit(fn, *args)
+        cancelled = False
+        while not fut.done():
+            try:
+                await asyncio.wait((fut,))
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+        return fut.result()
+
+    async def run_interruptible(self, fn: Callable[[threading.Event], T]) -> T:
+        """Run ``fn(stop)`` on a lane thread; a cancellation sets ``stop`` and returns at once.
+
+        For long reads (hashing a multi-GB file) that may be abandoned midway: ``fn``
+        checks ``stop`` between blocks, so the thread is free again moments later.
+        """
+        stop = threading.Event()
+        fut = self.submit(fn, stop)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             fut, fn, args = job

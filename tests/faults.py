@@ -35,7 +35,7 @@ from typing import Self
 from aiohttp import web
 from server import RouteHandler, Spec, requested_range, route
 
-from rheo_nb import files, testing
+from rheo_nb import files, partfile, testing
 
 MiB = 1 << 20
 
@@ -47,8 +47,18 @@ def text_of(path: Path) -> str:
 
 
 def leftovers(dest: Path) -> list[str]:
-    """Every name under ``dest`` (sidecars included), relative, sorted."""
+    """Every name under ``dest`` (working files included), relative, sorted."""
     return sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
+
+
+def working_files(dest: Path) -> list[Path]:
+    """The working files under ``dest``: what downloads keep while unfinished."""
+    return sorted(p for p in dest.rglob("*") if files.WORKDIR in p.relative_to(dest).parts[:-1])
+
+
+def read_partial(final: Path) -> partfile.Partial | None:
+    """The partial of the download to ``final``, as a rerun would find it."""
+    return partfile.PartFile(final).read()
 
 
 def plant_partial(
@@ -61,11 +71,13 @@ def plant_partial(
     total: int | None,
     segments: list[list[int]] | None = None,
 ) -> Path:
-    """Leave what an interrupted run leaves: ``name.part`` and its metadata."""
+    """Leave what an interrupted run leaves: the part file and its resume record."""
     final = dest / name
-    files.sidecar(final, ".part").write_bytes(data)
-    meta = files.Partial(0, files.url_key(url), validator, total, segments or [])
-    files.sidecar(final, ".part.json").write_text(meta.to_json())
+    part = files.working_path(final, ".part")
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(data)
+    record = partfile.Record(partfile.url_key(url), validator, total, segments or [])
+    files.working_path(final, ".json").write_text(record.to_json())
     return final
 
 
@@ -89,7 +101,7 @@ async def until(predicate: Callable[[], bool], within: float = 10.0) -> None:
 
 def part_size(final: Path) -> int:
     try:
-        return files.sidecar(final, ".part").stat().st_size
+        return files.working_path(final, ".part").stat().st_size
     except FileNotFoundError:
         return 0
 
@@ -332,12 +344,14 @@ def _note_range(spec: Spec, request: web.Request) -> None:
 @route("segfail")
 async def segfail(request: web.Request, spec: Spec) -> web.StreamResponse:
     """Honours ranges, but the first range request not starting at 0 drops its connection
-    after ``cut`` bytes."""
+    after ``cut`` bytes. ``rate`` paces every response (bytes/s)."""
     _note_range(spec, request)
     size = spec.size
     rng = requested_range(request, size)
     if rng is None:
-        return await stream(request, spec.key, size, headers=_range_headers(spec))
+        return await stream(
+            request, spec.key, size, headers=_range_headers(spec), rate=spec.number("rate", 0)
+        )
     start, end = rng
     failed = FAILED_RANGES.setdefault((spec.tag, spec.name), [])
     cut = None
@@ -346,7 +360,15 @@ async def segfail(request: web.Request, spec: Spec) -> web.StreamResponse:
         cut = spec.count("cut", 100_000)
     headers = {**_range_headers(spec), "Content-Range": f"bytes {start}-{end - 1}/{size}"}
     return await stream(
-        request, spec.key, size, start=start, end=end, status=206, headers=headers, cut=cut
+        request,
+        spec.key,
+        size,
+        start=start,
+        end=end,
+        status=206,
+        headers=headers,
+        cut=cut,
+        rate=spec.number("rate", 0),
     )
 
 
