@@ -6,8 +6,8 @@
 * :class:`RawServer`: a bare ``asyncio.start_server`` on 127.0.0.1 for what aiohttp would
   never send: no bytes at all, contradictory or malformed framing, endless headers, a
   keep-alive connection closed under the client.
-* Helpers to look at what a run leaves on disk, to plant partials, to run a download in
-  another process, and to measure memory.
+* Helpers to look at what a run leaves on disk, to plant partials, to interrupt a run
+  midway, to run a download in another process, and to measure memory.
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from aiohttp import web
 from server import RouteHandler, Spec, requested_range, route
 
+import rheo_nb
 from rheo_nb import files, testing
 
 MiB = 1 << 20
@@ -85,6 +86,50 @@ async def until(predicate: Callable[[], bool], within: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within} s")
         await asyncio.sleep(0.01)
+
+
+class _Watch:
+    """A display (the public protocol) that notes when a download has received enough."""
+
+    def __init__(self, received: int) -> None:
+        self.received = received
+        self.reached = asyncio.Event()
+
+    def open(self, manager: rheo_nb.DownloadManager) -> None:
+        manager.on("progress", self._progress)
+
+    def _progress(self, event: rheo_nb.Event) -> None:
+        if isinstance(event, rheo_nb.Progress) and event.bytes >= self.received:
+            self.reached.set()
+
+    def close(self, results: rheo_nb.Results, *, interrupted: bool) -> None:
+        pass
+
+
+async def interrupt_after(
+    items: rheo_nb.File | list[str | rheo_nb.File],
+    dest: Path,
+    received: int,
+    *,
+    within: float = 20.0,
+    **options: Any,
+) -> None:
+    """Run :func:`rheo_nb.fetch` and cancel it (as a kernel interrupt or Ctrl-C would) once
+    a download has received ``received`` bytes: what an interrupted run leaves behind.
+
+    :raises AssertionError: the call ended, or did not get that far within ``within`` s.
+    """
+    watch = _Watch(received)
+    task = asyncio.create_task(rheo_nb.fetch(items, dest, **{**options, "progress": watch}))
+    reached = asyncio.create_task(watch.reached.wait())
+    await asyncio.wait({task, reached}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    for t in (task, reached):
+        t.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    if not watch.reached.is_set():
+        ended = repr(task.result()) if not task.cancelled() else "still running"
+        raise AssertionError(f"the download did not receive {received} bytes: {ended}")
 
 
 def part_size(final: Path) -> int:
