@@ -61,13 +61,28 @@ def plant_partial(
     validator: str | None,
     total: int | None,
     segments: list[list[int]] | None = None,
+    length: int | None = None,
 ) -> Path:
-    """Leave what an interrupted run leaves: ``name.part`` and its metadata."""
+    """Leave what an interrupted run leaves: ``name.part`` and its metadata.
+
+    With ``length``, the part file is ``data`` followed by a hole up to ``length`` bytes
+    (a huge partial that costs no disk space).
+    """
     final = dest / name
-    files.sidecar(final, ".part").write_bytes(data)
+    part = files.sidecar(final, ".part")
+    part.write_bytes(data)
+    if length is not None:
+        sparse(part, length)
     meta = files.Partial(0, files.url_key(url), validator, total, segments or [])
     files.sidecar(final, ".part.json").write_text(meta.to_json())
     return final
+
+
+def sparse(path: Path, size: int) -> Path:
+    """Make ``path`` ``size`` bytes long, the new bytes a hole (zeros that take no space)."""
+    with open(path, "ab") as f:
+        f.truncate(size)
+    return path
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
