@@ -3,6 +3,7 @@
 * Routes on the shared test server (``server.route_url(kind, name, ...)``) that misbehave
   at the HTTP level: encodings, error pages, trickles, floods, ranges ignored or mangled
   for segmented downloads, and ``chaos`` for the soak test (faults drawn at random).
+* :class:`Nginx`: a real nginx on 127.0.0.1, for what real servers do with ranges.
 * :class:`RawServer`: a bare ``asyncio.start_server`` on 127.0.0.1 for what aiohttp would
   never send: no bytes at all, contradictory or malformed framing, endless headers, a
   keep-alive connection closed under the client.
@@ -18,6 +19,7 @@ import gzip
 import io
 import random
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -600,6 +602,81 @@ async def chaos(request: web.Request, spec: Spec) -> web.StreamResponse:
         headers=headers,
         cut=cut if kind == "cut" else None,
     )
+
+
+# --- nginx, a real server with its own ideas about ranges -----------------------------------------
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+
+class Nginx:
+    """Debian's nginx serving ``root`` on 127.0.0.1 (one process). Its ETag is
+    ``"<mtime>-<size>"`` and it answers a stale ``If-Range`` with the whole file, as Apache
+    and lighttpd do. Each connection is held to ``limit_rate`` bytes/s until
+    :meth:`unlimit` (0: never)."""
+
+    def __init__(self, root: Path, state: Path, limit_rate: int = 0) -> None:
+        assert NGINX is not None
+        self.root, self.state, self.limit_rate = root, state, limit_rate
+        self.port = closed_port()
+        self._limited = state / "limited"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def unlimit(self) -> None:
+        """Full speed for the requests from now on."""
+        self._limited.unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        assert NGINX is not None
+        temp = "".join(
+            f"{kind}_temp_path {self.state}/{kind}; "
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        if self.limit_rate:
+            self._limited.touch()
+        limit = f"if (-f {self._limited}) {{ set $limit_rate {self.limit_rate}; }}"
+        conf = self.state / "nginx.conf"
+        conf.write_text(
+            "daemon off; master_process off; "
+            f"pid {self.state}/nginx.pid; error_log {self.state}/error.log; "
+            "events { worker_connections 256; } "
+            f"http {{ access_log off; {temp}"
+            f"server {{ listen 127.0.0.1:{self.port}; root {self.root}; "
+            f"location / {{ {limit} }} }} }}\n"
+        )
+        self._proc = subprocess.Popen(
+            [NGINX, "-p", str(self.state), "-e", str(self.state / "error.log"), "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline or self._proc.poll() is not None:
+                    self.__exit__(None, None, None)
+                    log = (self.state / "error.log").read_text(errors="replace")
+                    raise RuntimeError(f"nginx did not start: {log}") from None
+                time.sleep(0.05)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(10)
 
 
 # --- a raw TCP server, for framing aiohttp would not emit -----------------------------------------
