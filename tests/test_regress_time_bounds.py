@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faults import RawRequest, plant_partial, raw_server, sparse, until
+from faults import RawRequest, plant_partial, raw_server, sparse
 from server import FAST, FAST_ENGINE, Server
 
 import rheo_nb
@@ -134,10 +134,11 @@ async def test_an_interrupt_while_a_resumed_prefix_is_hashed_takes_effect_prompt
     task = asyncio.create_task(
         rheo_nb.fetch([File(url, hash="sha256:" + "0" * 64)], dest, **FAST, chunk_size=4096)
     )
-    await until(lambda: server.count("prefix.bin") > 0 or task.done())
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(1.0)
     assert not task.done()
-    assert server.requests("prefix.bin")[0].headers.get("Range") == f"bytes={HUGE}-"
+    # The kept bytes are being hashed, before or after the rest was asked for.
+    asked = [r.headers.get("Range") for r in server.requests("prefix.bin")]
+    assert asked in ([], [f"bytes={HUGE}-"]), asked
     latency = await cancel_latency(task)
     assert latency < CANCEL_WITHIN, f"the interrupt took effect after {latency:.1f} s"
 
