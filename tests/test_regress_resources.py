@@ -96,11 +96,13 @@ OBS_KEY = "obs-text"
 
 
 async def obs_text_etag(request: RawRequest, writer: asyncio.StreamWriter) -> bool:
-    """A file that takes ranges, whose strong ETag holds a latin-1 byte (legal obs-text)."""
-    headers = {"ETag": '"caf\xe9"', "Accept-Ranges": "bytes", "Content-Type": "x/y"}
+    """A file that takes ranges, whose strong ETag holds a latin-1 byte (legal obs-text);
+    an ``If-Range`` that is not that ETag byte for byte gets the whole file."""
+    etag = '"caf\xe9"'
+    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Content-Type": "x/y"}
     rng = testing.parse_range(request.headers.get("range"), OBS_SIZE)
     start, end, status = 0, OBS_SIZE, 200
-    if rng is not None and rng[1] > 0:
+    if rng is not None and rng[1] > 0 and request.headers.get("if-range") in (None, etag):
         start, end, status = rng[0], rng[1], 206
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{OBS_SIZE}"
     headers["Content-Length"] = str(end - start)
