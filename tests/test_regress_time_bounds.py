@@ -10,6 +10,7 @@ itself.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -85,8 +86,17 @@ async def test_the_low_speed_rule_ends_a_response_that_drips_outside_its_body(
 
 # --- an interrupt while a large file is hashed ---------------------------------------------------
 
-#: Hashing this much takes seconds on any machine (about 12 s on a small VM).
-HUGE = 4 * GiB
+
+def huge() -> int:
+    """A size this machine takes about 4 s to hash (sha256), between 1 and 4 GiB: long
+    enough to tell a prompt interrupt from one that waits for the whole file."""
+    sample = bytes(32 << 20)
+    t0 = time.perf_counter()
+    hashlib.sha256(sample).digest()
+    rate = len(sample) / (time.perf_counter() - t0)
+    return int(min(4 * GiB, max(GiB, 4 * rate))) // (1 << 20) * (1 << 20)
+
+
 #: An interrupt should stop the hash within one read of it; this leaves room for a slow
 #: machine and still tells "prompt" from "after the whole file".
 CANCEL_WITHIN = 1.0
@@ -105,7 +115,7 @@ async def test_an_interrupt_while_an_existing_file_is_hashed_takes_effect_prompt
 ) -> None:
     # A file of the right name but unknown content: its hash must be checked before it is
     # kept or fetched again.
-    await asyncio.to_thread(sparse, dest / "huge.bin", HUGE)
+    await asyncio.to_thread(sparse, dest / "huge.bin", await asyncio.to_thread(huge))
     item = File(server.url("huge.bin"), hash=server.hash("huge.bin"))
     task = asyncio.create_task(rheo_nb.fetch([item], dest, **FAST))
     await asyncio.sleep(0.5)
@@ -118,7 +128,8 @@ async def test_an_interrupt_while_an_existing_file_is_hashed_takes_effect_prompt
 async def test_an_interrupt_while_a_resumed_prefix_is_hashed_takes_effect_promptly(
     server: Server, dest: Path
 ) -> None:
-    size = HUGE + 4 * (1 << 20)
+    kept = await asyncio.to_thread(huge)
+    size = kept + 4 * (1 << 20)
     url = server.url("prefix.bin", size)
     await asyncio.to_thread(
         plant_partial,
@@ -128,7 +139,7 @@ async def test_an_interrupt_while_a_resumed_prefix_is_hashed_takes_effect_prompt
         b"",
         validator=server.etag("prefix.bin", size),
         total=size,
-        length=HUGE,
+        length=kept,
     )
     # The hash of the bytes kept must be known before new ones count.
     task = asyncio.create_task(
@@ -138,7 +149,7 @@ async def test_an_interrupt_while_a_resumed_prefix_is_hashed_takes_effect_prompt
     assert not task.done()
     # The kept bytes are being hashed, before or after the rest was asked for.
     asked = [r.headers.get("Range") for r in server.requests("prefix.bin")]
-    assert asked in ([], [f"bytes={HUGE}-"]), asked
+    assert asked in ([], [f"bytes={kept}-"]), asked
     latency = await cancel_latency(task)
     assert latency < CANCEL_WITHIN, f"the interrupt took effect after {latency:.1f} s"
 
