@@ -162,7 +162,10 @@ class ClientFactory:
         if limit < 0 or limit_per_host < 0:
             raise OptionError("connection limits must be >= 0 (0: no limit)")
         if proxy is not None:
-            url = URL(proxy) if isinstance(proxy, str) else None
+            try:
+                url = URL(proxy) if isinstance(proxy, str) else None
+            except ValueError:  # its text may quote the password: never shown
+                url = None
             if url is None or url.scheme not in ("http", "https") or not url.host:
                 raise OptionError(
                     f"proxy must be an 'http://host:port' URL, not {format.mask_url(str(proxy))!r}"

@@ -136,7 +136,13 @@ def check_url(url: str, secret_params: frozenset[str] = frozenset()) -> str:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError as exc:
-        raise InvalidItemError(f"malformed URL {shown!r}: {exc}") from None
+        # The parser's words can quote a piece of the URL (a password read as a port).
+        reason = (
+            "its port is not a number (percent-encode a '/', '?' or '#' in a password)"
+            if "port" in str(exc).lower()
+            else "it cannot be parsed"
+        )
+        raise InvalidItemError(f"malformed URL {shown!r}: {reason}") from None
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise InvalidItemError(

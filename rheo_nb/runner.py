@@ -104,7 +104,17 @@ class LoopThread(Generic[T]):
         return self.future.done()
 
     def result(self, timeout: float | None = None) -> T:
-        """Wait for the result; an interrupt while waiting cancels the work and re-raises."""
+        """Wait for the result; an interrupt while waiting cancels the work and re-raises.
+
+        :raises RuntimeError: called from the work's own thread (an event handler or a
+            display of the job), where waiting would wait forever.
+        """
+        if threading.current_thread() is self._thread and not self.future.done():
+            raise RuntimeError(
+                "cannot wait for a job from inside it (an event handler or a display of "
+                "the job runs on the job's own thread); use job.done() there, or "
+                "subscribe to 'completed' / 'failed' events"
+            )
         try:
             deadline = None if timeout is None else time.monotonic() + timeout
             # Short waits keep the thread responsive to KeyboardInterrupt.

@@ -356,6 +356,7 @@ class Download:
         if opts.content_disposition and p.file.path is None and self.target == p.final:
             await self._name_from_server(resp.headers.get("Content-Disposition"))
         if answer.decision is Decision.APPEND and split is not None:
+            self.resumed = True
             return answer, split
         tag = validator(resp.headers)
         if (
