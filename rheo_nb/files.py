@@ -199,6 +199,33 @@ def existing_size(final: Path) -> int | None:
 LOCK_UNSUPPORTED = -1
 
 
+def claim(
+    dest_real: Path, final: Path, checked: set[Path], keep_unverified: bool
+) -> tuple[int | None, int | None]:
+    """Become the one writer of ``final`` and look at what is there, in one thread hop.
+
+    Returns ``(lock, size)``: the lock's descriptor (None when another writer holds it,
+    or when a complete file is kept without a check, ``keep_unverified``) and the size of
+    the file at ``final`` (None: nothing there). ``checked``: folders already created and
+    found inside ``dest`` by this call (the check is made once per folder).
+    """
+    if final.parent not in checked:
+        ensure_parent(dest_real, final)
+        checked.add(final.parent)
+    lock = try_lock(final)
+    if lock is None:
+        return None, None
+    try:
+        existing = existing_size(final)
+    except BaseException:
+        unlock(final, lock)
+        raise
+    if existing is not None and keep_unverified:
+        unlock(final, lock)
+        return None, existing
+    return lock, existing
+
+
 def try_lock(final: Path) -> int | None:
     """Take the writer lock of ``final`` without waiting. Blocking syscalls; run in a thread.
 

@@ -361,7 +361,7 @@ class Answer:
 
 
 def decide(
-    resp_status: int,
+    status: int,
     reason: str,
     headers: Mapping[str, str],
     asked: tuple[int, int | None] | None,
@@ -374,44 +374,75 @@ def decide(
 
     ``reason``: the status line's reason phrase (for an error). ``asked``: the range
     requested, ``(first, last)`` with ``last`` None for "to the end", or None for the
-    whole file. ``sent_validator``: the ``If-Range`` sent. ``known_total``:
-    the size the partial's record gives. ``verifiable``: a hash will check the result,
-    so a ``416`` need not be confirmed by the validator.
+    whole file. ``sent_validator``: the ``If-Range`` sent. ``known_total``: the size the
+    partial's record gives. ``verifiable``: a hash will check the result, so a ``416``
+    need not be confirmed by the validator.
 
     :raises HTTPStatusError: any other status (transient ones with their Retry-After).
     """
     got = validator(headers)
-    if resp_status == 200:
-        length = headers.get("Content-Length")
-        total = int(length) if length is not None and _digits(length) else None
-        if asked is None:
-            return Answer(Decision.FULL, total)
-        changed = got is not None and sent_validator is not None and got != sent_validator
-        why = "the file changed on the server" if changed else "the server does not support resume"
-        return Answer(Decision.FULL, total, why)
-    if resp_status == 206 and asked is not None:
-        rng = parse_content_range(headers.get("Content-Range"))
-        first, last = asked
-        if (
-            rng is not None
-            and rng[0] == first
-            and rng[2] is not None
-            and rng[1] == (rng[2] - 1 if last is None else last)
-            and known_total in (None, rng[2])
-            and got in (None, sent_validator)
-        ):
-            return Answer(Decision.APPEND, rng[2])
-        return Answer(Decision.RESTART, reason="the answer to a range request does not match it")
-    if resp_status == 416 and asked is not None:
-        rng = parse_content_range(headers.get("Content-Range"))
-        first, last = asked
-        if rng is not None and last is None and rng[2] == first:
-            if (got is not None and got == sent_validator) or (got is None and verifiable):
-                return Answer(Decision.COMPLETE, first)
-        return Answer(Decision.RESTART, reason="the server cannot confirm the partial file")
+    if status == 200:
+        return _whole(headers, asked, sent_validator, got)
+    if status == 206 and asked is not None:
+        return _partial_content(headers, asked, sent_validator, got, known_total)
+    if status == 416 and asked is not None:
+        return _not_satisfiable(headers, asked, sent_validator, got, verifiable)
     retry_after = None
-    if resp_status in TRANSIENT_STATUSES:
+    if status in TRANSIENT_STATUSES:
         retry_after = parse_retry_after(headers.get("Retry-After"))
-    raise HTTPStatusError(
-        status=resp_status, reason=format.printable(reason), retry_after=retry_after
-    )
+    raise HTTPStatusError(status=status, reason=format.printable(reason), retry_after=retry_after)
+
+
+def _whole(
+    headers: Mapping[str, str],
+    asked: tuple[int, int | None] | None,
+    sent: str | None,
+    got: str | None,
+) -> Answer:
+    length = headers.get("Content-Length")
+    total = int(length) if length is not None and _digits(length) else None
+    if asked is None:
+        return Answer(Decision.FULL, total)
+    changed = got is not None and sent is not None and got != sent
+    why = "the file changed on the server" if changed else "the server does not support resume"
+    return Answer(Decision.FULL, total, why)
+
+
+def _partial_content(
+    headers: Mapping[str, str],
+    asked: tuple[int, int | None],
+    sent: str | None,
+    got: str | None,
+    known_total: int | None,
+) -> Answer:
+    rng = parse_content_range(headers.get("Content-Range"))
+    first, last = asked
+    start, end, total = rng if rng is not None else (-1, -1, None)
+    if total is not None:
+        exact = start == first and end == (total - 1 if last is None else last)
+        if exact and known_total in (None, total) and got in (None, sent):
+            return Answer(Decision.APPEND, total)
+    return Answer(Decision.RESTART, reason="the answer to a range request does not match it")
+
+
+def _not_satisfiable(
+    headers: Mapping[str, str],
+    asked: tuple[int, int | None],
+    sent: str | None,
+    got: str | None,
+    verifiable: bool,
+) -> Answer:
+    rng = parse_content_range(headers.get("Content-Range"))
+    first, last = asked
+    # "Nothing after byte N" confirms the partial is whole only if it is still this file.
+    confirmed = (got is not None and got == sent) or (got is None and verifiable)
+    if rng is not None and last is None and rng[2] == first and confirmed:
+        return Answer(Decision.COMPLETE, first)
+    return Answer(Decision.RESTART, reason="the server cannot confirm the partial file")
+
+
+def range_headers(asked: tuple[int, int | None], validator: str) -> dict[str, str]:
+    """``Range`` for ``asked`` (``(first, last)``, last None: to the end) and its
+    ``If-Range``, so a changed file answers with all of its new bytes instead."""
+    first, last = asked
+    return {"Range": f"bytes={first}-{'' if last is None else last}", "If-Range": validator}

@@ -318,6 +318,24 @@ class PartFile:
         self.record = Record(record.url, record.validator, record.total, list(record.segments))
 
 
+class Appender:
+    """The stream loop's sink for a whole body (see :mod:`rheo_nb.stream`): appended to
+    the part file, which is opened on the first write. A file that fits in one read is
+    never written here: :meth:`PartFile.finish` writes it with its last step."""
+
+    def __init__(self, part: PartFile, offset: int, record: Record | None) -> None:
+        self.part, self.offset, self.record = part, offset, record
+        self.keep_partial = record is not None
+
+    def room(self) -> None:
+        return None
+
+    def write(self, chunks: list[bytes]) -> None:
+        if self.part.fd is None:
+            self.part.open(self.offset, self.record)
+        self.part.append(chunks)
+
+
 def _open_at(path: Path, offset: int) -> int:
     """Open ``path`` for writing at ``offset``, dropping anything beyond it.
 

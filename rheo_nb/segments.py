@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from . import events
 from .errors import DownloadError, IntegrityError
 from .http import Decision, Restart, decide
 from .partfile import PartFile, Record
@@ -175,6 +176,22 @@ class Split:
         return True
 
 
+def plan(
+    total: int | None, validator: str | None, url_key: str, accept_ranges: str, segments: object
+) -> Split | None:
+    """The split of a fresh download, or None when it stays on one stream: too small,
+    ``segments=1``, or a server that offers no usable validator or no byte ranges."""
+    if (
+        total is None
+        or total < 2 * MIN_SEGMENT
+        or segments == 1
+        or validator is None
+        or accept_ranges.lower() != "bytes"
+    ):
+        return None
+    return Split([Segment(0, total)], total, validator, url_key)
+
+
 def resumable(record: Record, size: int) -> Split | None:
     """The split a segmented partial can continue, or None (then it is not trusted)."""
     if record.total is None or record.validator is None or size != record.total:
@@ -226,7 +243,7 @@ async def download(job: Download, split: Split, first: aiohttp.ClientResponse) -
     part.size = split.total
     expected = job.planned.expected
     if expected is not None:
-        job.validating()
+        job.emit(events.Validating)
         if split.hasher is None or split.hashed < split.total:
             start, into = (split.hashed, split.hasher) if split.hasher is not None else (0, None)
             await ctx.lane.run_interruptible(
@@ -330,7 +347,8 @@ async def _fetch_range(
         except DownloadError as exc:
             attempt += 1
             delay = ctx.policy.delay(exc, attempt)
-            job.retrying(attempt, delay, f"range {seg.position}-{seg.end - 1}: {exc.cause}")
+            cause = f"range {seg.position}-{seg.end - 1}: {exc.cause}"
+            job.emit(events.Retrying, attempt, delay, cause)
             await asyncio.sleep(delay)
         finally:
             if resp is not None:

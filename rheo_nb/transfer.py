@@ -18,30 +18,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
-from . import files, segments
+from . import events, files, segments
 from .client import HostLimiter
 from .errors import DownloadError, IntegrityError, TooLargeError
-from .events import (
-    Cancelled,
-    Completed,
-    Event,
-    Failed,
-    Restarted,
-    Retrying,
-    Skipped,
-    Started,
-    Status,
-    Validating,
-)
+from .events import Status
 from .format import size
 from .hashing import hash_file
-from .http import Answer, Client, Decision, Restart, decide, validator
+from .http import Answer, Client, Decision, Restart, decide, range_headers, validator
 from .items import Outcome, Planned
 from .options import Options
-from .partfile import PartFile, Partial, Record, destination_error, destination_errors, url_key
+from .partfile import Appender, PartFile, Partial, Record, url_key
+from .partfile import destination_error as os_error
+from .partfile import destination_errors as os_errors
 from .retry import RetryPolicy, is_transient
 from .runner import ThreadLane
 from .stream import Meter, Watchdog, WriteBatch, pump
@@ -53,7 +45,6 @@ _LOCK_POLL = (0.02, 0.5)  # first and longest wait between tries of a busy lock
 _WRITE_BUDGET = 4 << 20
 _MIN_WRITE = 128 << 10
 _BUSY = -1  # another writer holds the file's lock
-_NOTHING = -2  # nothing at the final path
 
 
 @dataclass(slots=True)
@@ -63,7 +54,7 @@ class Context:
     http: Client
     options: Options
     policy: RetryPolicy
-    emit: Callable[[Event], None]
+    emit: Callable[[events.Event], None]
     dest: Path  # real path of the destination folder
     lane: ThreadLane
     limiter: HostLimiter
@@ -93,23 +84,6 @@ class _Present(Exception):
         self.reason = reason
 
 
-class _Whole:
-    """The stream loop's sink for a whole body: appended to the part file, which is
-    opened on the first write (a file that fits in one read never is: see finish)."""
-
-    def __init__(self, part: PartFile, offset: int, record: Record | None) -> None:
-        self.part, self.offset, self.record = part, offset, record
-        self.keep_partial = record is not None
-
-    def room(self) -> None:
-        return None
-
-    def write(self, chunks: list[bytes]) -> None:
-        if self.part.fd is None:
-            self.part.open(self.offset, self.record)
-        self.part.append(chunks)
-
-
 class Download:
     """One file's download: what it carries from attempt to attempt."""
 
@@ -135,20 +109,16 @@ class Download:
 
     # --- events --------------------------------------------------------------------------
 
+    def emit(self, kind: Callable[..., events.Event], *args: Any) -> None:
+        """Emit an event of ``kind`` about this download (its id and URL come first)."""
+        self.ctx.emit(kind(self.planned.download_id, self.planned.display_url, *args))
+
     def received(self) -> int:
         return self.meter.received
 
     def started(self, total: int | None, resumed_from: int) -> None:
         self.meter.total, self.meter.received = total, resumed_from
-        p = self.planned
-        self.ctx.emit(Started(p.download_id, p.display_url, self.target, total, resumed_from))
-
-    def retrying(self, attempt: int, delay: float, cause: str) -> None:
-        p = self.planned
-        self.ctx.emit(Retrying(p.download_id, p.display_url, attempt, delay, cause))
-
-    def validating(self) -> None:
-        self.ctx.emit(Validating(self.planned.download_id, self.planned.display_url))
+        self.emit(events.Started, self.target, total, resumed_from)
 
     def _outcome(self, status: Status, nbytes: int, t0: float, error: str | None = None) -> Outcome:
         p = self.planned
@@ -174,22 +144,20 @@ class Download:
         except _Present as present:
             with contextlib.suppress(DownloadError):
                 await ctx.lane.run(self.part.discard)
-            ctx.emit(
-                Skipped(p.download_id, p.display_url, self.target, present.nbytes, present.reason)
-            )
+            self.emit(events.Skipped, self.target, present.nbytes, present.reason)
             return self._outcome(Status.SKIPPED, present.nbytes, t0)
         except asyncio.CancelledError:
             await self._settle(keep=True)
-            ctx.emit(Cancelled(p.download_id, p.display_url, p.final, self.meter.received))
+            self.emit(events.Cancelled, p.final, self.meter.received)
             raise
         except DownloadError as exc:
             exc.attach(p.display_url)
             await self._settle(keep=is_transient(exc))
-            ctx.emit(Failed(p.download_id, p.display_url, p.final, str(exc), ctx.clock() - t0))
+            self.emit(events.Failed, p.final, str(exc), ctx.clock() - t0)
             return self._outcome(Status.FAILED, self.meter.received, t0, str(exc))
         finally:
             await self._unlock()
-        ctx.emit(Completed(p.download_id, p.display_url, self.target, nbytes, ctx.clock() - t0))
+        self.emit(events.Completed, self.target, nbytes, ctx.clock() - t0)
         return self._outcome(Status.COMPLETED, nbytes, t0)
 
     async def _claim(self) -> int | None:
@@ -205,39 +173,29 @@ class Download:
             # Another call or process is writing this file: wait, then most likely skip it.
             await asyncio.sleep(delay)
             delay = min(longest, delay * 2)
-        if found == _NOTHING or ctx.options.overwrite:
+        if (
+            found is None
+            or ctx.options.overwrite
+            or (reason := await self._verified(p.final)) is None
+        ):
             return None
-        reason = await self._verified(p.final)
-        if reason is None:
-            return None  # not the file asked for: download it again
         await self._unlock()
-        ctx.emit(Skipped(p.download_id, p.display_url, p.final, found, reason))
+        self.emit(events.Skipped, p.final, found, reason)
         return found
 
-    @destination_errors
-    def _look(self, keep_unverified: bool) -> int:
-        """Lock, then look at the final path and any partial, in one thread hop."""
-        final, ctx = self.planned.final, self.ctx
-        if final.parent not in ctx.checked_dirs:
-            files.ensure_parent(ctx.dest, final)
-            ctx.checked_dirs.add(final.parent)
-        lock = files.try_lock(final)
+    @os_errors
+    def _look(self, keep_unverified: bool) -> int | None:
+        """The claim's one thread hop: lock, look at the final path, read any partial."""
+        final = self.planned.final
+        lock, existing = files.claim(self.ctx.dest, final, self.ctx.checked_dirs, keep_unverified)
         if lock is None:
-            return _BUSY
-        try:
-            existing = files.existing_size(final)
-            if existing is not None and keep_unverified:
-                files.unlock(final, lock)
-                return existing
-            if lock == files.LOCK_UNSUPPORTED:
-                self.part = PartFile(final, unique=True)
-            else:
-                self.partial = self.part.read()
-        except BaseException:
-            files.unlock(final, lock)
-            raise
+            return _BUSY if existing is None else existing
         self.locks.append((final, lock))
-        return _NOTHING if existing is None else existing
+        if lock == files.LOCK_UNSUPPORTED:
+            self.part = PartFile(final, unique=True)
+        else:
+            self.partial = self.part.read()
+        return existing
 
     async def _verified(self, path: Path) -> str | None:
         """Why the complete file at ``path`` can be kept, or None when it cannot."""
@@ -249,7 +207,7 @@ class Download:
                 lambda stop: hash_file(path, expected.algorithm, stop=stop)
             )
         except OSError as exc:
-            raise destination_error(exc) from exc
+            raise os_error(exc) from exc
         if digest.hexdigest() != expected.hexdigest:
             return None
         return f"already downloaded, {expected.algorithm} verified"
@@ -274,7 +232,7 @@ class Download:
             except DownloadError as exc:
                 attempt += 1
                 delay = ctx.policy.delay(exc, attempt)
-                self.retrying(attempt, delay, exc.cause)
+                self.emit(events.Retrying, attempt, delay, exc.cause)
                 await asyncio.sleep(delay)
 
     async def _restart(self, reason: str) -> None:
@@ -283,34 +241,18 @@ class Download:
         self.resumed = False
         await self.ctx.lane.run(self.part.discard)
         if discarded:
-            p = self.planned
-            self.ctx.emit(Restarted(p.download_id, p.display_url, discarded, reason))
+            self.emit(events.Restarted, discarded, reason)
 
     async def _attempt(self) -> int:
         ctx, p = self.ctx, self.planned
         partial, self.partial = self.partial, None
         if partial is None and self.part.touched:  # an earlier attempt wrote some
             partial = await ctx.lane.run(self.part.read)
-        record = partial.usable_for(p.url) if partial is not None else None
-        if partial is not None and partial.size and record is None:
-            raise Restart("the partial file cannot be trusted")
         self.resumed = False
-        split: segments.Split | None = None
-        asked: tuple[int, int | None] | None = None
+        record, split, asked = self._resume_plan(partial)
         headers = self.headers
-        if partial is not None and record is not None:
-            self.part.size = partial.size
-            if record.segments:
-                split = None if self.no_split else segments.resumable(record, partial.size)
-                seg = split.first_missing() if split is not None else None
-                if split is None or seg is None:
-                    raise Restart("the partial file's record does not add up")
-                asked = (seg.position, seg.end - 1)
-            else:
-                asked = (partial.size, None)
-            last = "" if asked[1] is None else str(asked[1])
-            headers = {**headers, "Range": f"bytes={asked[0]}-{last}"}
-            headers["If-Range"] = record.validator or ""
+        if record is not None and asked is not None:
+            headers = {**headers, **range_headers(asked, record.validator or "")}
         opts = ctx.options
         async with Watchdog(opts.low_speed_limit, opts.low_speed_time) as dog:
             with ctx.http.errors(self.received):
@@ -327,6 +269,27 @@ class Download:
             return await segments.download(self, split, resp)
         finally:
             resp.close()
+
+    def _resume_plan(
+        self, partial: Partial | None
+    ) -> tuple[Record | None, segments.Split | None, tuple[int, int | None] | None]:
+        """What the bytes on disk allow: their record, the split they continue (a
+        segmented partial), and the range to ask for."""
+        if partial is None:
+            return None, None, None
+        record = partial.usable_for(self.planned.url)
+        if record is None:
+            if partial.size:
+                raise Restart("the partial file cannot be trusted")
+            return None, None, None
+        self.part.size = partial.size
+        if not record.segments:
+            return record, None, (partial.size, None)
+        split = None if self.no_split else segments.resumable(record, partial.size)
+        seg = split.first_missing() if split is not None else None
+        if split is None or seg is None:
+            raise Restart("the partial file's record does not add up")
+        return record, split, (seg.position, seg.end - 1)
 
     async def _receive(
         self,
@@ -358,19 +321,10 @@ class Download:
         if answer.decision is Decision.APPEND and split is not None:
             self.resumed = True
             return answer, split
-        tag = validator(resp.headers)
-        if (
-            answer.decision is Decision.FULL
-            and total is not None
-            and total >= 2 * segments.MIN_SEGMENT
-            and opts.segments != 1
-            and not (self.part.unique or self.no_split)
-            and tag is not None
-            and resp.headers.get("Accept-Ranges", "").lower() == "bytes"
-        ):
-            whole = segments.Segment(0, total)
-            return answer, segments.Split([whole], total, tag, url_key(p.url))
-        return answer, None
+        if answer.decision is not Decision.FULL or self.part.unique or self.no_split:
+            return answer, None
+        tag, ranges = validator(resp.headers), resp.headers.get("Accept-Ranges", "")
+        return answer, segments.plan(total, tag, url_key(p.url), ranges, opts.segments)
 
     async def _stream(
         self,
@@ -400,12 +354,12 @@ class Download:
         tail: list[bytes] = []
         if answer.decision is not Decision.COMPLETE:
             self.started(total, offset)
-            sink = _Whole(part, offset, self.record())
+            sink = Appender(part, offset, self.record())
             tail = await pump(
                 resp.content, sink, self.meter, dog, WriteBatch(ctx.write_size), ctx.lane
             )
         if p.expected is not None:
-            self.validating()
+            self.emit(events.Validating)
         return await ctx.lane.run(part.finish, tail, total, p.expected, self.target)
 
     async def _name_from_server(self, header: str | None) -> None:
@@ -426,7 +380,7 @@ class Download:
                 cause=f"the server names it {name}, which is also the name of another file "
                 "of this call; give it a path with File(url, path=...)"
             )
-        lock = await ctx.lane.run(destination_errors(files.try_lock), target)
+        lock = await ctx.lane.run(os_errors(files.try_lock), target)
         if lock is None:
             raise DownloadError(
                 cause=f"the server names it {name}, which another download is writing; give "
@@ -434,7 +388,7 @@ class Download:
             )
         self.locks.append((target, lock))
         self.target = target
-        existing = await ctx.lane.run(destination_errors(files.existing_size), target)
+        existing = await ctx.lane.run(os_errors(files.existing_size), target)
         if existing is None or ctx.options.overwrite:
             return
         reason = await self._verified(target)
