@@ -4,6 +4,8 @@
     python benchmarks/bench.py                 # full sizes (about 3.1 GiB of data in /dev/shm)
     python benchmarks/bench.py --quick         # small sizes, a minute
     python benchmarks/bench.py --scenarios AC --runs 5 --peers curl,aria2c
+    python benchmarks/bench.py --rheo before=../old/.venv/bin/rheo-nb   # two builds, one run
+    python benchmarks/bench.py --rheo 'capped=rheo-nb --limit-rate 2G'  # same build, options
 
 Starts its own nginx on 127.0.0.1 (Debian's ``nginx`` and ``libnginx-mod-http-echo``)
 with three servers: plain; capped at 25 MiB/s per connection; +50 ms before every
@@ -19,6 +21,7 @@ import argparse
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -183,10 +186,13 @@ def run_once(cmd: list[str], out: Path, expected: dict[str, str], timeout: float
     return Run(wall, cpu, rss, True)
 
 
-def commands(client: str, urls_file: Path, out: Path, conc: int, scenario: str) -> list[str]:
+def commands(
+    client: str, urls_file: Path, out: Path, conc: int, scenario: str, extra: dict[str, str]
+) -> list[str]:
     rheo = shutil.which("rheo-nb") or str(Path(sys.executable).with_name("rheo-nb"))
-    if client == "rheo_nb":
-        return [rheo, "get", "-j", str(conc), "-i", str(urls_file), "-o", str(out)]
+    if client == "rheo_nb" or client in extra:
+        program, *options = shlex.split(extra.get(client, rheo))
+        return [program, "get", *options, "-j", str(conc), "-i", str(urls_file), "-o", str(out)]
     if client == "curl":
         cfg = out.parent / "curl.cfg"
         lines = []
@@ -211,6 +217,10 @@ def main() -> int:
     parser.add_argument("--tmp", default=os.environ.get("RHEO_BENCH_TMP", "/dev/shm/rheo_nb-bench"))
     parser.add_argument("--timeout", type=float, default=150)
     parser.add_argument("--serve", action="store_true", help="only start nginx and wait (for profiling)")
+    parser.add_argument(
+        "--rheo", action="append", default=[], metavar="NAME=COMMAND",
+        help="also run this rheo-nb build or option set under NAME, in the same run",
+    )
     args = parser.parse_args()
     if not shutil.which("nginx") or not Path(ECHO_MODULE).exists():
         raise SystemExit("needs Debian's nginx and libnginx-mod-http-echo (apt-get install nginx libnginx-mod-http-echo)")
@@ -229,7 +239,8 @@ def main() -> int:
         finally:
             nginx.send_signal(signal.SIGQUIT)
         return 0
-    clients = ["rheo_nb", *[c for c in args.peers.split(",") if c]]
+    extra = dict(spec.split("=", 1) for spec in args.rheo)
+    clients = ["rheo_nb", *extra, *[c for c in args.peers.split(",") if c]]
     rows = []
     try:
         for sc in chosen:
@@ -241,7 +252,7 @@ def main() -> int:
                 order = clients[i % len(clients):] + clients[: i % len(clients)]
                 for client in order:
                     out = tmp / "out" / client
-                    cmd = commands(client, urls, out, args.conc, sc.key)
+                    cmd = commands(client, urls, out, args.conc, sc.key, extra)
                     results[client].append(run_once(cmd, out, expected, args.timeout))
             total_bytes = sum(size for _, size in sc.files)
             for client, runs in results.items():

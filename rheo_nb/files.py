@@ -138,7 +138,12 @@ def working_path(final: Path, suffix: str) -> Path:
     """The working file of kind ``suffix`` (``".part"``, ``".json"``, ``".lock"``…) of the
     download to ``final``: in the hidden working folder beside it, named after a digest
     of the final name, so it can neither collide with a final name nor be too long."""
-    return final.parent / WORKDIR / (name_key(final.name) + suffix)
+    return Path(working_base(final) + suffix)
+
+
+def working_base(final: Path) -> str:
+    """:func:`working_path` without its suffix, as text: computed once per download."""
+    return os.path.join(final.parent, WORKDIR, name_key(final.name))
 
 
 def name_key(name: str) -> str:
@@ -200,47 +205,48 @@ LOCK_UNSUPPORTED = -1
 
 
 def claim(
-    dest_real: Path, final: Path, checked: set[Path], keep_unverified: bool
+    dest_real: Path, final: Path, checked: set[Path], keep_unverified: bool, base: str
 ) -> tuple[int | None, int | None]:
     """Become the one writer of ``final`` and look at what is there, in one thread hop.
 
     Returns ``(lock, size)``: the lock's descriptor (None when another writer holds it,
     or when a complete file is kept without a check, ``keep_unverified``) and the size of
     the file at ``final`` (None: nothing there). ``checked``: folders already created and
-    found inside ``dest`` by this call (the check is made once per folder).
+    found inside ``dest`` by this call (the check is made once per folder). ``base``:
+    :func:`working_base` of ``final``.
     """
     if final.parent not in checked:
         ensure_parent(dest_real, final)
         checked.add(final.parent)
-    lock = try_lock(final)
+    lock = try_lock(final, base)
     if lock is None:
         return None, None
     try:
         existing = existing_size(final)
     except BaseException:
-        unlock(final, lock)
+        unlock(final, lock, base)
         raise
     if existing is not None and keep_unverified:
-        unlock(final, lock)
+        unlock(final, lock, base)
         return None, existing
     return lock, existing
 
 
-def try_lock(final: Path) -> int | None:
+def try_lock(final: Path, base: str | None = None) -> int | None:
     """Take the writer lock of ``final`` without waiting. Blocking syscalls; run in a thread.
 
     Returns the lock's file descriptor, ``None`` when another writer holds it, or
     ``LOCK_UNSUPPORTED`` when the filesystem has no ``flock`` (then the caller writes to
     a unique temp file: correctness never depends on the lock, and no lock file is left).
     """
-    path = working_path(final, ".lock")
+    path = (working_base(final) if base is None else base) + ".lock"
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except FileNotFoundError:
             # Another call removed the working folder when it ended with it empty.
             with contextlib.suppress(FileExistsError):
-                os.mkdir(path.parent, 0o755)
+                os.mkdir(os.path.dirname(path), 0o755)
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -266,9 +272,9 @@ def try_lock(final: Path) -> int | None:
         os.close(fd)
 
 
-def unlock(final: Path, fd: int) -> None:
+def unlock(final: Path, fd: int, base: str | None = None) -> None:
     if fd == LOCK_UNSUPPORTED:
         return
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(working_path(final, ".lock"))
+        os.unlink((working_base(final) if base is None else base) + ".lock")
     os.close(fd)

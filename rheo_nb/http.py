@@ -358,6 +358,8 @@ class Answer:
     total: int | None = None
     #: Why a partial is dropped (for a FULL answer to a range request, or a RESTART).
     reason: str = ""
+    #: The response's validator (:func:`validator`), for ``If-Range`` next time.
+    validator: str | None = None
 
 
 def decide(
@@ -402,10 +404,10 @@ def _whole(
     length = headers.get("Content-Length")
     total = int(length) if length is not None and _digits(length) else None
     if asked is None:
-        return Answer(Decision.FULL, total)
+        return Answer(Decision.FULL, total, validator=got)
     changed = got is not None and sent is not None and got != sent
     why = "the file changed on the server" if changed else "the server does not support resume"
-    return Answer(Decision.FULL, total, why)
+    return Answer(Decision.FULL, total, why, got)
 
 
 def _partial_content(
@@ -421,7 +423,7 @@ def _partial_content(
     if total is not None:
         exact = start == first and end == (total - 1 if last is None else last)
         if exact and known_total in (None, total) and got in (None, sent):
-            return Answer(Decision.APPEND, total)
+            return Answer(Decision.APPEND, total, validator=got or sent)
     return Answer(Decision.RESTART, reason="the answer to a range request does not match it")
 
 
@@ -437,7 +439,7 @@ def _not_satisfiable(
     # "Nothing after byte N" confirms the partial is whole only if it is still this file.
     confirmed = (got is not None and got == sent) or (got is None and verifiable)
     if rng is not None and last is None and rng[2] == first and confirmed:
-        return Answer(Decision.COMPLETE, first)
+        return Answer(Decision.COMPLETE, first, validator=got or sent)
     return Answer(Decision.RESTART, reason="the server cannot confirm the partial file")
 
 

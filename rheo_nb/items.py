@@ -124,13 +124,12 @@ def host_key(url: str) -> str:
 def check_url(url: str, secret_params: frozenset[str] = frozenset()) -> str:
     if not isinstance(url, str):
         raise InvalidItemError(f"URL must be a string, not {type(url).__name__}")
-    shown = format.mask_url(url, secret_params)
     if not url:
         raise InvalidItemError("empty URL")
     if _BAD_URL_CHARS.search(url):
         raise InvalidItemError(
-            f"URL {shown!r} contains whitespace or control characters (CR, LF, NUL…); "
-            "percent-encode them"
+            f"URL {format.mask_url(url, secret_params)!r} contains whitespace or control "
+            "characters (CR, LF, NUL…); percent-encode them"
         )
     try:
         parts = urlsplit(url)
@@ -142,15 +141,17 @@ def check_url(url: str, secret_params: frozenset[str] = frozenset()) -> str:
             if "port" in str(exc).lower()
             else "it cannot be parsed"
         )
-        raise InvalidItemError(f"malformed URL {shown!r}: {reason}") from None
+        raise InvalidItemError(
+            f"malformed URL {format.mask_url(url, secret_params)!r}: {reason}"
+        ) from None
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise InvalidItemError(
-            f"unsupported URL scheme {scheme + ':' if scheme else '(none)'} in {shown!r}; "
-            "rheo_nb downloads http: and https: URLs"
+            f"unsupported URL scheme {scheme + ':' if scheme else '(none)'} in "
+            f"{format.mask_url(url, secret_params)!r}; rheo_nb downloads http: and https: URLs"
         )
     if not parts.hostname:
-        raise InvalidItemError(f"URL {shown!r} has no host")
+        raise InvalidItemError(f"URL {format.mask_url(url, secret_params)!r} has no host")
     return url
 
 

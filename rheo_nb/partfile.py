@@ -123,12 +123,13 @@ class PartFile:
     ``flock``); such a part file is never resumed.
     """
 
-    def __init__(self, final: Path, *, unique: bool = False) -> None:
+    def __init__(self, final: Path, *, unique: bool = False, base: str | None = None) -> None:
         self.final = final
-        self.record_path = files.working_path(final, ".json")
-        self.path = files.working_path(final, ".part")
-        if unique:
-            self.path = self.path.with_name(f"{self.path.stem}.{secrets.token_hex(6)}.part")
+        #: :func:`rheo_nb.files.working_base` of ``final``: the paths below are text, made
+        #: once, as every call of a small file's download counts.
+        self.base = files.working_base(final) if base is None else base
+        self.record_path = self.base + ".json"
+        self.path = self.base + (f".{secrets.token_hex(6)}.part" if unique else ".part")
         self.unique = unique
         self.fd: int | None = None
         #: Bytes written in order from the start (the single stream's position).
@@ -154,7 +155,8 @@ class PartFile:
         if not stat.S_ISREG(st.st_mode):
             return Partial(0)  # not ours: it will be replaced, never followed
         try:
-            record = Record.from_json(self.record_path.read_text())
+            with open(self.record_path) as f:
+                record = Record.from_json(f.read())
         except (OSError, ValueError, KeyError, TypeError):
             return Partial(st.st_size)
         self.record = record
@@ -308,7 +310,7 @@ class PartFile:
         self.record = None
 
     def _write_record(self, record: Record) -> None:
-        tmp = self.record_path.with_name(self.record_path.name + ".tmp")
+        tmp = self.record_path + ".tmp"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # a symlink planted there is removed, never written through
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -321,22 +323,28 @@ class PartFile:
 class Appender:
     """The stream loop's sink for a whole body (see :mod:`rheo_nb.stream`): appended to
     the part file, which is opened on the first write. A file that fits in one read is
-    never written here: :meth:`PartFile.finish` writes it with its last step."""
+    never written here: :meth:`PartFile.finish` writes it with its last step.
 
-    def __init__(self, part: PartFile, offset: int, record: Record | None) -> None:
+    ``record`` makes the resume record (None: the bytes cannot be resumed); it is called
+    only when one is written, so a small file never pays for it.
+    """
+
+    def __init__(
+        self, part: PartFile, offset: int, record: Callable[[], Record | None], keep: bool
+    ) -> None:
         self.part, self.offset, self.record = part, offset, record
-        self.keep_partial = record is not None
+        self.keep_partial = keep
 
     def room(self) -> None:
         return None
 
     def write(self, chunks: list[bytes]) -> None:
         if self.part.fd is None:
-            self.part.open(self.offset, self.record)
+            self.part.open(self.offset, self.record())
         self.part.append(chunks)
 
 
-def _open_at(path: Path, offset: int) -> int:
+def _open_at(path: str, offset: int) -> int:
     """Open ``path`` for writing at ``offset``, dropping anything beyond it.
 
     A symlink planted at the path is removed, never followed.
@@ -349,7 +357,7 @@ def _open_at(path: Path, offset: int) -> int:
     except OSError as exc:
         if exc.errno not in (errno.ELOOP, errno.EISDIR):
             raise
-        if path.is_dir() and not path.is_symlink():
+        if os.path.isdir(path) and not os.path.islink(path):
             raise
         os.unlink(path)
         fd = os.open(path, flags, 0o644)

@@ -25,7 +25,7 @@ import aiohttp
 from . import events
 from .errors import DownloadError, IntegrityError
 from .http import Decision, Restart, decide
-from .partfile import PartFile, Record
+from .partfile import PartFile, Record, url_key
 from .stream import Watchdog, WriteBatch, pump
 
 if TYPE_CHECKING:
@@ -177,7 +177,7 @@ class Split:
 
 
 def plan(
-    total: int | None, validator: str | None, url_key: str, accept_ranges: str, segments: object
+    total: int | None, validator: str | None, url: str, accept_ranges: str, segments: object
 ) -> Split | None:
     """The split of a fresh download, or None when it stays on one stream: too small,
     ``segments=1``, or a server that offers no usable validator or no byte ranges."""
@@ -189,7 +189,7 @@ def plan(
         or accept_ranges.lower() != "bytes"
     ):
         return None
-    return Split([Segment(0, total)], total, validator, url_key)
+    return Split([Segment(0, total)], total, validator, url_key(url))
 
 
 def resumable(record: Record, size: int) -> Split | None:
@@ -251,7 +251,7 @@ async def download(job: Download, split: Split, first: aiohttp.ClientResponse) -
             )
         else:
             part.hasher = split.hasher
-    return await ctx.lane.run(part.finish, [], split.total, expected, job.target)
+    return await job.commit([], split.total)
 
 
 async def _coordinate(job: Download, split: Split, first: aiohttp.ClientResponse) -> None:

@@ -28,7 +28,7 @@ from .errors import DownloadError, IntegrityError, TooLargeError
 from .events import Status
 from .format import size
 from .hashing import hash_file
-from .http import Answer, Client, Decision, Restart, decide, range_headers, validator
+from .http import Answer, Client, Decision, Restart, decide, range_headers
 from .items import Outcome, Planned
 from .options import Options
 from .partfile import Appender, PartFile, Partial, Record, url_key
@@ -89,7 +89,8 @@ class Download:
 
     def __init__(self, ctx: Context, p: Planned) -> None:
         self.ctx, self.planned = ctx, p
-        self.part = PartFile(p.final)
+        self.base = files.working_base(p.final)
+        self.part = PartFile(p.final, base=self.base)
         self.meter = Meter(
             p.download_id,
             p.display_url,
@@ -105,7 +106,7 @@ class Download:
         self.partial: Partial | None = None  # found by the claim; used by the first attempt
         self.resumed = False  # this attempt continues an earlier partial
         self.no_split = False  # ranges failed once: one stream from now on
-        self.locks: list[tuple[Path, int]] = []
+        self.locks: list[tuple[Path, int, str]] = []  # path, descriptor, working base
 
     # --- events --------------------------------------------------------------------------
 
@@ -186,13 +187,15 @@ class Download:
     @os_errors
     def _look(self, keep_unverified: bool) -> int | None:
         """The claim's one thread hop: lock, look at the final path, read any partial."""
-        final = self.planned.final
-        lock, existing = files.claim(self.ctx.dest, final, self.ctx.checked_dirs, keep_unverified)
+        final, base = self.planned.final, self.base
+        lock, existing = files.claim(
+            self.ctx.dest, final, self.ctx.checked_dirs, keep_unverified, base
+        )
         if lock is None:
             return _BUSY if existing is None else existing
-        self.locks.append((final, lock))
+        self.locks.append((final, lock, base))
         if lock == files.LOCK_UNSUPPORTED:
-            self.part = PartFile(final, unique=True)
+            self.part = PartFile(final, unique=True, base=base)
         else:
             self.partial = self.part.read()
         return existing
@@ -260,7 +263,7 @@ class Download:
                 try:
                     answer, split = await self._receive(resp, record, asked, split)
                     if split is None:
-                        return await self._stream(resp, answer, record, dog)
+                        return await self._stream(resp, answer, dog)
                 except BaseException:
                     resp.release()
                     raise
@@ -323,26 +326,18 @@ class Download:
             return answer, split
         if answer.decision is not Decision.FULL or self.part.unique or self.no_split:
             return answer, None
-        tag, ranges = validator(resp.headers), resp.headers.get("Accept-Ranges", "")
-        return answer, segments.plan(total, tag, url_key(p.url), ranges, opts.segments)
+        ranges = resp.headers.get("Accept-Ranges", "")
+        return answer, segments.plan(total, answer.validator, p.url, ranges, opts.segments)
 
-    async def _stream(
-        self,
-        resp: aiohttp.ClientResponse,
-        answer: Answer,
-        record: Record | None,
-        dog: Watchdog,
-    ) -> int:
+    async def _stream(self, resp: aiohttp.ClientResponse, answer: Answer, dog: Watchdog) -> int:
         """The body (or the rest of it) on one connection, then verify and rename."""
         ctx, p, part = self.ctx, self.planned, self.part
         offset = 0 if answer.decision is Decision.FULL else part.size
         total = offset if answer.decision is Decision.COMPLETE else answer.total
-        tag = validator(resp.headers)
-        if tag is None and record is not None and answer.decision is not Decision.FULL:
-            tag = record.validator
-        if tag is not None and not part.unique:
-            resume = Record(url_key(p.url), tag, total)
-            self.record = lambda: resume
+        tag = answer.validator
+        keep = tag is not None and not part.unique
+        if keep:
+            self.record = lambda: Record(url_key(p.url), tag, total)
         self.resumed = offset > 0
         if p.expected is not None:
             if offset:
@@ -354,13 +349,23 @@ class Download:
         tail: list[bytes] = []
         if answer.decision is not Decision.COMPLETE:
             self.started(total, offset)
-            sink = Appender(part, offset, self.record())
-            tail = await pump(
-                resp.content, sink, self.meter, dog, WriteBatch(ctx.write_size), ctx.lane
-            )
+            sink = Appender(part, offset, self.record, keep)
+            batch = WriteBatch(ctx.write_size)
+            tail = await pump(resp.content, sink, self.meter, dog, batch, ctx.lane)
         if p.expected is not None:
             self.emit(events.Validating)
-        return await ctx.lane.run(part.finish, tail, total, p.expected, self.target)
+        return await self.commit(tail, total)
+
+    async def commit(self, tail: list[bytes], total: int | None) -> int:
+        """The last write, the checks, the rename and the end of the claim: one hop."""
+        return await self.ctx.lane.run(self._commit, tail, total)
+
+    def _commit(self, tail: list[bytes], total: int | None) -> int:
+        nbytes = self.part.finish(tail, total, self.planned.expected, self.target)
+        locks, self.locks = self.locks, []
+        for path, fd, base in reversed(locks):
+            files.unlock(path, fd, base)
+        return nbytes
 
     async def _name_from_server(self, header: str | None) -> None:
         """Take the file's name from ``Content-Disposition`` (opt-in), in the same folder.
@@ -380,13 +385,14 @@ class Download:
                 cause=f"the server names it {name}, which is also the name of another file "
                 "of this call; give it a path with File(url, path=...)"
             )
-        lock = await ctx.lane.run(os_errors(files.try_lock), target)
+        base = files.working_base(target)
+        lock = await ctx.lane.run(os_errors(files.try_lock), target, base)
         if lock is None:
             raise DownloadError(
                 cause=f"the server names it {name}, which another download is writing; give "
                 "it a path with File(url, path=...)"
             )
-        self.locks.append((target, lock))
+        self.locks.append((target, lock, base))
         self.target = target
         existing = await ctx.lane.run(os_errors(files.existing_size), target)
         if existing is None or ctx.options.overwrite:
@@ -411,6 +417,6 @@ class Download:
         if self.part.fd is not None:  # an error nobody expected: still no descriptor leaks
             with contextlib.suppress(DownloadError):
                 await self.ctx.lane.run(self.part.close)
-        for path, fd in reversed(locks):
+        for path, fd, base in reversed(locks):
             with contextlib.suppress(OSError):
-                await self.ctx.lane.run(files.unlock, path, fd)
+                await self.ctx.lane.run(files.unlock, path, fd, base)

@@ -48,8 +48,8 @@ def test_read_without_a_part_file_is_none(tmp_path: Path) -> None:
 
 def test_read_with_an_unreadable_record_keeps_only_the_size(tmp_path: Path) -> None:
     part = make(tmp_path)
-    part.path.write_bytes(b"abcd")
-    part.record_path.write_text("{not json")
+    Path(part.path).write_bytes(b"abcd")
+    Path(part.record_path).write_text("{not json")
     found = part.read()
     assert found == Partial(4)
     assert found.usable_for("https://example.org/x") is None
@@ -57,7 +57,7 @@ def test_read_with_an_unreadable_record_keeps_only_the_size(tmp_path: Path) -> N
 
 def test_read_ignores_a_part_that_is_not_a_regular_file(tmp_path: Path) -> None:
     part = make(tmp_path)
-    part.path.symlink_to(tmp_path / "elsewhere")
+    Path(part.path).symlink_to(tmp_path / "elsewhere")
     assert part.read() == Partial(0)
 
 
@@ -71,11 +71,11 @@ def test_a_partial_is_usable_only_for_its_own_url_with_a_validator(tmp_path: Pat
 
 def test_open_truncates_at_the_offset(tmp_path: Path) -> None:
     part = make(tmp_path)
-    part.path.write_bytes(b"0123456789")
+    Path(part.path).write_bytes(b"0123456789")
     part.open(4, None)
     part.append([b"ab", b"cd"])
     part.close()
-    assert part.path.read_bytes() == b"0123abcd"
+    assert Path(part.path).read_bytes() == b"0123abcd"
     assert part.size == 8
 
 
@@ -83,13 +83,13 @@ def test_open_replaces_a_planted_symlink_instead_of_following_it(tmp_path: Path)
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
     part = make(tmp_path)
-    part.path.symlink_to(victim)
+    Path(part.path).symlink_to(victim)
     part.open(0, None)
     part.append([b"new"])
     part.close()
     assert victim.read_text() == "keep me"
-    assert not part.path.is_symlink()
-    assert part.path.read_bytes() == b"new"
+    assert not Path(part.path).is_symlink()
+    assert Path(part.path).read_bytes() == b"new"
 
 
 def test_write_all_writes_every_chunk_and_feeds_the_hasher(tmp_path: Path) -> None:
@@ -110,8 +110,8 @@ def test_finish_of_a_small_file_writes_verifies_and_renames_in_one_step(tmp_path
     part.hasher = hashlib.sha256()
     assert part.finish([b"hello ", b"world"], 11, sha256(b"hello world"), part.final) == 11
     assert part.final.read_bytes() == b"hello world"
-    assert not part.path.exists()
-    assert not part.record_path.exists()
+    assert not Path(part.path).exists()
+    assert not Path(part.record_path).exists()
 
 
 def test_finish_replaces_an_older_file_and_drops_the_record(tmp_path: Path) -> None:
