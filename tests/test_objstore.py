@@ -303,3 +303,24 @@ def test_part_size_grows_to_stay_within_ten_thousand_parts() -> None:
     grown = objstore.part_size_for(200_000 * MiB, 8 * MiB)
     assert grown == 20 * MiB
     assert 200_000 * MiB / grown <= objstore.MAX_PARTS
+
+
+async def test_completing_aborts_an_older_upload_of_the_same_source(
+    s3_server: S3Server, s3_bucket: str, s3: Any, server: Server
+) -> None:
+    # A first run without a hash is cut off; a rerun with one cannot continue it (the
+    # record says no hash was checked) and starts afresh: once complete, the old upload
+    # of the same source is aborted too, so nothing is left to pay for.
+    size = 2 * PART + 3
+    url = server.route_url("truncate", "old.bin", size, cut=PART + 10, times=1)
+    async with bucket(s3_server, s3_bucket) as b:
+        with pytest.raises(TransferError):
+            await attempt(b, "data/old.bin", url)
+        assert pending(s3, s3_bucket) == ["data/old.bin"]
+        seen = Attempt()
+        done = await attempt(
+            b, "data/old.bin", url, expected=server.hash("old.bin", size), seen=seen
+        )
+    assert (done, seen.range) == (size, None)
+    assert pending(s3, s3_bucket) == []
+    assert keys(s3, s3_bucket) == ["data/old.bin"]
