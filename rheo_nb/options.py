@@ -2,14 +2,55 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from .auth import Auth, check_cookies, coerce
 from .errors import OptionError
+from .format import MASK
 
 MiB = 1 << 20
+
+#: Names of storage options whose values are secrets (s3fs's ``key``/``secret``/``token``,
+#: botocore's ``aws_secret_access_key``, Azure's ``account_key``/``sas_token``…).
+_SECRET_OPTION = re.compile(r"(secret|key|token|passw|credential|sas|connection_string)", re.I)
+
+
+class StorageOptions(dict[str, Any]):
+    """``storage_options`` for object-storage destinations, named as s3fs names them
+    (``key``, ``secret``, ``token``, ``profile``, ``endpoint_url``, ``client_kwargs``…).
+
+    A plain dict whose ``repr`` shows secret-looking values, nested ones too, as ``***``:
+
+    >>> StorageOptions(key="AKIA…", secret="s3cr3t", endpoint_url="http://127.0.0.1:9000")
+    {'key': '***', 'secret': '***', 'endpoint_url': 'http://127.0.0.1:9000'}
+    """
+
+    def __repr__(self) -> str:
+        return repr(_masked(self))
+
+
+def _masked(options: Mapping[Any, Any]) -> dict[Any, Any]:
+    return {
+        name: _masked(value)
+        if isinstance(value, Mapping)
+        else MASK
+        if isinstance(name, str) and _SECRET_OPTION.search(name)
+        else value
+        for name, value in options.items()
+    }
+
+
+def storage_options(value: object) -> StorageOptions:
+    """``value`` checked (a mapping with string names) and copied."""
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise OptionError(
+            "storage_options must be a mapping of option names to values, as for "
+            "fsspec/s3fs (e.g. {'endpoint_url': 'http://127.0.0.1:9000'})"
+        )
+    return StorageOptions(value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,6 +99,9 @@ class Options:
     #: Name files given without a ``path`` as the server's ``Content-Disposition`` header
     #: says (reduced to a safe name inside ``dest``); off: names come from the URL.
     content_disposition: bool = False
+    #: Options of an object-storage destination (``s3://…``), in the fsspec convention;
+    #: without them the standard credential chains apply. Secrets are masked in reprs.
+    storage_options: Mapping[str, Any] = field(default_factory=StorageOptions)
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -121,6 +165,7 @@ class Options:
         object.__setattr__(self, "headers", dict(self.headers))
         object.__setattr__(self, "auth", coerce(self.auth))
         object.__setattr__(self, "cookies", check_cookies(self.cookies))
+        object.__setattr__(self, "storage_options", storage_options(self.storage_options))
 
     @classmethod
     def names(cls) -> frozenset[str]:

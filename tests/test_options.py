@@ -109,3 +109,27 @@ def test_a_bool_is_not_taken_for_a_count(name: str) -> None:
     changes: dict[str, Any] = {name: True}
     with pytest.raises(OptionError, match="not a bool"):
         Options(**changes)
+
+
+def test_storage_options_default_to_none_and_mask_their_secrets_in_reprs() -> None:
+    assert Options().storage_options == {}
+    o = Options(
+        storage_options={
+            "key": "AKIAEXAMPLE",
+            "secret": "s3cr3t-value",
+            "endpoint_url": "http://127.0.0.1:9000",
+            "client_kwargs": {"aws_session_token": "t0ken-value", "region_name": "eu-west-1"},
+        }
+    )
+    assert o.storage_options["secret"] == "s3cr3t-value"  # the value itself is kept
+    text = repr(o)
+    for secret in ("AKIAEXAMPLE", "s3cr3t-value", "t0ken-value"):
+        assert secret not in text
+    assert "http://127.0.0.1:9000" in text
+    assert "eu-west-1" in text
+
+
+@pytest.mark.parametrize("bad", ["endpoint_url=http://x", {1: "x"}, ["key"]])
+def test_storage_options_must_be_a_mapping_of_names(bad: Any) -> None:
+    with pytest.raises(OptionError, match="storage_options must be a mapping"):
+        Options(storage_options=bad)

@@ -1,0 +1,865 @@
+"""Object storage as a destination: a download streamed into an S3 multipart upload.
+
+The object-storage twin of the local part file. An ``s3://bucket/prefix/`` destination is a
+:class:`Bucket`; each download into it is a :class:`MultipartUpload`, which keeps the local
+promises in object-storage terms:
+
+* **Nothing at the key until verified.** Bytes are grouped into parts of ``part_size`` and
+  uploaded as they fill; ``CompleteMultipartUpload`` (or, for a file that fits in one
+  part, a single ``PutObject``) is sent only after the length, and the hash when one is
+  given (computed while streaming), check out. The hash goes into the object's metadata
+  (``x-amz-meta-sha256: <hex>``), so a later run can verify the object without reading it.
+* **Bounded memory.** An upload holds at most ``parts_in_flight`` part buffers (the one
+  filling and those uploading): at most ``part_size × parts_in_flight`` bytes per download,
+  32 MiB with the defaults (8 MiB × 4).
+* **Failure aborts, cancel keeps.** :meth:`MultipartUpload.discard` aborts the multipart
+  upload; :meth:`MultipartUpload.keep` leaves it, and its record, for the next run.
+* **Resume.** Each multipart upload has a small record in the bucket, beside the object
+  (``<dir>/.rheo_nb/<name>.<id>.json``: the source URL's digest, its validator, the total,
+  the part size and the expected hash). The record lives in the bucket, not on local disk,
+  because cluster workers and throwaway notebook machines share no disk: any machine with
+  the credentials can continue the upload. The parts done are not recorded: S3 itself lists
+  them (``ListParts``), so a killed process loses nothing a resume needs.
+* **Verified resume.** S3 cannot read back the parts of an incomplete upload, so a resume
+  that must check a hash re-reads the prefix from the HTTP source (the stream starts at 0,
+  guarded by ``If-Range``). Bytes that fall in a part already uploaded are not sent again:
+  their MD5 is compared with the part's ETag, which proves the stored part holds the same
+  bytes; a part that differs, or whose ETag is not an MD5 (SSE-KMS), is uploaded again.
+  Without a hash the stream continues after the parts already there.
+* **Two writers, one whole object.** Writers of one source join one upload (their parts
+  are the same bytes at the same numbers); writers of different sources use their own
+  uploads and the last completed wins, whole. A writer whose upload was completed by
+  another finds the object and says so (:class:`AlreadyComplete`).
+
+>>> async with Bucket("s3://my-bucket/data/", {"profile": "lab"}) as bucket:  # doctest: +SKIP
+...     up = await bucket.upload("train.csv", url=url, validator=etag, total=size)
+...     await up.append(chunks)           # from up.offset on
+...     await up.commit()                 # verify, then complete
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+from .errors import DestinationError, IntegrityError, OptionError, TransferError
+from .files import url_key
+from .format import size as fmt_size
+from .hashing import ExpectedHash
+
+MiB = 1 << 20
+#: Default part size; every part but the last must be at least 5 MiB on S3.
+PART_SIZE = 8 * MiB
+MIN_PART_SIZE = 5 * MiB
+MAX_PARTS = 10_000
+#: Part buffers one upload holds at once (filling plus uploading).
+PARTS_IN_FLIGHT = 4
+RECORD_DIR = ".rheo_nb"
+#: Longest wait, on a cancel, for full parts to finish uploading.
+KEEP_WAIT = 10.0
+#: The prefix of user metadata keys rheo_nb writes (``x-amz-meta-rheo-nb-…``).
+_META = "rheo-nb-"
+_MD5_ETAG = re.compile(r'^"?([0-9a-f]{32})"?$')
+_AUTH_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "ExpiredToken",
+        "TokenRefreshRequired",
+        "AuthorizationHeaderMalformed",
+        "InvalidClientTokenId",
+    }
+)
+
+
+class AlreadyComplete(Exception):
+    """Another writer completed the object this upload was writing: it is whole, skip."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"completed by another writer ({size} bytes)")
+        self.size = size
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``"s3://bucket/a/b/"`` → ``("bucket", "a/b/")``; the prefix ends in ``/`` unless empty."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise OptionError(f"not an s3:// destination: {url!r} (expected s3://bucket/prefix)")
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise OptionError("an s3:// destination takes no query, fragment or credentials")
+    prefix = parts.path.lstrip("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return parts.netloc, prefix
+
+
+def part_size_for(total: int | None, part_size: int) -> int:
+    """``part_size``, grown (in whole MiB) when ``total`` would need more than 10,000 parts."""
+    if total is None or total <= part_size * MAX_PARTS:
+        return part_size
+    return -(-total // (MAX_PARTS * MiB)) * MiB
+
+
+def record_key(key: str, upload_id: str) -> str:
+    """Where the resume record of ``upload_id`` lives: beside the object, in ``.rheo_nb/``."""
+    folder, _, name = key.rpartition("/")
+    digest = hashlib.sha256(upload_id.encode()).hexdigest()[:16]
+    return f"{folder + '/' if folder else ''}{RECORD_DIR}/{name}.{digest}.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What a later run needs to continue a multipart upload (no secret in it)."""
+
+    upload_id: str
+    key: str
+    url: str  # url_key() of the source
+    validator: str
+    total: int | None
+    part_size: int
+    hash: str | None  # "sha256:<hex>", as given
+
+    def to_json(self) -> bytes:
+        return json.dumps({"version": 1, **_fields(self)}).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Record | None:
+        try:
+            raw = json.loads(data)
+            total = raw["total"]
+            return cls(
+                str(raw["upload_id"]),
+                str(raw["key"]),
+                str(raw["url"]),
+                str(raw["validator"]),
+                None if total is None else int(total),
+                int(raw["part_size"]),
+                None if raw["hash"] is None else str(raw["hash"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def _fields(r: Record) -> dict[str, Any]:
+    return {name: getattr(r, name) for name in Record.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A part stored in the upload: its ETag (an MD5 for plain uploads) and size."""
+
+    etag: str
+    size: int
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def _error(exc: BaseException, where: str, doing: str) -> Exception:
+    """One translation of botocore/aiohttp errors, with no server text and no secret."""
+    name = type(exc).__name__
+    response = getattr(exc, "response", None)
+    if isinstance(response, Mapping):
+        err = response.get("Error", {})
+        code = str(err.get("Code", "")) if isinstance(err, Mapping) else ""
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code == "NoSuchBucket":
+            bucket = urlsplit(where).netloc
+            return DestinationError(where, f"bucket {bucket!r} does not exist ({doing})")
+        if code in _AUTH_CODES or (code in ("403", "Forbidden") and status == 403):
+            return DestinationError(
+                where,
+                f"S3 refused the credentials ({code or status} on {doing}): check the "
+                "access key and secret (storage_options, the environment or the profile)",
+            )
+        if code == "AccessDenied":
+            return DestinationError(
+                where, f"access denied on {doing}: the credentials lack that permission"
+            )
+        if (isinstance(status, int) and status >= 500) or code in ("SlowDown", "RequestTimeout"):
+            return TransferError(where, f"S3 error {code or status} on {doing}")
+        return DestinationError(where, f"S3 error {code or status} on {doing}")
+    if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
+        return DestinationError(
+            where,
+            "no S3 credentials found: set key/secret in storage_options, AWS_ACCESS_KEY_ID "
+            "and AWS_SECRET_ACCESS_KEY, or a profile",
+        )
+    if isinstance(exc, OSError | TimeoutError) or "Endpoint" in name or "Connect" in name:
+        return TransferError(where, f"cannot reach S3 ({name} on {doing})")
+    return DestinationError(where, f"S3 client error {name} on {doing}")
+
+
+def _code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, Mapping):
+        return str(response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _client_error_types() -> tuple[type[BaseException], ...]:
+    import aiohttp
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (ClientError, BotoCoreError, aiohttp.ClientError, OSError, TimeoutError)
+
+
+# --- the destination --------------------------------------------------------------------------
+
+
+def _prepare(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Import the client libraries and warm a botocore session's caches. Blocking."""
+    try:
+        import s3fs  # noqa: F401
+        from aiobotocore.session import AioSession
+    except ImportError:
+        raise OptionError(
+            "s3:// destinations need the s3 extra: pip install 'rheo_nb[s3]'"
+        ) from None
+    out = dict(options)
+    if out.get("session") is None:
+        session = AioSession(profile=out.get("profile"))
+        session.get_scoped_config()  # reads the shared config and credentials files
+        # A throwaway client loads the models into the session's caches; placeholder
+        # keys keep it from resolving credentials here (that may ask an instance role).
+        asyncio.run(_throwaway_client(session))
+        out["session"] = session
+    return out
+
+
+async def _throwaway_client(session: Any) -> None:
+    async with session.create_client(
+        "s3", region_name="us-east-1", aws_access_key_id="-", aws_secret_access_key="-"
+    ):
+        pass
+
+
+class Bucket:
+    """An ``s3://bucket/prefix/`` destination: one S3 client for every download into it.
+
+    ``storage_options`` are s3fs's (``key``, ``secret``, ``token``, ``profile``,
+    ``endpoint_url``, ``anon``, ``client_kwargs``, ``config_kwargs``…); without them the
+    standard chains apply (environment, shared config files, instance and container roles).
+    Opening checks the bucket and the credentials with one request.
+
+    >>> async with Bucket("s3://data/raw/", {"endpoint_url": "http://127.0.0.1:9000"}) as b:
+    ...     print(await b.existing("train.csv"))               # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        url: str,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        part_size: int = PART_SIZE,
+    ) -> None:
+        self.name, self.prefix = split_url(url)
+        if not isinstance(part_size, int) or part_size < MIN_PART_SIZE:
+            raise OptionError(f"part_size must be an int of at least {fmt_size(MIN_PART_SIZE)}")
+        self.part_size = part_size
+        self._options = dict(storage_options or {})
+        self._fs: Any = None
+        self.client: Any = None
+        self._errors: tuple[type[BaseException], ...] = ()
+
+    def __repr__(self) -> str:
+        return f"Bucket('s3://{self.name}/{self.prefix}')"
+
+    def url(self, key: str = "") -> str:
+        return f"s3://{self.name}/{key}"
+
+    def key(self, relative: str) -> str:
+        return self.prefix + relative.lstrip("/")
+
+    async def __aenter__(self) -> Self:
+        # Importing s3fs and botocore, and botocore reading its JSON models and the AWS
+        # config files, take ~0.5 s of blocking work: done in a thread, not on the loop.
+        options = await asyncio.to_thread(_prepare, self._options)
+        import s3fs
+
+        self._errors = _client_error_types()
+        try:
+            self._fs = s3fs.S3FileSystem(asynchronous=True, skip_instance_cache=True, **options)
+            self.client = await self._fs.set_session()
+        except TypeError as exc:
+            raise OptionError(f"storage_options not understood: {exc}") from None
+        try:
+            await self.client.list_multipart_uploads(
+                Bucket=self.name, Prefix=self.prefix, MaxUploads=1
+            )
+        except self._errors as exc:
+            await self.close()
+            raise _error(exc, self.url(self.prefix), "ListMultipartUploads") from None
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            await client.close()
+
+    async def call(self, op: str, key: str, **kwargs: Any) -> Any:
+        """The client's ``op`` on ``key``, its errors translated."""
+        try:
+            return await getattr(self.client, op)(Bucket=self.name, Key=key, **kwargs)
+        except self._errors as exc:
+            raise _error(exc, self.url(key), op) from None
+
+    # --- looking -------------------------------------------------------------------------------
+
+    async def head(self, key: str) -> dict[str, Any] | None:
+        """The object's ``HeadObject`` answer, or None when there is none."""
+        try:
+            return dict(await self.client.head_object(Bucket=self.name, Key=key))
+        except self._errors as exc:
+            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise _error(exc, self.url(key), "HeadObject") from None
+
+    async def existing(
+        self, key: str, *, size: int | None = None, expected: ExpectedHash | None = None
+    ) -> int | None:
+        """The size of a complete object at ``key`` that may be kept, else None.
+
+        It must have ``size`` bytes when ``size`` is given, and carry the ``expected`` hash
+        in its metadata when one is given: an object without that metadata cannot be
+        verified without reading it back, so it is downloaded again.
+        """
+        head = await self.head(key)
+        if head is None:
+            return None
+        length = int(head["ContentLength"])
+        if size is not None and length != size:
+            return None
+        if expected is not None:
+            meta = {k.lower(): v for k, v in head.get("Metadata", {}).items()}
+            if meta.get(expected.algorithm, "").lower() != expected.hexdigest:
+                return None
+        return length
+
+    async def records(self, key: str) -> list[Record]:
+        """rheo_nb's multipart uploads still open for exactly ``key``, newest first."""
+        uploads: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": key}
+        try:
+            while True:
+                page = await self.client.list_multipart_uploads(**kwargs)
+                uploads += [u for u in page.get("Uploads", []) if u["Key"] == key]
+                if not page.get("IsTruncated"):
+                    break
+                kwargs["KeyMarker"] = page["NextKeyMarker"]
+                kwargs["UploadIdMarker"] = page["NextUploadIdMarker"]
+        except self._errors as exc:
+            raise _error(exc, self.url(key), "ListMultipartUploads") from None
+        uploads.sort(key=lambda u: u.get("Initiated") or 0, reverse=True)
+        found = []
+        for u in uploads:
+            record = await self._read_record(key, u["UploadId"])
+            if record is not None:
+                found.append(record)
+        return found
+
+    async def _read_record(self, key: str, upload_id: str) -> Record | None:
+        try:
+            resp = await self.client.get_object(Bucket=self.name, Key=record_key(key, upload_id))
+            async with resp["Body"] as body:
+                data = await body.read()
+        except self._errors as exc:
+            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None  # not rheo_nb's upload
+            raise _error(exc, self.url(key), "GetObject (resume record)") from None
+        record = Record.from_json(data)
+        return record if record is not None and record.upload_id == upload_id else None
+
+    async def list_parts(self, record: Record) -> dict[int, Part] | None:
+        """The parts stored in the upload, or None when the upload is gone."""
+        parts: dict[int, Part] = {}
+        kwargs: dict[str, Any] = {"UploadId": record.upload_id}
+        while True:
+            try:
+                page = await self.call("list_parts", record.key, **kwargs)
+            except DestinationError:
+                if await self._upload_gone(record):
+                    return None
+                raise
+            for p in page.get("Parts", []):
+                # Some servers list a part sent twice twice; the last listed is the latest.
+                parts[int(p["PartNumber"])] = Part(str(p["ETag"]), int(p["Size"]))
+            if not page.get("IsTruncated"):
+                return parts
+            kwargs["PartNumberMarker"] = page["NextPartNumberMarker"]
+
+    async def _upload_gone(self, record: Record) -> bool:
+        try:
+            await self.client.list_parts(
+                Bucket=self.name, Key=record.key, UploadId=record.upload_id, MaxParts=1
+            )
+        except self._errors as exc:
+            return _code(exc) == "NoSuchUpload"
+        return False
+
+    # --- writing --------------------------------------------------------------------------------
+
+    async def upload(
+        self,
+        key: str,
+        *,
+        url: str,
+        expected: ExpectedHash | None = None,
+        parts_in_flight: int = PARTS_IN_FLIGHT,
+        resume: bool = True,
+    ) -> MultipartUpload:
+        """The upload of one download from ``url`` to ``key`` (a full key: see :meth:`key`).
+
+        With ``resume``, an interrupted upload of the same source (same URL and expected
+        hash) is found: then :attr:`MultipartUpload.offset` says where the HTTP stream
+        should start (0 to re-read a prefix that must be hashed) and
+        :attr:`MultipartUpload.validator` what ``If-Range`` must send. Once the response is
+        in, :meth:`MultipartUpload.start` says whether it continues that upload.
+        """
+        if not isinstance(parts_in_flight, int) or parts_in_flight < 1:
+            raise OptionError("parts_in_flight must be an int >= 1")
+        up = MultipartUpload(self, key, url_key(url), expected, parts_in_flight)
+        if resume:
+            for record in await self.records(key):
+                if up.matches(record):
+                    parts = await self.list_parts(record)
+                    if parts is not None:
+                        up.resume(record, parts)
+                        break
+        return up
+
+    async def put(self, key: str, body: bytes, metadata: Mapping[str, str] | None = None) -> None:
+        """One whole object in one request (files that fit in one part)."""
+        await self.call("put_object", key, Body=body, Metadata=dict(metadata or {}))
+
+    async def abort(self, record: Record) -> None:
+        """Abort ``record``'s multipart upload and delete its record (both may be gone)."""
+        with contextlib.suppress(DestinationError):
+            await self.call("abort_multipart_upload", record.key, UploadId=record.upload_id)
+        await self.call("delete_object", record_key(record.key, record.upload_id))
+
+    async def clean(self) -> list[str]:
+        """Abort every multipart upload rheo_nb left under the prefix; their keys.
+
+        Uploads without a rheo_nb record (another tool's) are left alone.
+        """
+        keys: set[str] = set()
+        kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": self.prefix}
+        uploads: list[tuple[str, str]] = []
+        try:
+            while True:
+                page = await self.client.list_multipart_uploads(**kwargs)
+                uploads += [(u["Key"], u["UploadId"]) for u in page.get("Uploads", [])]
+                if not page.get("IsTruncated"):
+                    break
+                kwargs["KeyMarker"] = page["NextKeyMarker"]
+                kwargs["UploadIdMarker"] = page["NextUploadIdMarker"]
+        except self._errors as exc:
+            raise _error(exc, self.url(self.prefix), "ListMultipartUploads") from None
+        for key, upload_id in uploads:
+            record = await self._read_record(key, upload_id)
+            if record is not None:
+                await self.abort(record)
+                keys.add(key)
+        return sorted(keys)
+
+
+async def clean(dest: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """Abort the multipart uploads rheo_nb left under ``dest``; the keys they were for.
+
+    Interrupted downloads keep their uploads so that a rerun can resume them; this gives
+    up on them. A bucket lifecycle rule (``AbortIncompleteMultipartUpload``) also expires
+    forgotten ones.
+
+    >>> await rheo_nb.objstore.clean("s3://my-bucket/datasets/")       # doctest: +SKIP
+    ['datasets/imagenet/train.tar']
+    """
+    async with Bucket(dest, storage_options) as bucket:
+        return await bucket.clean()
+
+
+# --- one download ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Buffer:
+    """One part being filled; it holds one of the upload's slots while it exists.
+
+    A ``BytesIO`` that owns its bytes is sent as it is, in 64 KiB writes. A ``bytes`` body
+    would cost a second copy of the part while it is sent (botocore wraps it in a
+    ``BytesIO`` sharing the bytes, and aiohttp's first look at that buffer unshares it).
+    """
+
+    number: int
+    data: io.BytesIO = field(default_factory=io.BytesIO)
+
+    def __len__(self) -> int:
+        return self.data.tell()
+
+    def md5(self) -> str:
+        with self.data.getbuffer() as view:
+            return hashlib.md5(view, usedforsecurity=False).hexdigest()
+
+
+class MultipartUpload:
+    """The multipart upload of one download, and its resume record.
+
+    Bytes go in with :meth:`append` (in order, from :attr:`offset`) or :meth:`write_at`
+    (a segment's bytes, each segment starting on a part boundary). :meth:`commit`
+    verifies and completes; :meth:`discard` aborts; :meth:`keep` leaves the upload for a
+    later run. Memory: at most ``part_size × parts_in_flight`` bytes of parts at once.
+    """
+
+    def __init__(
+        self,
+        bucket: Bucket,
+        key: str,
+        url: str,
+        expected: ExpectedHash | None,
+        parts_in_flight: int,
+    ) -> None:
+        self.bucket = bucket
+        self.key = key
+        self.where = bucket.url(key)
+        self.url = url  # url_key() of the source: no secret
+        self.expected = expected
+        self.parts_in_flight = parts_in_flight
+        self._reset(None, None)
+
+    def _reset(self, validator: str | None, total: int | None) -> None:
+        self.validator = validator
+        self.total = total
+        self.part_size = part_size_for(total, self.bucket.part_size)
+        self.record: Record | None = None  # once the multipart upload exists
+        self.parts: dict[int, Part] = {}  # stored in the upload (earlier runs' and ours)
+        #: Where the HTTP stream must start: after the parts already uploaded, or at 0
+        #: when their bytes must be hashed again.
+        self.offset = 0
+        self.resumed = 0  # bytes found uploaded by an earlier run
+        self._open: dict[int, _Buffer] = {}  # part number → the buffer filling it
+        self._slots = asyncio.Semaphore(self.parts_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._failure: BaseException | None = None
+        self._hasher = self.expected.new() if self.expected is not None else None
+        self._hashed = 0  # bytes fed to the hasher: always a prefix of the file
+        self._sent = 0  # bytes handed to append/write_at this run
+
+    def __repr__(self) -> str:
+        return f"MultipartUpload({self.where!r}, parts={len(self.parts)})"
+
+    @property
+    def hashed(self) -> int:
+        """Bytes hashed so far, in order from 0. Segments ahead of the first are uploaded
+        but not hashed: before :meth:`commit`, a segmented download with a hash feeds
+        bytes ``hashed..total`` again (:meth:`write_at`); parts already uploaded are then
+        checked against their ETag, not sent again."""
+        return self._hashed
+
+    # --- resume ------------------------------------------------------------------------
+
+    def matches(self, record: Record) -> bool:
+        return (
+            record.url == self.url
+            and bool(record.validator)
+            and record.part_size >= MIN_PART_SIZE
+            and record.hash == (str(self.expected) if self.expected else None)
+        )
+
+    def resume(self, record: Record, parts: dict[int, Part]) -> None:
+        """Take up ``record``'s upload, whose stored parts are ``parts``."""
+        self.record = record
+        self.validator = record.validator
+        self.total = record.total
+        self.part_size = record.part_size
+        self.parts = {n: p for n, p in parts.items() if self._is_whole(n, p.size)}
+        done = 0
+        while done // self.part_size + 1 in self.parts:
+            done += self.parts[done // self.part_size + 1].size
+        self.resumed = done
+        self.offset = 0 if self.expected is not None else done
+
+    def _is_whole(self, number: int, size: int) -> bool:
+        if self.total is None:
+            return size == self.part_size
+        start = (number - 1) * self.part_size
+        return start < self.total and size == min(self.part_size, self.total - start)
+
+    async def start(self, validator: str | None, total: int | None, *, continuing: bool) -> None:
+        """The response is in: ``validator`` and ``total`` of the source, and whether the
+        body continues the upload found (a ``206`` from :attr:`offset`, same validator).
+
+        When it does not, the upload found is given up (aborted) and the file starts at 0:
+        the source changed, or its server ignored the range.
+        """
+        if continuing and self.record is not None and validator == self.validator:
+            if total == self.total:
+                return
+        if self.record is not None:
+            await self.bucket.abort(self.record)
+        self._reset(validator, total)
+
+    # --- bytes in ------------------------------------------------------------------------
+
+    async def append(self, chunks: Sequence[bytes]) -> None:
+        """The next bytes of the stream, which started at :attr:`offset`."""
+        await self.write_at(self.offset + self._sent, chunks)
+
+    async def write_at(self, offset: int, chunks: Sequence[bytes]) -> None:
+        """Bytes starting at ``offset``: the start of a part, or where an earlier call of
+        the same segment stopped."""
+        await self._check()
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                number, within = divmod(offset, self.part_size)
+                number += 1
+                buf = self._open.get(number)
+                if buf is None:
+                    if within:
+                        raise ValueError(
+                            f"bytes at {offset} do not continue a part of {self.where}"
+                        )
+                    await self._slots.acquire()
+                    buf = self._open[number] = _Buffer(number)
+                elif within != len(buf):
+                    raise ValueError(f"bytes at {offset} do not continue part {number}")
+                take = min(len(view), self.part_size - within)
+                if self.total is not None:
+                    take = min(take, self.total - offset)
+                    if take <= 0:
+                        raise IntegrityError(
+                            self.where, f"more than the {self.total} bytes announced"
+                        )
+                piece = view[:take]
+                buf.data.write(piece)
+                if self._hasher is not None and offset == self._hashed:
+                    self._hasher.update(piece)
+                    self._hashed += take
+                offset += take
+                self._sent += take
+                view = view[take:]
+                if len(buf) == self.part_size or offset == self.total:
+                    await self._part_full(self._open.pop(number))
+
+    def rewind(self, offset: int) -> int:
+        """A segment's stream broke at ``offset``: drop its unfinished part; where to resume."""
+        number = offset // self.part_size + 1
+        buf = self._open.pop(number, None)
+        if buf is not None:
+            self._slots.release()
+            self._sent -= len(buf)
+            return offset - len(buf)
+        return offset
+
+    async def _part_full(self, buf: _Buffer) -> None:
+        if self.record is None and self.total is not None and self.total <= self.part_size:
+            self._open[buf.number] = buf  # the whole file: one PutObject at commit
+            return
+        known = self.parts.get(buf.number)
+        if known is not None and known.size == len(buf):
+            match = _MD5_ETAG.match(known.etag.lower())
+            if match and buf.md5() == match[1]:
+                self._slots.release()  # the stored part already holds these bytes
+                return
+        if self.record is None:
+            await self._create()
+        task = asyncio.create_task(self._send_part(buf), name=f"rheo_nb part {buf.number}")
+        self._tasks.add(task)
+        task.add_done_callback(self._part_done)
+
+    async def _create(self) -> None:
+        meta = self._metadata()
+        resp = await self.bucket.call("create_multipart_upload", self.key, Metadata=meta)
+        upload_id = str(resp["UploadId"])
+        self.record = Record(
+            upload_id,
+            self.key,
+            self.url,
+            self.validator or "",
+            self.total,
+            self.part_size,
+            str(self.expected) if self.expected else None,
+        )
+        # Written even without a validator (no resume then): clean() knows its uploads by it.
+        await self.bucket.call(
+            "put_object",
+            record_key(self.key, upload_id),
+            Body=self.record.to_json(),
+            ContentType="application/json",
+        )
+
+    def _metadata(self) -> dict[str, str]:
+        meta = {f"{_META}source": self.url}
+        if self.expected is not None:
+            meta[self.expected.algorithm] = self.expected.hexdigest
+        return meta
+
+    async def _send_part(self, buf: _Buffer) -> None:
+        assert self.record is not None
+        size = len(buf)
+        buf.data.seek(0)
+        try:
+            resp = await self.bucket.call(
+                "upload_part",
+                self.key,
+                UploadId=self.record.upload_id,
+                PartNumber=buf.number,
+                Body=buf.data,
+                ContentLength=size,
+            )
+            self.parts[buf.number] = Part(str(resp["ETag"]), size)
+        finally:
+            buf.data = io.BytesIO()
+            self._slots.release()
+
+    def _part_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._failure is None:
+            self._failure = task.exception()
+
+    async def _check(self) -> None:
+        """Raise what went wrong in a part upload, if anything did."""
+        failure = self._failure
+        if failure is None:
+            return
+        if isinstance(failure, DestinationError):
+            await self._lost(failure)
+        raise failure
+
+    async def _lost(self, error: DestinationError) -> None:
+        """When the upload is gone, say why: completed by another writer, or aborted."""
+        if self.record is None or not await self.bucket._upload_gone(self.record):
+            return
+        present = await self.bucket.existing(self.key, size=self.total, expected=self.expected)
+        if present is not None and self.total is not None:
+            raise AlreadyComplete(present) from None
+        raise TransferError(
+            self.where, "the multipart upload was aborted by another writer, or expired"
+        ) from None
+
+    # --- the end ---------------------------------------------------------------------------
+
+    async def verify(self) -> int:
+        """Send the last part, wait for the parts in flight, then check length and hash;
+        the size."""
+        if self.total is None and self._open:  # the stream's end says where the file ends
+            last = max(self._open)
+            if self.record is not None or last > 1:
+                await self._part_full(self._open.pop(last))
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+        await self._check()
+        stored = dict(self.parts)
+        for number, buf in self._open.items():
+            if len(buf):
+                stored[number] = Part("", len(buf))  # the one-request whole file
+        size = 0
+        number = 1
+        while number in stored:
+            size += stored[number].size
+            number += 1
+        if len(stored) != number - 1:
+            raise IntegrityError(self.where, f"part {number} is missing")
+        if self.total is not None and size != self.total:
+            raise IntegrityError(
+                self.where, f"{fmt_size(size)} uploaded, {fmt_size(self.total)} expected"
+            )
+        if self._hasher is not None and self.expected is not None:
+            if self._hashed != size:
+                raise IntegrityError(
+                    self.where, f"only {self._hashed} of {size} bytes were hashed in order"
+                )
+            digest = self._hasher.hexdigest()
+            if digest != self.expected.hexdigest:
+                raise IntegrityError(
+                    self.where,
+                    f"{self.expected.algorithm} mismatch: expected {self.expected.hexdigest}, "
+                    f"got {digest}",
+                )
+        return size
+
+    async def commit(self) -> int:
+        """Verify, then make the object appear at its key; its size.
+
+        Raises :class:`AlreadyComplete` when another writer completed this upload first.
+        """
+        size = await self.verify()
+        if self.record is None:
+            body = b"".join(b.data.getvalue() for b in self._open.values())
+            await self.bucket.put(self.key, body, self._metadata())
+            self._release_open()
+            return size
+        parts = [
+            {"PartNumber": n, "ETag": self.parts[n].etag} for n in range(1, len(self.parts) + 1)
+        ]
+        try:
+            await self.bucket.call(
+                "complete_multipart_upload",
+                self.key,
+                UploadId=self.record.upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except DestinationError as exc:
+            await self._lost(exc)
+            raise
+        await self._forget_others()
+        return size
+
+    async def _forget_others(self) -> None:
+        """Abort earlier rheo_nb uploads of this key and source (the record included): the
+        object they were for is now complete."""
+        assert self.record is not None
+        with contextlib.suppress(DestinationError):
+            await self.bucket.call("delete_object", record_key(self.key, self.record.upload_id))
+        for record in await self.bucket.records(self.key):
+            if record.url == self.url and record.upload_id != self.record.upload_id:
+                await self.bucket.abort(record)
+
+    async def discard(self) -> None:
+        """The download failed for good: abort the upload, so nothing is left to pay for."""
+        await self._stop_tasks()
+        if self.record is not None:
+            await self.bucket.abort(self.record)
+            self.record = None
+
+    async def keep(self) -> None:
+        """Stopped (cancelled, or the stream broke): leave the upload and its record for
+        the next attempt or run.
+
+        Parts already full finish uploading (for at most :data:`KEEP_WAIT` seconds), so
+        their bytes need not be fetched again; a part cut off is not stored. The bytes of
+        parts still filling are dropped.
+        """
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=KEEP_WAIT)
+        await self._stop_tasks()
+
+    async def _stop_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+        self._release_open()
+
+    def _release_open(self) -> None:
+        for _ in self._open:
+            self._slots.release()
+        self._open.clear()
