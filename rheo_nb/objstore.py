@@ -52,9 +52,9 @@ from typing import Any, Self
 from urllib.parse import urlsplit
 
 from .errors import DestinationError, IntegrityError, OptionError, TransferError
-from .files import url_key
 from .format import size as fmt_size
 from .hashing import ExpectedHash
+from .partfile import url_key
 
 MiB = 1 << 20
 #: Default part size; every part but the last must be at least 5 MiB on S3.

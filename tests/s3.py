@@ -29,8 +29,8 @@ from aiohttp import web
 from rheo_nb import objstore
 from rheo_nb.errors import TransferError
 from rheo_nb.hashing import parse_hash
+from rheo_nb.http import parse_content_range
 from rheo_nb.testing import LocalServer, S3Server
-from rheo_nb.transfer import parse_content_range
 
 MiB = 1 << 20
 PART = objstore.MIN_PART_SIZE  # 5 MiB: the smallest part S3 takes, to keep files small
