@@ -20,13 +20,13 @@ from rheo_nb.display.view import (
     final_phase,
     fraction,
     line,
-    name,
     percent,
     render,
     restart_note,
     retry_note,
 )
 from rheo_nb.events import Cancelled, Completed, Failed, Progress, Queued, Restarted, Started
+from rheo_nb.format import shown_path
 from rheo_nb.tracker import DownloadInfo, Stats, Tracker
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -252,11 +252,11 @@ def test_the_running_line_counts_files_done_not_files_failed() -> None:
 
 def test_names_are_relative_to_dest_and_unplanned_items_are_named_by_url() -> None:
     dest = Path("/data")
-    assert name(Path("/data/raw/2024/one.bin"), dest, "u") == "raw/2024/one.bin"
-    assert name(Path("/data/raw/2025/one.bin"), dest, "u") == "raw/2025/one.bin"
-    assert name(dest, dest, "not-a-url") == "not-a-url"
-    assert name(Path("/elsewhere/x.bin"), dest, "u") == "x.bin"
-    assert name(Path("/data/x.bin"), None, "u") == "x.bin"
+    assert shown_path(Path("/data/raw/2024/one.bin"), dest, "u") == "raw/2024/one.bin"
+    assert shown_path(Path("/data/raw/2025/one.bin"), dest, "u") == "raw/2025/one.bin"
+    assert shown_path(dest, dest, "not-a-url") == "not-a-url"
+    assert shown_path(Path("/elsewhere/x.bin"), dest, "u") == "x.bin"
+    assert shown_path(Path("/data/x.bin"), None, "u") == "x.bin"
 
 
 def test_notes_say_what_happens_in_words() -> None:

@@ -279,7 +279,7 @@ class NotebookProgress:
         assert isinstance(event, Failed)
         self.failed += 1
         dest = self._manager.dest if self._manager is not None else None
-        shown = view.name(event.path, dest, event.url)
+        shown = format.shown_path(event.path, dest, event.url)
         self.failures.append((shown, view.short_cause(event.error, event.url)))
 
     def _on_restarted(self, event: Event) -> None:
@@ -287,7 +287,7 @@ class NotebookProgress:
         manager = self._manager
         info = manager.tracker.downloads.get(event.download_id) if manager is not None else None
         shown = (
-            view.name(info.path, manager.dest, event.url)
+            format.shown_path(info.path, manager.dest, event.url)
             if info is not None and manager is not None
             else format.short_name(event.url, 60)
         )

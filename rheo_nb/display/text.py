@@ -7,6 +7,7 @@ import shutil
 import sys
 from typing import TYPE_CHECKING, TextIO
 
+from .. import format
 from ..events import Event, EventType, Failed, Restarted, Retrying
 from . import view
 
@@ -60,7 +61,7 @@ class TextProgress:
         info = self._manager.tracker.downloads.get(download_id)
         if info is None:
             return url
-        return view.name(info.path, self._manager.dest, url)
+        return format.shown_path(info.path, self._manager.dest, url)
 
     def _on_event(self, event: Event) -> None:
         assert self._manager is not None

@@ -158,18 +158,6 @@ def final_phase(stats: Stats, *, interrupted: bool, cancel_requested: bool = Fal
 # --- names and notes -------------------------------------------------------------------------
 
 
-def name(path: Path, dest: Path | None, url: str, width: int = 60) -> str:
-    """How a display names a download: its path relative to ``dest`` (``raw/2024/a.csv``),
-    or its URL when it never had a path (an item refused before any request)."""
-    if dest is not None and path == dest:
-        return format.short_name(url, width)
-    if dest is not None and path.is_relative_to(dest):
-        shown = path.relative_to(dest).as_posix()
-    else:
-        shown = path.name
-    return format.short_name(shown, width)
-
-
 def short_cause(error: str, url: str) -> str:
     """The cause of a failure without the URL it starts with (the name is shown beside it)."""
     prefix = url + ": "
@@ -244,7 +232,7 @@ def active_rows(active: Sequence[DownloadInfo], stats: Stats, dest: Path | None 
         rows.append(
             f"<span title='{html.escape(info.url)}' style='overflow:hidden;"
             f"text-overflow:ellipsis;white-space:nowrap'>"
-            f"{html.escape(name(info.path, dest, info.url, 48))}</span>"
+            f"{html.escape(format.shown_path(info.path, dest, info.url, 48))}</span>"
             f"{_mini_bar(share)}<span style='text-align:right'>"
             f"{html.escape(_row_state(info))}</span>"
             f"<span style='text-align:right;{_MUTED}'>{html.escape(format.rate(info.speed))}</span>"
@@ -369,7 +357,6 @@ __all__ = [
     "final_phase",
     "fraction",
     "line",
-    "name",
     "percent",
     "render",
     "restart_note",
