@@ -202,8 +202,7 @@ def _stopped(manager: DownloadManager) -> str:
     where = f" in {manager.dest}" if kept else ""
     return (
         f"downloads stopped: {len(results.ok)} of {len(results)} files done, "
-        f"{kept} partial file{'s' if kept != 1 else ''} kept{where}; "
-        "run the same call again to resume"
+        f"{kept} partial file{'s' if kept != 1 else ''} kept{where}; run it again to resume"
     )
 
 

@@ -166,8 +166,9 @@ class Results(Sequence[Outcome]):
             return ""
         return f" title='{html.escape(o.error)}'"
 
-    def table(self, max_rows: int = MAX_ROWS) -> str:
-        """The outcomes as a plain-text table, problems first, for terminals and logs.
+    def table(self, max_rows: int = MAX_ROWS, *, summary: bool = True) -> str:
+        """The outcomes as a plain-text table, problems first, for terminals and logs;
+        the first line is the :meth:`summary` unless ``summary=False``.
 
         >>> print(results.table())  # doctest: +SKIP
         """
@@ -183,7 +184,7 @@ class Results(Sequence[Outcome]):
             for o in shown
         ]
         w = [max(len(row[i]) for row in cells) for i in range(4)]
-        lines = [self.summary()]
+        lines = [self.summary()] if summary else []
         lines += [
             f"{st:<{w[0]}}  {name:<{w[1]}}  {sz:>{w[2]}}  {tm:>{w[3]}}  {err}".rstrip()
             for st, name, sz, tm, err in cells

@@ -561,7 +561,7 @@ def test_an_interrupted_fetch_sync_ends_with_one_line_at_the_callers_call(tmp_pa
     last = err.strip().splitlines()[-1]
     assert last.startswith("KeyboardInterrupt: downloads stopped: 0 of 1 files done, ")
     assert "1 partial file kept in " in last
-    assert last.endswith("; run the same call again to resume")
+    assert last.endswith("; run it again to resume")
     # The traceback: the script's line, and the one line of fetch_sync that re-raises.
     frames = [line for line in err.splitlines() if line.strip().startswith("File ")]
     assert len(frames) <= 2, err

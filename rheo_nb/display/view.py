@@ -174,9 +174,8 @@ def retry_note(
     ``attempts``: how many there may be in all (``retries + 1``).
     """
     of = f" of {attempts}" if attempts else ""
-    return (
-        f"retrying {shown} in {format.duration(delay)} (attempt {failed_attempts + 1}{of}): {cause}"
-    )
+    when = f"in {format.duration(delay)}" if delay >= 0.05 else "now"
+    return f"retrying {shown} {when} (attempt {failed_attempts + 1}{of}): {cause}"
 
 
 def restart_note(shown: str, reason: str, discarded: int) -> str:
