@@ -3,8 +3,8 @@
 All three run the same coroutine; ``fetch_sync`` and ``start`` only decide which loop and
 thread it runs on. :func:`fetch`'s signature is the one list of options: the other two
 take theirs from it (what ``help()``, Shift-Tab in a notebook and type checkers show), and
-a test pins it to :class:`~rheo_nb.Options`. A new option is a field of ``Options`` and
-one line in ``fetch``'s signature.
+a test pins its names and defaults to :class:`~rheo_nb.Options`. A new option is a field
+of ``Options`` and one line in ``fetch``'s signature.
 """
 
 from __future__ import annotations
@@ -37,9 +37,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: The defaults of :func:`fetch`'s options are those of :class:`Options`, read from it.
-_D = Options()
-
 
 def _checked(fn: F) -> F:
     """Answer a misspelt keyword with a suggestion (``concurency=4``: did you mean
@@ -59,25 +56,25 @@ async def fetch(
     items: Items,
     dest: Dest = ".",
     *,
-    concurrency: int = _D.concurrency,
-    retries: int = _D.retries,
-    timeout: float = _D.timeout,  # noqa: ASYNC109 - per read, not a deadline for the call
-    total_timeout: float | None = _D.total_timeout,
-    overwrite: bool = _D.overwrite,
-    segments: int | Literal["auto"] = _D.segments,
+    concurrency: int = 8,
+    retries: int = 3,
+    timeout: float = 30.0,  # noqa: ASYNC109 - per read, not a deadline for the call
+    total_timeout: float | None = None,
+    overwrite: bool = False,
+    segments: int | Literal["auto"] = "auto",
     headers: Mapping[str, str] | None = None,
     auth: AuthArg = None,
     cookies: Mapping[str, str] | None = None,
-    max_size: int | None = _D.max_size,
-    backoff: float = _D.backoff,
-    backoff_max: float = _D.backoff_max,
-    retry_after_max: float = _D.retry_after_max,
-    low_speed_limit: int = _D.low_speed_limit,
-    low_speed_time: float = _D.low_speed_time,
-    max_redirects: int = _D.max_redirects,
-    chunk_size: int = _D.chunk_size,
-    progress_interval: float = _D.progress_interval,
-    content_disposition: bool = _D.content_disposition,
+    max_size: int | None = None,
+    backoff: float = 0.5,
+    backoff_max: float = 30.0,
+    retry_after_max: float = 120.0,
+    low_speed_limit: int = 1024,
+    low_speed_time: float = 30.0,
+    max_redirects: int = 10,
+    chunk_size: int = 1 << 20,
+    progress_interval: float = 0.1,
+    content_disposition: bool = False,
     verify: Verify = True,
     proxy: str | None = None,
     trust_env: bool = True,
@@ -218,11 +215,12 @@ def fetch_sync(*args: Any, **kwargs: Any) -> Results:
     says what was done and how to resume. The progress widget updates live but has no
     Cancel button there: a busy kernel cannot handle a click until the cell ends.
     """
-    __tracebackhide__ = True  # IPython and pytest end the traceback at the caller's line
     manager, files, display = _prepare(_bind("fetch_sync", args, kwargs))
     try:
         return run_sync(lambda: _run(manager, files, display))
     except KeyboardInterrupt:
+        # A new exception, without the frames of the loop and threads it crossed: the
+        # traceback shows the caller's line and this one, then what was done and kept.
         raise KeyboardInterrupt(_stopped(manager)) from None
 
 
@@ -290,7 +288,6 @@ class Job:
         :raises asyncio.CancelledError: the job was cancelled.
         :raises KeyboardInterrupt: the wait was interrupted (the job is cancelled).
         """
-        __tracebackhide__ = True  # IPython and pytest end the traceback at the caller's line
         try:
             return self._thread.result(timeout)
         except KeyboardInterrupt:

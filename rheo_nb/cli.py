@@ -13,6 +13,7 @@ import difflib
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Sequence
 from enum import IntEnum
 from pathlib import Path
@@ -181,9 +182,11 @@ def _transfer_flags(get: argparse.ArgumentParser) -> None:
 def _private_flags(get: argparse.ArgumentParser) -> None:
     private = get.add_argument_group(
         "private sources",
-        "Secrets are read from environment variables, never from the command line, where "
-        "other users of the machine could see them. Credentials are sent only to the hosts "
-        "of the URLs given, never to a host a redirect leads to.",
+        _wrap(
+            "Secrets are read from environment variables, never from the command line, "
+            "where other users of the machine could see them. Credentials are sent only to "
+            "the hosts of the URLs given, never to a host a redirect leads to."
+        ),
     )
     private.add_argument(
         "-H",
@@ -224,11 +227,16 @@ def _private_flags(get: argparse.ArgumentParser) -> None:
     )
 
 
+def _wrap(text: str) -> str:
+    # The help keeps the exit-status table as written, so prose is wrapped here.
+    return textwrap.fill(text, width=78)
+
+
 def _parser() -> _Parser:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = _Parser(
         prog="rheo-nb",
-        description="Download files, fast and safely: verified, resumable, in parallel.",
+        description=_wrap("Download files, fast and safely: verified, resumable, in parallel."),
         epilog=EXIT_STATUSES,
         formatter_class=formatter,
     )
@@ -237,8 +245,10 @@ def _parser() -> _Parser:
     get = sub.add_parser(
         "get",
         help="download URLs into a folder",
-        description="Download URLs into a folder. Complete files are skipped, partial "
-        "ones resumed: run the same command again after an interruption.",
+        description=_wrap(
+            "Download URLs into a folder. Complete files are skipped, partial ones "
+            "resumed: run the same command again after an interruption."
+        ),
         epilog="example:\n  rheo-nb get -i urls.txt -o data/ -j 16\n\n" + EXIT_STATUSES,
         formatter_class=formatter,
     )
@@ -247,8 +257,10 @@ def _parser() -> _Parser:
     demo = sub.add_parser(
         "demo",
         help="download sample files from a bundled local server (no internet needed)",
-        description="Download sample files from a local server started for the demo: large "
-        "files, many small ones, one that needs a retry and one that fails on purpose.",
+        description=_wrap(
+            "Download sample files from a local server started for the demo: large files, "
+            "many small ones, one that needs a retry and one that fails on purpose."
+        ),
         epilog=EXIT_STATUSES,
         formatter_class=formatter,
     )
