@@ -390,7 +390,6 @@ NAMES = [p.name for p in sorted(NOTEBOOKS.glob("*.ipynb"))]
 MID_SHOT = "widget-mid-download.png"
 
 
-@pytest.mark.parametrize("name", NAMES)
 def ended_as_labelled(cell: dict[str, Any]) -> bool:
     """Full when the batch is done; else where its label says (what was done of what
     was asked: a batch with a failure never ends full)."""
@@ -404,6 +403,7 @@ def ended_as_labelled(cell: dict[str, Any]) -> bool:
     )
 
 
+@pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_in_jupyterlab_with_a_live_widget(page: Any, lab: Lab, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     cells = read_notebook(lab.work / name, as_version=4).cells

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 
 import rheo_nb
-from rheo_nb import Results
+from rheo_nb import File, Results
 from rheo_nb.display import TextProgress, choose
 from rheo_nb.display.notebook import NotebookProgress
 from rheo_nb.display.view import SCALE, View
-from rheo_nb.events import Completed, Event, Status
+from rheo_nb.events import Completed, Event, Restarted, Status
 from rheo_nb.manager import DownloadManager
 from rheo_nb.results import Outcome
 from rheo_nb.testing import LocalServer
@@ -387,3 +387,46 @@ def test_results_table_says_what_the_hidden_rows_are() -> None:
     html = Results(many)._repr_html_()
     assert "… and 15 more (10 completed, 5 skipped)" in html
     assert html.index("<style>") < html.index("<table>")
+
+
+# --- retries and restarts, as the displays show them ----------------------------------------
+
+
+async def test_text_progress_prints_a_retry_as_it_happens(
+    local: LocalServer, tmp_path: Path
+) -> None:
+    log = io.StringIO()
+    url = local.url("flaky-text.bin", 1000, fail=1)
+    await rheo_nb.fetch([url], tmp_path, progress=TextProgress(log), backoff=0.01)
+    lines = log.getvalue().splitlines()
+    assert "retrying flaky-text.bin now (attempt 2 of 4): HTTP 503 Service Unavailable" in lines
+    assert lines[-1].startswith("1 file: 1 completed")
+
+
+async def test_both_displays_announce_a_file_that_restarts(
+    local: LocalServer, tmp_path: Path
+) -> None:
+    # The core emits Restarted when a partial cannot be continued; here the event is
+    # synthetic, on a real manager with a real (slow) download, so that both displays hear
+    # of it through the manager as they would from the core.
+    log = io.StringIO()
+    text = TextProgress(log, log_interval=60)
+    widget = Recording(interval=0.05)
+    async with DownloadManager(tmp_path) as m:
+        text.open(m)
+        widget.open(m)
+        (did,) = await m.add([File(local.url("x.bin", 4 * MiB, rate=MiB), "sub/x.bin")])
+        while m.info(did).bytes == 0:  # noqa: ASYNC110 - waits for the download to start
+            await asyncio.sleep(0.02)
+        m._emit(Restarted(did, m.info(did).url, 600_000, "the server does not support resume"))
+        assert m.info(did).restarts == 1
+        await asyncio.sleep(0.15)  # a redraw or two
+        await m.cancel(did)
+        results = m.results()
+    text.close(results, interrupted=False)
+    widget.close(results, interrupted=False)
+    note = "restarting sub/x.bin: the server does not support resume (585.9 KiB discarded)"
+    assert note in log.getvalue().splitlines()
+    assert list(widget.notices) == [note]
+    assert note in widget._notices.value
+    assert any("↻" in v.active for v in widget.views)

@@ -96,6 +96,8 @@ def test_the_options_table_matches_fetch_and_options() -> None:
 def test_the_exit_statuses_in_the_docs_are_the_real_ones() -> None:
     rows = table(DOCS / "command-line.md", "status")
     assert [int(code(row[0])) for row in rows] == sorted(int(e) for e in Exit)
+    rows = table(ROOT / "README.md", "exit status")
+    assert [int(row[0]) for row in rows] == sorted(int(e) for e in Exit)
 
 
 def test_the_docs_speak_of_the_working_files_as_they_are() -> None:
