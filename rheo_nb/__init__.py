@@ -39,10 +39,10 @@ from .events import (
     Subscription,
     Validating,
 )
-from .items import File
+from .items import File, Outcome
 from .manager import DownloadManager
 from .options import Options
-from .results import Outcome, Results
+from .results import Results
 from .tracker import DownloadInfo, Stats
 
 

@@ -7,11 +7,14 @@ connection limits); what one request carries (``auth``, ``headers``, ``cookies``
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import netrc as netrc_module
 import os
 import ssl
 import urllib.request
-from collections.abc import Mapping
+from collections import Counter, deque
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,7 +162,10 @@ class ClientFactory:
         if limit < 0 or limit_per_host < 0:
             raise OptionError("connection limits must be >= 0 (0: no limit)")
         if proxy is not None:
-            url = URL(proxy) if isinstance(proxy, str) else None
+            try:
+                url = URL(proxy) if isinstance(proxy, str) else None
+            except ValueError:  # its text may quote the password: never shown
+                url = None
             if url is None or url.scheme not in ("http", "https") or not url.host:
                 raise OptionError(
                     f"proxy must be an 'http://host:port' URL, not {format.mask_url(str(proxy))!r}"
@@ -260,3 +266,87 @@ def _read_netrc(choice: NetrcArg, trust_env: bool) -> netrc_module.netrc | None:
         line = getattr(exc, "lineno", None)
         where = f" (line {line})" if line else ""
         raise OptionError(f"cannot read netrc file {os.fspath(path)!r}{where}") from None
+
+
+class HostLimiter:
+    """Connection slots per origin (``scheme://host:port``), shared by one call's downloads.
+
+    Every download holds one slot of its origin while it runs; a segmented download
+    borrows more with :meth:`try_acquire` while some are free, within its fair share
+    (:meth:`share`). Waiters are served first come, first served.
+
+    >>> limiter = HostLimiter(per_host=8)
+    >>> limiter.try_acquire("https://example.org:443")
+    True
+    """
+
+    def __init__(self, per_host: int) -> None:
+        self.per_host = max(1, per_host)
+        self._in_use: Counter[str] = Counter()
+        self._capacity: dict[str, int] = {}
+        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
+        self._splitting: Counter[str] = Counter()
+        #: Slots held on every origin together (what the write budget is shared by).
+        self.total_in_use = 0
+
+    def capacity(self, host: str) -> int:
+        return self._capacity.get(host, self.per_host)
+
+    def set_capacity(self, host: str, n: int) -> None:
+        """Change how many connections ``host`` may have (waiters are woken if it grew)."""
+        self._capacity[host] = max(1, n)
+        self._wake(host)
+
+    def in_use(self, host: str) -> int:
+        return self._in_use[host]
+
+    def try_acquire(self, host: str) -> bool:
+        if self._in_use[host] >= self.capacity(host) or self._waiters.get(host):
+            return False
+        self._in_use[host] += 1
+        self.total_in_use += 1
+        return True
+
+    async def acquire(self, host: str) -> None:
+        if self.try_acquire(host):
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._waiters.setdefault(host, deque())
+        queue.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release(host)  # granted just as we were cancelled: hand it on
+            else:
+                queue.remove(waiter)
+            raise
+
+    def release(self, host: str) -> None:
+        self._in_use[host] -= 1
+        self.total_in_use -= 1
+        self._wake(host)
+
+    def _wake(self, host: str) -> None:
+        queue = self._waiters.get(host)
+        while queue and self._in_use[host] < self.capacity(host):
+            waiter = queue.popleft()
+            if not waiter.done():
+                self._in_use[host] += 1
+                self.total_in_use += 1
+                waiter.set_result(None)
+        if queue is not None and not queue:
+            del self._waiters[host]
+
+    @contextlib.contextmanager
+    def splitting(self, host: str) -> Iterator[None]:
+        """Count a segmented download of ``host`` while it runs (for :meth:`share`)."""
+        self._splitting[host] += 1
+        try:
+            yield
+        finally:
+            self._splitting[host] -= 1
+
+    def share(self, host: str) -> int:
+        """Connections one segmented download of ``host`` may use: an equal share."""
+        return max(1, self.capacity(host) // max(1, self._splitting[host]))

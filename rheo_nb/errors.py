@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .results import Outcome
+    from .items import Outcome
 
 
 class RheoNbError(Exception):
@@ -45,24 +45,47 @@ class InvalidItemError(RheoNbError, ValueError):
 
 
 class DownloadError(RheoNbError):
-    """One download failed. ``url`` is the masked URL, safe to print."""
+    """One download failed. ``url`` is the masked URL, safe to print; ``cause`` says why.
 
-    def __init__(self, url: str, cause: str) -> None:
-        super().__init__(f"{url}: {cause}")
+    The layers below the transfer raise these with the cause only: they do not know (and
+    need not know) which file they serve. The transfer names the file once, at its
+    boundary, with :meth:`attach`, so every message reads ``"<url>: <cause>"``.
+    """
+
+    #: True when another attempt may succeed (a dropped connection, a full descriptor
+    #: table); the retry policy reads it.
+    transient: bool = False
+
+    def __init__(self, url: str = "", cause: str = "") -> None:
         self.url = url
         self.cause = cause
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        return f"{self.url}: {self.cause}" if self.url else self.cause
+
+    def attach(self, url: str) -> None:
+        """Name the file this error is about (once: a URL already there is kept)."""
+        if not self.url:
+            self.url = url
+            self.args = (self._text(),)
 
     def add_context(self, text: str) -> None:
         """Append ``text`` to the cause (how many attempts were made, say)."""
         self.cause = f"{self.cause} {text}"
-        self.args = (f"{self.url}: {self.cause}",)
+        self.args = (self._text(),)
 
 
 class HTTPStatusError(DownloadError):
     """The server answered with an error status."""
 
     def __init__(
-        self, url: str, status: int, reason: str = "", *, retry_after: float | None = None
+        self,
+        url: str = "",
+        status: int = 0,
+        reason: str = "",
+        *,
+        retry_after: float | None = None,
     ) -> None:
         text = f"HTTP {status}" + (f" {reason}" if reason else "")
         super().__init__(url, text)
@@ -73,6 +96,8 @@ class HTTPStatusError(DownloadError):
 
 class TransferError(DownloadError):
     """The connection failed, stalled or was too slow; another attempt may succeed."""
+
+    transient = True
 
 
 class IntegrityError(DownloadError):
@@ -88,7 +113,15 @@ class RedirectError(DownloadError):
 
 
 class DestinationError(DownloadError):
-    """The destination cannot hold the file: not writable, full, a directory or a symlink."""
+    """The destination cannot hold the file: not writable, full, a directory or a symlink.
+
+    ``transient`` is set when the machine, not the destination, ran short (too many open
+    files): a later attempt may succeed.
+    """
+
+    def __init__(self, url: str = "", cause: str = "", *, transient: bool = False) -> None:
+        super().__init__(url, cause)
+        self.transient = transient
 
 
 class DownloadsFailed(RheoNbError):

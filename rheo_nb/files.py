@@ -1,15 +1,20 @@
-"""Where bytes land: safe names, confinement to ``dest``, partial files, locks, the rename.
+"""Where bytes land: safe names, confinement to ``dest``, working names, writer locks.
 
 Everything here that touches the filesystem is blocking and meant to run in a worker
 thread, batched so that one download costs few thread hops.
 
-Layout beside a final path ``data/x.csv`` while it downloads:
+Each destination folder that receives downloads has a hidden working folder,
+``.rheo_nb/``, which holds what a download needs while it runs, named after a digest
+of the final file's name::
 
-* ``data/x.csv.part``: the bytes so far. The final name only ever appears through
-  ``os.replace`` of a complete, verified part file.
-* ``data/.x.csv.part.json``: what a resume needs (validator, total size, segments).
-* ``data/.x.csv.lock``: held with ``flock`` by the one writer of ``x.csv``; removed when
-  it is done. The kernel releases it when a process dies, so a stale file never blocks.
+    data/x.csv                    the final file: appears only by an atomic rename
+    data/.rheo_nb/<key>.part      the bytes so far          (partfile.py)
+    data/.rheo_nb/<key>.json      what a resume needs       (partfile.py)
+    data/.rheo_nb/<key>.lock      the one writer's flock    (here)
+
+No final name can be a working name (a path through a ``.rheo_nb`` folder is refused),
+and working names are short whatever the length of the final name. The working folder
+is removed at the end of a call when nothing is left in it.
 """
 
 from __future__ import annotations
@@ -18,25 +23,26 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import json
 import os
 import re
 import stat
 import unicodedata
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .errors import InvalidItemError
+from .format import short_name
 
 _WINDOWS_RESERVED = re.compile(
     r"^(con|prn|aux|nul|com[0-9]|lpt[0-9]|conin\$|conout\$)(\..*)?$", re.I
 )
 _UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*\\/]')
 _DISPOSITION_PARAM = re.compile(r';\s*([^\s;=]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
-_MAX_NAME_BYTES = 255 - len(".part.json") - 2  # room for the sidecar names
+#: Most bytes a file name may have (ext4, XFS, APFS).
+MAX_NAME_BYTES = 255
 DEFAULT_NAME = "index.html"
+#: The hidden folder of working files in each destination folder.
+WORKDIR = ".rheo_nb"
 
 
 def sanitize_name(name: str) -> str:
@@ -54,11 +60,11 @@ def sanitize_name(name: str) -> str:
     if _WINDOWS_RESERVED.match(text):
         text = "_" + text
     encoded = text.encode()
-    if len(encoded) > _MAX_NAME_BYTES:
+    if len(encoded) > MAX_NAME_BYTES:
         stem, dot, ext = text.rpartition(".")
         if not dot or len(ext.encode()) > 16:
             stem, ext = text, ""
-        budget = _MAX_NAME_BYTES - len(ext.encode()) - (1 if ext else 0)
+        budget = MAX_NAME_BYTES - len(ext.encode()) - (1 if ext else 0)
         # The cut may land just after a dot or space: trailing ones go, as above.
         stem = stem.encode()[:budget].decode(errors="ignore").rstrip(". ")
         text = f"{stem}.{ext}" if ext else stem
@@ -97,7 +103,8 @@ def name_from_url(url: str) -> str:
 def relative_path(path: str | os.PathLike[str]) -> PurePosixPath:
     """Validate a caller-given path relative to ``dest`` (sub-folders allowed).
 
-    :raises InvalidItemError: absolute, empty, with ``..``, a NUL or a drive.
+    :raises InvalidItemError: absolute, empty, with ``..``, a NUL, a drive, a name over
+        255 bytes, or through a ``.rheo_nb`` folder (where working files live).
     """
     text = os.fspath(path)
     if not isinstance(text, str):
@@ -112,14 +119,30 @@ def relative_path(path: str | os.PathLike[str]) -> PurePosixPath:
         raise InvalidItemError(f"path {text!r} goes outside dest ('..')")
     if not parts:
         raise InvalidItemError(f"path {text!r} names no file")
+    if WORKDIR in parts:
+        raise InvalidItemError(
+            f"path {text!r} goes through a {WORKDIR} folder, which holds rheo_nb's working "
+            "files; choose another name"
+        )
+    for part in parts:
+        size = len(part.encode("utf-8", "surrogateescape"))
+        if size > MAX_NAME_BYTES:
+            raise InvalidItemError(
+                f"path {short_name(text, 60)!r}: a name of {size} bytes, over the "
+                f"{MAX_NAME_BYTES} a file name may have"
+            )
     return PurePosixPath(*parts)
 
 
-def sidecar(final: Path, suffix: str) -> Path:
-    """``.part`` stays visible (people know it); the others are hidden."""
-    if suffix == ".part":
-        return final.with_name(final.name + ".part")
-    return final.with_name("." + final.name + suffix)
+def working_path(final: Path, suffix: str) -> Path:
+    """The working file of kind ``suffix`` (``".part"``, ``".json"``, ``".lock"``…) of the
+    download to ``final``: in the hidden working folder beside it, named after a digest
+    of the final name, so it can neither collide with a final name nor be too long."""
+    return final.parent / WORKDIR / (name_key(final.name) + suffix)
+
+
+def name_key(name: str) -> str:
+    return hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 def is_within(path: Path, root: Path) -> bool:
@@ -127,14 +150,29 @@ def is_within(path: Path, root: Path) -> bool:
 
 
 def ensure_parent(dest_real: Path, final: Path) -> None:
-    """Create the folders above ``final``, refusing any that leads outside ``dest``
-    (a symlinked sub-folder). Blocking.
+    """Create the folders above ``final`` and its working folder, refusing any that leads
+    outside ``dest`` (a symlinked sub-folder). Blocking.
 
     :raises OSError: with a message fit for users.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     if not is_within(Path(os.path.realpath(final.parent)), dest_real):
         raise OSError(errno.EXDEV, f"{final.parent} leads outside the destination folder")
+    work = final.parent / WORKDIR
+    try:
+        os.mkdir(work, 0o755)
+    except FileExistsError:
+        if not stat.S_ISDIR(os.lstat(work).st_mode):
+            # Only a real folder of ours: a symlink there could point anywhere.
+            raise OSError(
+                errno.ENOTDIR, f"{work} is not a folder (rheo_nb keeps working files there)"
+            ) from None
+
+
+def remove_workdir(folder: Path) -> None:
+    """Remove the working folder of ``folder`` when nothing is left in it. Blocking."""
+    with contextlib.suppress(OSError):
+        os.rmdir(folder / WORKDIR)
 
 
 def existing_size(final: Path) -> int | None:
@@ -161,16 +199,49 @@ def existing_size(final: Path) -> int | None:
 LOCK_UNSUPPORTED = -1
 
 
+def claim(
+    dest_real: Path, final: Path, checked: set[Path], keep_unverified: bool
+) -> tuple[int | None, int | None]:
+    """Become the one writer of ``final`` and look at what is there, in one thread hop.
+
+    Returns ``(lock, size)``: the lock's descriptor (None when another writer holds it,
+    or when a complete file is kept without a check, ``keep_unverified``) and the size of
+    the file at ``final`` (None: nothing there). ``checked``: folders already created and
+    found inside ``dest`` by this call (the check is made once per folder).
+    """
+    if final.parent not in checked:
+        ensure_parent(dest_real, final)
+        checked.add(final.parent)
+    lock = try_lock(final)
+    if lock is None:
+        return None, None
+    try:
+        existing = existing_size(final)
+    except BaseException:
+        unlock(final, lock)
+        raise
+    if existing is not None and keep_unverified:
+        unlock(final, lock)
+        return None, existing
+    return lock, existing
+
+
 def try_lock(final: Path) -> int | None:
     """Take the writer lock of ``final`` without waiting. Blocking syscalls; run in a thread.
 
     Returns the lock's file descriptor, ``None`` when another writer holds it, or
     ``LOCK_UNSUPPORTED`` when the filesystem has no ``flock`` (then the caller writes to
-    a unique temp file: correctness never depends on the lock).
+    a unique temp file: correctness never depends on the lock, and no lock file is left).
     """
-    path = sidecar(final, ".lock")
+    path = working_path(final, ".lock")
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            # Another call removed the working folder when it ended with it empty.
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path.parent, 0o755)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -179,6 +250,9 @@ def try_lock(final: Path) -> int | None:
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.ENOLCK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL):
+                # Nobody can hold a lock here, so nobody needs this file either.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
                 return LOCK_UNSUPPORTED
             raise
         # The holder before us unlinks the file on release: make sure the file we locked
@@ -196,149 +270,5 @@ def unlock(final: Path, fd: int) -> None:
     if fd == LOCK_UNSUPPORTED:
         return
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(sidecar(final, ".lock"))
+        os.unlink(working_path(final, ".lock"))
     os.close(fd)
-
-
-# --- partial files ----------------------------------------------------------------------
-
-
-def url_key(url: str) -> str:
-    """What a partial remembers of its URL: a digest, so no secret is written to disk."""
-    return hashlib.sha256(url.encode()).hexdigest()[:32]
-
-
-@dataclass(slots=True)
-class Partial:
-    """A partial file left by an earlier attempt or run, and what is known about it."""
-
-    size: int
-    url: str = ""  # url_key()
-    validator: str | None = None  # strong ETag, else Last-Modified
-    total: int | None = None
-    segments: list[list[int]] = field(default_factory=list)  # [start, end, done] (issue: segments)
-
-    def to_json(self) -> str:
-        data: dict[str, Any] = {
-            "version": 1,
-            "url": self.url,
-            "validator": self.validator,
-            "total": self.total,
-        }
-        if self.segments:
-            data["segments"] = self.segments
-        return json.dumps(data)
-
-
-def read_partial(final: Path) -> Partial | None:
-    """The partial beside ``final`` with its sidecar, or None. Blocking."""
-    part = sidecar(final, ".part")
-    try:
-        st = os.lstat(part)
-    except FileNotFoundError:
-        return None
-    if not stat.S_ISREG(st.st_mode):
-        return Partial(size=0)  # not ours: it will be replaced, never followed
-    try:
-        data = json.loads(sidecar(final, ".part.json").read_text())
-        return Partial(
-            size=st.st_size,
-            url=str(data["url"]),
-            validator=data.get("validator"),
-            total=data.get("total"),
-            segments=[list(map(int, s)) for s in data.get("segments", [])],
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return Partial(size=st.st_size)
-
-
-def write_meta(final: Path, partial: Partial) -> None:
-    path = sidecar(final, ".part.json")
-    tmp = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)  # a symlink planted there is removed, never written through
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    with open(fd, "w") as f:
-        f.write(partial.to_json())
-    os.replace(tmp, path)
-
-
-def discard_partial(final: Path) -> None:
-    for suffix in (".part", ".part.json"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(sidecar(final, suffix))
-
-
-def open_part(path: Path, offset: int) -> int:
-    """Open the part file for writing from ``offset`` (truncating anything beyond).
-
-    A symlink planted at the part path is removed, never followed.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    if not offset:
-        flags |= os.O_TRUNC  # one syscall where a fresh file needs nothing else
-    try:
-        fd = os.open(path, flags, 0o644)
-    except OSError as exc:
-        if exc.errno not in (errno.ELOOP, errno.EISDIR):
-            raise
-        if path.is_dir() and not path.is_symlink():
-            raise
-        os.unlink(path)
-        fd = os.open(path, flags, 0o644)
-    if offset:
-        try:
-            os.ftruncate(fd, offset)
-            os.lseek(fd, offset, os.SEEK_SET)
-        except BaseException:
-            os.close(fd)
-            raise
-    return fd
-
-
-def write_all(
-    fd: int, chunks: list[bytes], hasher: Any | None = None, offset: int | None = None
-) -> int:
-    """Write every chunk (and feed the hasher) in as few syscalls as possible, at the file
-    position, or at ``offset`` (then the file position is left alone)."""
-    if hasher is not None:
-        for chunk in chunks:
-            hasher.update(chunk)
-    total = sum(len(c) for c in chunks)
-    views = [memoryview(c) for c in chunks]
-    while views:
-        batch = views[:1024]
-        if offset is None:
-            written = os.writev(fd, batch)
-        else:
-            written = os.pwritev(fd, batch, offset)
-            offset += written
-        done = 0
-        while done < len(batch) and written >= len(batch[done]):
-            written -= len(batch[done])
-            done += 1
-        del views[:done]
-        if written:
-            views[0] = views[0][written:]
-    return total
-
-
-def preallocate(fd: int, size: int) -> None:
-    """Give the file its full size, reserving the space where the filesystem can (so a
-    full disk shows up now, not midway)."""
-    if os.fstat(fd).st_size == size:
-        return
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            raise
-    os.ftruncate(fd, size)
-
-
-def commit(part: Path, final: Path, target: Path | None = None) -> None:
-    """Move a verified part file to its final name (or ``target``, a name the server gave),
-    atomically, and drop its sidecar."""
-    os.replace(part, target or final)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(sidecar(final, ".part.json"))

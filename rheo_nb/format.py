@@ -49,7 +49,10 @@ def mask_url(url: str, secret_params: frozenset[str] = frozenset()) -> str:
     """The URL with its password and secret-looking query values replaced by ``***``.
 
     ``secret_params`` names more query parameters to mask (an API key's parameter).
+    A password with an unencoded ``/``, ``?`` or ``#`` (which a URL parser takes for the
+    start of the path), and a login in a URL without a scheme, are masked too.
     """
+    url = _mask_loose_userinfo(url)
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -67,6 +70,46 @@ def mask_url(url: str, secret_params: frozenset[str] = frozenset()) -> str:
                 [(k, MASK if _is_secret(k, secret_params) else v) for k, v in pairs], safe="*"
             )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+_AUTHORITY_END = re.compile(r"[/?#]")
+
+
+def _mask_loose_userinfo(url: str) -> str:
+    """Mask a login that a URL parser would not see as one.
+
+    ``https://alice:p/w@host/f`` parses as host ``alice`` with port ``p``; its password
+    would be shown as part of the path. Such a URL is recognised by its impossible port
+    (or by having no scheme at all) and an ``@`` further on.
+    """
+    scheme, sep, rest = url.partition("://")
+    if "@" not in (rest if sep else url):
+        return url
+    if not sep:  # "alice:pw@host/f": no scheme, so no parser sees a login at all
+        userinfo = url[: url.index("@")]
+        user, colon, _ = userinfo.partition(":")
+        return (f"{user}:{MASK}@" if colon else f"{MASK}@") + url[len(userinfo) + 1 :]
+    end = _AUTHORITY_END.search(rest)
+    authority = rest if end is None else rest[: end.start()]
+    if "@" in authority:
+        return url  # a well-formed login: urlsplit sees it
+    user, colon, port = authority.partition(":")
+    if not colon or (port.isascii() and port.isdigit()):
+        return url  # an "@" in the path of a well-formed URL, such as /users/@bob
+    at = rest.index("@")
+    return f"{scheme}://{user}:{MASK}@{rest[at + 1 :]}"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (ESC, BEL, CR…) shown as ``\\x1b`` escapes.
+
+    Text from a server (a reason phrase, a header) can carry terminal control sequences
+    that would recolour, retitle or rewrite the user's terminal if printed raw.
+    """
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
 
 
 _URL_IN_TEXT = re.compile(r"""https?://[^\s'"<>]+""", re.IGNORECASE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,15 +57,20 @@ def hash_file(
     *,
     start: int = 0,
     into: hashlib._Hash | None = None,
+    stop: threading.Event | None = None,
 ) -> hashlib._Hash:
     """A hash object fed with the file's bytes from ``start`` (``limit`` of them when given),
     continuing ``into`` when given. Blocking: run it in a thread.
+
+    :raises HashInterrupted: ``stop`` was set (checked between blocks of 1 MiB).
     """
     h = into if into is not None else hashlib.new(algorithm)
     remaining = limit
     with open(path, "rb") as f:
         f.seek(start)
         while remaining is None or remaining > 0:
+            if stop is not None and stop.is_set():
+                raise HashInterrupted(f"hashing {path} was interrupted")
             block = f.read(_READ if remaining is None else min(_READ, remaining))
             if not block:
                 break
@@ -72,3 +78,7 @@ def hash_file(
             if remaining is not None:
                 remaining -= len(block)
     return h
+
+
+class HashInterrupted(Exception):
+    """A hash was abandoned midway (its download was cancelled)."""

@@ -8,15 +8,13 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from . import files, format
 from .errors import InvalidItemError
+from .events import Status
 from .hashing import ExpectedHash, parse_hash
-
-if TYPE_CHECKING:
-    from .results import Outcome
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_URL_CHARS = re.compile(r"[\x00-\x20\x7f]")
@@ -56,14 +54,31 @@ class File:
         return f"File({', '.join(parts)})"
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one file. ``url`` is masked (safe to show); ``error`` is None
+    unless the download failed or was cancelled."""
+
+    url: str
+    path: Path
+    status: Status
+    bytes: int
+    elapsed: float
+    error: str | None = None
+    download_id: str = ""
+    file: File = field(default_factory=lambda: File(""), repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status.ok
+
+
 Items = File | Iterable["str | File | Outcome"] | Mapping[str, "str | None"]
 
 
 def as_files(items: Items) -> list[File]:
     """Normalise ``items``: URL strings, :class:`File` objects, outcomes of an earlier call
     (``results.failed`` re-runs just those), or a mapping ``{url: hash}``."""
-    from .results import Outcome
-
     if isinstance(items, str | File):
         items = [items]
     if isinstance(items, Mapping):
@@ -121,7 +136,13 @@ def check_url(url: str, secret_params: frozenset[str] = frozenset()) -> str:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError as exc:
-        raise InvalidItemError(f"malformed URL {shown!r}: {exc}") from None
+        # The parser's words can quote a piece of the URL (a password read as a port).
+        reason = (
+            "its port is not a number (percent-encode a '/', '?' or '#' in a password)"
+            if "port" in str(exc).lower()
+            else "it cannot be parsed"
+        )
+        raise InvalidItemError(f"malformed URL {shown!r}: {reason}") from None
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise InvalidItemError(

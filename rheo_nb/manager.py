@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import errno
 import logging
 import os
+import resource
 import tempfile
 import time
 from collections.abc import Callable
@@ -17,8 +17,8 @@ from typing import Any, Self
 
 import aiohttp
 
-from . import auth, format, transfer
-from .client import SESSION_OPTIONS, ClientFactory, Network
+from . import auth, files, format, transfer
+from .client import SESSION_OPTIONS, ClientFactory, HostLimiter, Network
 from .errors import DestinationError, InvalidItemError, OptionError, warn
 from .events import (
     Cancelled,
@@ -31,10 +31,12 @@ from .events import (
     Status,
     Subscription,
 )
-from .items import File, Items, Planned, as_files, describe, plan
+from .http import Client
+from .items import File, Items, Outcome, Planned, as_files, describe, plan
 from .options import Options, check_names
 from .queue import PriorityQueue
-from .results import Outcome, Results
+from .results import Results
+from .retry import RetryPolicy
 from .runner import ThreadLane
 from .tracker import DownloadInfo, Stats, Tracker
 
@@ -123,6 +125,7 @@ class DownloadManager:
         self._ctx: transfer.Context | None = None
         self._lane: ThreadLane | None = None
         self._invalid = 0
+        self._closed = False
 
     def __repr__(self) -> str:
         s = self.tracker.stats()
@@ -145,30 +148,27 @@ class DownloadManager:
             network = await asyncio.to_thread(factory.network)
             self._session = factory.create(network)
             self._owns_session = True
+        secrets = auth.secret_params(self.options.auth)
+        self._lane = ThreadLane(asyncio.get_running_loop())
+        per_host = getattr(self._session.connector, "limit_per_host", 0)
         self._ctx = transfer.Context(
-            self._session,
-            self.options,
-            self._emit,
-            dest_real,
-            self._clock,
-            network=network,
-            host_limit=getattr(self._session.connector, "limit_per_host", 0)
-            or self.options.concurrency,
+            http=Client(self._session, self.options, network, secrets),
+            options=self.options,
+            policy=RetryPolicy.from_options(self.options),
+            emit=self._emit,
+            dest=dest_real,
+            lane=self._lane,
+            limiter=HostLimiter(per_host or self.options.concurrency),
+            clock=self._clock,
+            paths=self._by_path,
         )
         self._idle = asyncio.Event()
         self._idle.set()
-        self._lane = ThreadLane(asyncio.get_running_loop())
-        # The workers (and the downloads they start) find the lane in their context; the
-        # caller's own context is left alone.
-        context = contextvars.copy_context()
-        context.run(transfer.LANE.set, self._lane)
         self._taskgroup = asyncio.TaskGroup()
         await self._taskgroup.__aenter__()
         self._workers = [
-            self._taskgroup.create_task(
-                self._worker(), name=f"rheo_nb-worker-{i}", context=context.copy()
-            )
-            for i in range(self.options.concurrency)
+            self._taskgroup.create_task(self._worker(), name=f"rheo_nb-worker-{i}")
+            for i in range(_workers(self.options.concurrency))
         ]
         return self
 
@@ -185,8 +185,13 @@ class DownloadManager:
             await self._taskgroup.__aexit__(exc_type, exc, tb)
             return None
         finally:
+            self._closed = True
             self._drop_queued()
             if self._lane is not None:
+                if self._ctx is not None and self._ctx.checked_dirs:
+                    folders = list(self._ctx.checked_dirs)
+                    with contextlib.suppress(Exception):
+                        await self._lane.run(_remove_workdirs, folders)
                 self._lane.close()
             if self._owns_session and self._session is not None:
                 await self._session.close()
@@ -206,7 +211,8 @@ class DownloadManager:
 
         An item that cannot be downloaded as given (bad URL, unsafe path, bad hash spec,
         a path another item already uses) is reported as failed at once; the others go on.
-        The same URL to the same path queued again is one download.
+        The same item queued again is one download; the same URL and path with another
+        hash or other headers is refused, since only one of them could be honoured.
         """
         self._require_open()
         ids = []
@@ -220,7 +226,15 @@ class DownloadManager:
                 continue
             did = planned.download_id
             if did in self._plans:
-                ids.append(did)
+                differs = _differs(self._plans[did], planned)
+                if differs:
+                    error = (
+                        f"{planned.display_url}: given twice with {differs}; give it once, "
+                        "or give the copies different paths with File(url, path=...)"
+                    )
+                    ids.append(self._reject(file, error, planned))
+                else:
+                    ids.append(did)
                 continue
             owner = self._by_path.get(planned.final)
             if owner is not None:
@@ -289,6 +303,10 @@ class DownloadManager:
     # --- internals -------------------------------------------------------------------------
 
     def _require_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(
+                "this DownloadManager is closed (its 'async with' block has ended): start a new one"
+            )
         if self._ctx is None:
             raise RuntimeError("use the manager inside 'async with DownloadManager(...) as m:'")
 
@@ -348,8 +366,9 @@ class DownloadManager:
                 await asyncio.wait((task,))
             except asyncio.CancelledError:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait((task,))
+                while not task.done():  # its cleanup is short; a second cancel must wait too
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait((task,))
                 self._settle(did, planned, task)
                 raise
             finally:
@@ -379,6 +398,40 @@ class DownloadManager:
         else:
             outcome = task.result()
         self._done(did, outcome)
+
+
+def _differs(first: Planned, again: Planned) -> str:
+    """What two items for the same URL and path disagree on (``""``: nothing)."""
+    if first.expected != again.expected:
+        return "different hashes"
+    if first.headers != again.headers:
+        return "different headers"
+    return ""
+
+
+def _workers(concurrency: int) -> int:
+    """Workers for ``concurrency``, bounded by the open-file limit.
+
+    Each running download holds up to three descriptors (its socket, its part file, its
+    lock); above the soft ``RLIMIT_NOFILE`` (256 by default on macOS) opening more would
+    fail with "Too many open files" instead of waiting its turn.
+    """
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return concurrency
+    if soft == resource.RLIM_INFINITY:
+        return concurrency
+    return max(1, min(concurrency, (soft - _RESERVED_FDS) // 3))
+
+
+#: Descriptors left to the rest of the process (the loop, the lane, the caller's files).
+_RESERVED_FDS = 64
+
+
+def _remove_workdirs(folders: list[Path]) -> None:
+    for folder in folders:
+        files.remove_workdir(folder)
 
 
 def _prepare_dest(dest: Path) -> Path:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import html
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import overload
 
 from . import format
 from .errors import DownloadsFailed
 from .events import Status
-from .items import File
+from .items import Outcome
 
 #: Rows shown by ``_repr_html_`` and ``repr`` before the rest is summarised as a count.
 MAX_ROWS = 30
@@ -26,25 +25,6 @@ _ICONS = {
     Status.QUEUED: "…",
     Status.RUNNING: "▸",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What happened to one file. ``url`` is masked (safe to show); ``error`` is None
-    unless the download failed or was cancelled."""
-
-    url: str
-    path: Path
-    status: Status
-    bytes: int
-    elapsed: float
-    error: str | None = None
-    download_id: str = ""
-    file: File = field(default_factory=lambda: File(""), repr=False, compare=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.status.ok
 
 
 class Results(Sequence[Outcome]):

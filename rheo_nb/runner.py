@@ -104,7 +104,17 @@ class LoopThread(Generic[T]):
         return self.future.done()
 
     def result(self, timeout: float | None = None) -> T:
-        """Wait for the result; an interrupt while waiting cancels the work and re-raises."""
+        """Wait for the result; an interrupt while waiting cancels the work and re-raises.
+
+        :raises RuntimeError: called from the work's own thread (an event handler or a
+            display of the job), where waiting would wait forever.
+        """
+        if threading.current_thread() is self._thread and not self.future.done():
+            raise RuntimeError(
+                "cannot wait for a job from inside it (an event handler or a display of "
+                "the job runs on the job's own thread); use job.done() there, or "
+                "subscribe to 'completed' / 'failed' events"
+            )
         try:
             deadline = None if timeout is None else time.monotonic() + timeout
             # Short waits keep the thread responsive to KeyboardInterrupt.
@@ -172,6 +182,38 @@ class ThreadLane:
         fut: asyncio.Future[T] = self._loop.create_future()
         self._jobs.put((fut, fn, args))
         return fut
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on a lane thread and wait for it, even through a cancellation.
+
+        For calls that write through a file descriptor: returning early on cancel would
+        let the caller close the descriptor while the thread still writes to it. The
+        cancellation is re-raised once the call is done (these calls are short).
+        """
+        fut = self.submit(fn, *args)
+        cancelled = False
+        while not fut.done():
+            try:
+                await asyncio.wait((fut,))
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+        return fut.result()
+
+    async def run_interruptible(self, fn: Callable[[threading.Event], T]) -> T:
+        """Run ``fn(stop)`` on a lane thread; a cancellation sets ``stop`` and returns at once.
+
+        For long reads (hashing a multi-GB file) that may be abandoned midway: ``fn``
+        checks ``stop`` between blocks, so the thread is free again moments later.
+        """
+        stop = threading.Event()
+        fut = self.submit(fn, stop)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            stop.set()
+            raise
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:

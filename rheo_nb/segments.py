@@ -1,15 +1,35 @@
-"""Byte ranges of segmented downloads: pure functions, no I/O.
+"""Segmented downloads: range planning (pure) and the coordinator of the connections.
 
-A large file starts as one range; each free connection takes the second half of the
-range with the most left (:func:`steal`), so the file ends up cut into contiguous ranges
-fetched over several connections into one preallocated part file. Each
-:class:`Segment` remembers how many of its bytes are on disk, so a failed segment resumes
-on its own, and a partial file resumes segment by segment in a later run.
+A large file whose server takes ranges starts as one range; each free connection takes
+the second half of the range with the most left (:func:`steal`), so the file ends up cut
+into contiguous ranges fetched over several connections into one preallocated part file.
+Each :class:`Segment` remembers how many of its bytes are on disk, so a failed range
+resumes on its own, and a partial file resumes range by range in a later run.
+
+The coordinator (:func:`download`) is built from the same layers as a single stream:
+requests from :mod:`rheo_nb.http` (with the same resume decision), the one stream loop
+of :mod:`rheo_nb.stream`, the part file of :mod:`rheo_nb.partfile`, and the call's
+:class:`~rheo_nb.retry.RetryPolicy` for every range.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+import functools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from . import events
+from .errors import DownloadError, IntegrityError
+from .http import Decision, Restart, decide
+from .partfile import PartFile, Record
+from .stream import Watchdog, WriteBatch, pump
+
+if TYPE_CHECKING:
+    from .transfer import Download
 
 MiB = 1 << 20
 #: No range is split off smaller than this: below it a new connection costs more than
@@ -60,13 +80,10 @@ def restore(raw: list[list[int]], total: int) -> list[Segment] | None:
     return segments if position == total and segments else None
 
 
-def steal(segments: list[Segment], min_size: int = MIN_SEGMENT) -> Segment | None:
-    """Split the segment with the most bytes left, for an idle connection.
-
-    The victim keeps the first half of what it has left; the returned new segment takes
-    the second half. None when nothing is worth splitting. The caller inserts the new
-    segment into its list in order.
-    """
+def cut(segments: list[Segment], min_size: int = MIN_SEGMENT) -> tuple[Segment, Segment] | None:
+    """Where to split for an idle connection, without splitting yet: the segment with
+    the most bytes left (the victim), and the new segment that would take the second
+    half of what it has left. None when nothing is worth splitting."""
     victim = max(segments, key=lambda s: s.remaining, default=None)
     if victim is None or victim.remaining < 2 * min_size:
         return None
@@ -74,6 +91,291 @@ def steal(segments: list[Segment], min_size: int = MIN_SEGMENT) -> Segment | Non
     middle = -(-middle // _ALIGN) * _ALIGN
     if middle >= victim.end:
         return None
-    new = Segment(middle, victim.end)
-    victim.end = middle
+    return victim, Segment(middle, victim.end)
+
+
+def steal(segments: list[Segment], min_size: int = MIN_SEGMENT) -> Segment | None:
+    """Split the segment with the most bytes left, for an idle connection (see :func:`cut`).
+
+    The victim keeps the first half of what it has left; the returned new segment takes
+    the second half. The caller inserts the new segment into its list in order.
+    """
+    planned = cut(segments, min_size)
+    if planned is None:
+        return None
+    victim, new = planned
+    victim.end = new.start
     return new
+
+
+# --- the coordinator ---------------------------------------------------------------------
+#
+# The download's own connection feeds the first missing range. Every 0.2 s (and whenever
+# a connection finishes its range) free connections take the second half of the largest
+# range left, as far as this origin's free slots and a fair share among the files
+# splitting on it allow. Until one range request has come back as the range asked, only
+# one extra connection tries (a probe): a server that refuses ranges costs one wasted
+# request, and the first connection simply goes on to the end of the file.
+
+_RECRUIT_EVERY = 0.2
+_SAVE_EVERY = 1.0
+
+
+@dataclass(slots=True)
+class Split:
+    """What the connections of one segmented download share."""
+
+    segments: list[Segment]
+    total: int
+    validator: str
+    url_key: str
+    owned: set[int] = field(default_factory=set)  # id() of segments with a connection
+    #: A range request was answered with the range asked: the server takes ranges.
+    ranges_ok: bool = False
+    #: A probe was refused: this file stays on the connections it has.
+    refused: bool = False
+    hasher: Any = None  # fed by the range at ``hashed`` while the file is contiguous
+    hashed: int = 0
+
+    def record(self) -> Record:
+        segments = [s.as_list() for s in self.segments]
+        return Record(self.url_key, self.validator, self.total, segments)
+
+    @property
+    def done(self) -> int:
+        return sum(s.done for s in self.segments)
+
+    def first_missing(self) -> Segment | None:
+        return next((s for s in self.segments if s.remaining), None)
+
+    def take(self) -> tuple[Segment, Segment | None] | None:
+        """A range for one more connection, and the range it was cut from when it is a
+        probe: a cut not made yet, made only once the server answers it with a 206 (so a
+        server that refuses ranges never leaves the first connection short)."""
+        seg = next((s for s in self.segments if s.remaining and id(s) not in self.owned), None)
+        if seg is not None:
+            return seg, None
+        planned = cut(self.segments)
+        if planned is None:
+            return None
+        victim, new = planned
+        if not self.ranges_ok:
+            return new, victim
+        victim.end = new.start
+        self.segments.insert(self.segments.index(victim) + 1, new)
+        return new, None
+
+    def confirm(self, probe: Segment, victim: Segment) -> bool:
+        """Make the cut of a probe answered with its range; False when the first
+        connection has already gone past it (the probe's answer is then of no use)."""
+        self.ranges_ok = True
+        if victim.end != probe.end or victim.position >= probe.start:
+            return False
+        victim.end = probe.start
+        self.segments.insert(self.segments.index(victim) + 1, probe)
+        return True
+
+
+def plan(
+    total: int | None, validator: str | None, url_key: str, accept_ranges: str, segments: object
+) -> Split | None:
+    """The split of a fresh download, or None when it stays on one stream: too small,
+    ``segments=1``, or a server that offers no usable validator or no byte ranges."""
+    if (
+        total is None
+        or total < 2 * MIN_SEGMENT
+        or segments == 1
+        or validator is None
+        or accept_ranges.lower() != "bytes"
+    ):
+        return None
+    return Split([Segment(0, total)], total, validator, url_key)
+
+
+def resumable(record: Record, size: int) -> Split | None:
+    """The split a segmented partial can continue, or None (then it is not trusted)."""
+    if record.total is None or record.validator is None or size != record.total:
+        return None
+    segments = restore(record.segments, record.total)
+    if segments is None:
+        return None
+    return Split(segments, record.total, record.validator, record.url, ranges_ok=True)
+
+
+class _Range:
+    """The stream loop's sink for one range: bytes land at the range's position."""
+
+    keep_partial = True
+
+    def __init__(self, part: PartFile, split: Split, seg: Segment) -> None:
+        self.part, self.split, self.seg = part, split, seg
+
+    def room(self) -> int:
+        # ``seg.end`` moves down when another connection takes over part of this range.
+        return self.seg.end - self.seg.position
+
+    def write(self, chunks: list[bytes]) -> None:
+        """Write and count in the thread, as ``PartFile.append`` does."""
+        split, seg = self.split, self.seg
+        hasher = split.hasher if split.hasher is not None and seg.position == split.hashed else None
+        n = self.part.write_at(seg.position, chunks, hasher)
+        seg.done += n
+        if hasher is not None:
+            split.hashed += n
+
+
+async def download(job: Download, split: Split, first: aiohttp.ClientResponse) -> int:
+    """Fetch the ranges of ``split`` not on disk yet, ``first`` (a response already open)
+    feeding the first of them; then verify and rename. Returns the file's size."""
+    ctx, part = job.ctx, job.part
+    fresh = split.done == 0
+    if job.planned.expected is not None and fresh:
+        split.hasher = job.planned.expected.new()
+    await ctx.lane.run(functools.partial(part.open_sized, split.record(), fresh=fresh))
+    job.record = split.record
+    job.started(split.total, split.done)
+    with ctx.limiter.splitting(job.planned.host):
+        await _coordinate(job, split, first)
+    if split.done != split.total:
+        raise IntegrityError(
+            cause=f"length mismatch: expected {split.total} bytes, have {split.done}"
+        )
+    part.size = split.total
+    expected = job.planned.expected
+    if expected is not None:
+        job.emit(events.Validating)
+        if split.hasher is None or split.hashed < split.total:
+            start, into = (split.hashed, split.hasher) if split.hasher is not None else (0, None)
+            await ctx.lane.run_interruptible(
+                functools.partial(part.rehash, expected, start=start, into=into)
+            )
+        else:
+            part.hasher = split.hasher
+    return await ctx.lane.run(part.finish, [], split.total, expected, job.target)
+
+
+async def _coordinate(job: Download, split: Split, first: aiohttp.ClientResponse) -> None:
+    ctx, host = job.ctx, job.planned.host
+    workers: dict[asyncio.Task[None], Segment] = {}
+    borrowed = 0  # connections beyond the download's own
+
+    def spawn(seg: Segment, resp: aiohttp.ClientResponse | None, victim: Segment | None) -> None:
+        split.owned.add(id(seg))
+        workers[asyncio.create_task(_fetch_range(job, split, seg, resp, victim))] = seg
+
+    def recruit() -> None:
+        nonlocal borrowed
+        cap = MAX_SEGMENTS if ctx.options.segments == "auto" else int(ctx.options.segments)
+        if split.refused:
+            cap = 1
+        elif not split.ranges_ok:
+            cap = min(cap, 2)  # the first connection and one probe
+        while len(workers) < min(cap, ctx.limiter.share(host)):
+            extra = bool(workers)
+            if extra and not ctx.limiter.try_acquire(host):
+                return
+            taken = split.take()
+            if taken is None:
+                if extra:
+                    ctx.limiter.release(host)
+                return
+            borrowed += extra
+            seg, victim = taken
+            spawn(seg, None, victim)
+
+    seg = split.first_missing()
+    assert seg is not None
+    spawn(seg, first, None)
+    last_save = ctx.clock()
+    try:
+        recruit()
+        while workers:
+            finished, _ = await asyncio.wait(
+                workers, timeout=_RECRUIT_EVERY, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in finished:
+                split.owned.discard(id(workers.pop(task)))
+                if borrowed:
+                    borrowed -= 1
+                    ctx.limiter.release(host)
+                task.result()  # a range that failed for good fails the file
+            recruit()
+            if ctx.clock() - last_save >= _SAVE_EVERY:
+                last_save = ctx.clock()
+                await ctx.lane.run(job.part.save, split.record())
+    finally:
+        for task in workers:
+            task.cancel()
+        if workers:
+            await asyncio.wait(workers)
+        for _ in range(borrowed):
+            ctx.limiter.release(host)
+        with contextlib.suppress(DownloadError):
+            await ctx.lane.run(job.part.save, split.record())
+
+
+async def _fetch_range(
+    job: Download,
+    split: Split,
+    seg: Segment,
+    resp: aiohttp.ClientResponse | None,
+    victim: Segment | None,
+) -> None:
+    """Fetch one range to its end, retrying transient failures from where it stopped.
+
+    ``victim``: this range is a probe, cut from ``victim`` only once the server answers
+    it with the range asked.
+    """
+    ctx, opts = job.ctx, job.ctx.options
+    sink = _Range(job.part, split, seg)
+    attempt = 0
+    while seg.remaining > 0:
+        try:
+            async with Watchdog(opts.low_speed_limit, opts.low_speed_time) as dog:
+                with ctx.http.errors(job.received):
+                    if resp is None:
+                        resp = await _open_range(job, split, seg, probe=victim is not None)
+                        if resp is None:
+                            return  # a refused probe: the file stays on its first stream
+                        if victim is not None and not split.confirm(seg, victim):
+                            return
+                        victim = None
+                    batch = WriteBatch(ctx.write_size)
+                    tail = await pump(resp.content, sink, job.meter, dog, batch, ctx.lane)
+                    if tail:
+                        await ctx.lane.run(sink.write, tail)
+        except DownloadError as exc:
+            attempt += 1
+            delay = ctx.policy.delay(exc, attempt)
+            cause = f"range {seg.position}-{seg.end - 1}: {exc.cause}"
+            job.emit(events.Retrying, attempt, delay, cause)
+            await asyncio.sleep(delay)
+        finally:
+            if resp is not None:
+                resp.close()  # a range cut short by a split leaves bytes unread
+                resp = None
+
+
+async def _open_range(
+    job: Download, split: Split, seg: Segment, *, probe: bool
+) -> aiohttp.ClientResponse | None:
+    """A response for the range ``seg`` still needs, checked against what was asked (its
+    end may move down while the request is out: the answer is checked against the ask).
+    None when a probe is refused: the server does not take ranges for this file."""
+    asked = (seg.position, seg.end - 1)
+    headers = {**job.headers, "Range": f"bytes={asked[0]}-{asked[1]}", "If-Range": split.validator}
+    resp = await job.ctx.http.get(job.planned.url, headers)
+    try:
+        answer = decide(
+            resp.status, resp.reason or "", resp.headers, asked, split.validator, split.total
+        )
+    except BaseException:
+        resp.close()
+        raise
+    if answer.decision is Decision.APPEND:
+        return resp
+    resp.close()
+    if probe:
+        split.refused = True
+        return None
+    raise Restart(answer.reason, no_split=True)

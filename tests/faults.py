@@ -3,11 +3,12 @@
 * Routes on the shared test server (``server.route_url(kind, name, ...)``) that misbehave
   at the HTTP level: encodings, error pages, trickles, floods, ranges ignored or mangled
   for segmented downloads, and ``chaos`` for the soak test (faults drawn at random).
+* :class:`Nginx`: a real nginx on 127.0.0.1, for what real servers do with ranges.
 * :class:`RawServer`: a bare ``asyncio.start_server`` on 127.0.0.1 for what aiohttp would
   never send: no bytes at all, contradictory or malformed framing, endless headers, a
   keep-alive connection closed under the client.
-* Helpers to look at what a run leaves on disk, to plant partials, to run a download in
-  another process, and to measure memory.
+* Helpers to look at what a run leaves on disk, to plant partials, to interrupt a run
+  midway, to run a download in another process, and to measure memory.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import gzip
 import io
 import random
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -30,12 +32,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from aiohttp import web
 from server import RouteHandler, Spec, requested_range, route
 
-from rheo_nb import files, testing
+import rheo_nb
+from rheo_nb import files, partfile, testing
 
 MiB = 1 << 20
 
@@ -47,8 +50,18 @@ def text_of(path: Path) -> str:
 
 
 def leftovers(dest: Path) -> list[str]:
-    """Every name under ``dest`` (sidecars included), relative, sorted."""
+    """Every name under ``dest`` (working files included), relative, sorted."""
     return sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
+
+
+def working_files(dest: Path) -> list[Path]:
+    """The working files under ``dest``: what downloads keep while unfinished."""
+    return sorted(p for p in dest.rglob("*") if files.WORKDIR in p.relative_to(dest).parts[:-1])
+
+
+def read_partial(final: Path) -> partfile.Partial | None:
+    """The partial of the download to ``final``, as a rerun would find it."""
+    return partfile.PartFile(final).read()
 
 
 def plant_partial(
@@ -60,13 +73,29 @@ def plant_partial(
     validator: str | None,
     total: int | None,
     segments: list[list[int]] | None = None,
+    length: int | None = None,
 ) -> Path:
-    """Leave what an interrupted run leaves: ``name.part`` and its metadata."""
+    """Leave what an interrupted run leaves: the part file and its resume record.
+
+    With ``length``, the part file is ``data`` followed by a hole up to ``length`` bytes
+    (a huge partial that costs no disk space).
+    """
     final = dest / name
-    files.sidecar(final, ".part").write_bytes(data)
-    meta = files.Partial(0, files.url_key(url), validator, total, segments or [])
-    files.sidecar(final, ".part.json").write_text(meta.to_json())
+    part = files.working_path(final, ".part")
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(data)
+    if length is not None:
+        sparse(part, length)
+    record = partfile.Record(partfile.url_key(url), validator, total, segments or [])
+    files.working_path(final, ".json").write_text(record.to_json())
     return final
+
+
+def sparse(path: Path, size: int) -> Path:
+    """Make ``path`` ``size`` bytes long, the new bytes a hole (zeros that take no space)."""
+    with open(path, "ab") as f:
+        f.truncate(size)
+    return path
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -87,9 +116,53 @@ async def until(predicate: Callable[[], bool], within: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
+class _Watch:
+    """A display (the public protocol) that notes when a download has received enough."""
+
+    def __init__(self, received: int) -> None:
+        self.received = received
+        self.reached = asyncio.Event()
+
+    def open(self, manager: rheo_nb.DownloadManager) -> None:
+        manager.on("progress", self._progress)
+
+    def _progress(self, event: rheo_nb.Event) -> None:
+        if isinstance(event, rheo_nb.Progress) and event.bytes >= self.received:
+            self.reached.set()
+
+    def close(self, results: rheo_nb.Results, *, interrupted: bool) -> None:
+        pass
+
+
+async def interrupt_after(
+    items: rheo_nb.File | list[str | rheo_nb.File],
+    dest: Path,
+    received: int,
+    *,
+    within: float = 20.0,
+    **options: Any,
+) -> None:
+    """Run :func:`rheo_nb.fetch` and cancel it (as a kernel interrupt or Ctrl-C would) once
+    a download has received ``received`` bytes: what an interrupted run leaves behind.
+
+    :raises AssertionError: the call ended, or did not get that far within ``within`` s.
+    """
+    watch = _Watch(received)
+    task = asyncio.create_task(rheo_nb.fetch(items, dest, **{**options, "progress": watch}))
+    reached = asyncio.create_task(watch.reached.wait())
+    await asyncio.wait({task, reached}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    for t in (task, reached):
+        t.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    if not watch.reached.is_set():
+        ended = repr(task.result()) if not task.cancelled() else "still running"
+        raise AssertionError(f"the download did not receive {received} bytes: {ended}")
+
+
 def part_size(final: Path) -> int:
     try:
-        return files.sidecar(final, ".part").stat().st_size
+        return files.working_path(final, ".part").stat().st_size
     except FileNotFoundError:
         return 0
 
@@ -332,12 +405,14 @@ def _note_range(spec: Spec, request: web.Request) -> None:
 @route("segfail")
 async def segfail(request: web.Request, spec: Spec) -> web.StreamResponse:
     """Honours ranges, but the first range request not starting at 0 drops its connection
-    after ``cut`` bytes."""
+    after ``cut`` bytes. ``rate`` paces every response (bytes/s)."""
     _note_range(spec, request)
     size = spec.size
     rng = requested_range(request, size)
     if rng is None:
-        return await stream(request, spec.key, size, headers=_range_headers(spec))
+        return await stream(
+            request, spec.key, size, headers=_range_headers(spec), rate=spec.number("rate", 0)
+        )
     start, end = rng
     failed = FAILED_RANGES.setdefault((spec.tag, spec.name), [])
     cut = None
@@ -346,7 +421,15 @@ async def segfail(request: web.Request, spec: Spec) -> web.StreamResponse:
         cut = spec.count("cut", 100_000)
     headers = {**_range_headers(spec), "Content-Range": f"bytes {start}-{end - 1}/{size}"}
     return await stream(
-        request, spec.key, size, start=start, end=end, status=206, headers=headers, cut=cut
+        request,
+        spec.key,
+        size,
+        start=start,
+        end=end,
+        status=206,
+        headers=headers,
+        cut=cut,
+        rate=spec.number("rate", 0),
     )
 
 
@@ -540,6 +623,81 @@ async def chaos(request: web.Request, spec: Spec) -> web.StreamResponse:
         headers=headers,
         cut=cut if kind == "cut" else None,
     )
+
+
+# --- nginx, a real server with its own ideas about ranges -----------------------------------------
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+
+class Nginx:
+    """Debian's nginx serving ``root`` on 127.0.0.1 (one process). Its ETag is
+    ``"<mtime>-<size>"`` and it answers a stale ``If-Range`` with the whole file, as Apache
+    and lighttpd do. Each connection is held to ``limit_rate`` bytes/s until
+    :meth:`unlimit` (0: never)."""
+
+    def __init__(self, root: Path, state: Path, limit_rate: int = 0) -> None:
+        assert NGINX is not None
+        self.root, self.state, self.limit_rate = root, state, limit_rate
+        self.port = closed_port()
+        self._limited = state / "limited"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def unlimit(self) -> None:
+        """Full speed for the requests from now on."""
+        self._limited.unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        assert NGINX is not None
+        temp = "".join(
+            f"{kind}_temp_path {self.state}/{kind}; "
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        if self.limit_rate:
+            self._limited.touch()
+        limit = f"if (-f {self._limited}) {{ set $limit_rate {self.limit_rate}; }}"
+        conf = self.state / "nginx.conf"
+        conf.write_text(
+            "daemon off; master_process off; "
+            f"pid {self.state}/nginx.pid; error_log {self.state}/error.log; "
+            "events { worker_connections 256; } "
+            f"http {{ access_log off; {temp}"
+            f"server {{ listen 127.0.0.1:{self.port}; root {self.root}; "
+            f"location / {{ {limit} }} }} }}\n"
+        )
+        self._proc = subprocess.Popen(
+            [NGINX, "-p", str(self.state), "-e", str(self.state / "error.log"), "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline or self._proc.poll() is not None:
+                    self.__exit__(None, None, None)
+                    log = (self.state / "error.log").read_text(errors="replace")
+                    raise RuntimeError(f"nginx did not start: {log}") from None
+                time.sleep(0.05)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(10)
 
 
 # --- a raw TCP server, for framing aiohttp would not emit -----------------------------------------

@@ -34,7 +34,7 @@ from rheo_nb import (
     TextProgress,
 )
 from rheo_nb.client import SESSION_OPTIONS
-from rheo_nb.files import sidecar
+from rheo_nb.files import working_path
 from rheo_nb.runner import LoopThread, new_event_loop, run_sync
 
 
@@ -173,15 +173,15 @@ async def test_cancelling_fetch_stops_it_and_keeps_the_partial(server: Server, d
     task = asyncio.create_task(rheo_nb.fetch([url], dest, chunk_size=4096, **FAST))
     for _ in range(200):  # until some bytes are on disk
         await asyncio.sleep(0.02)
-        if sidecar(dest / "slow.bin", ".part").exists():
+        if working_path(dest / "slow.bin", ".part").exists():
             break
     await asyncio.sleep(0.1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 10)
     assert not (dest / "slow.bin").exists()
-    assert sidecar(dest / "slow.bin", ".part").stat().st_size > 0
-    assert not sidecar(dest / "slow.bin", ".lock").exists()
+    assert working_path(dest / "slow.bin", ".part").stat().st_size > 0
+    assert not working_path(dest / "slow.bin", ".lock").exists()
 
 
 # --- displays ----------------------------------------------------------------------------------
@@ -322,7 +322,7 @@ def test_job_result_times_out_while_running(server: Server, dest: Path) -> None:
 def test_job_cancel_stops_every_download_and_keeps_partials(server: Server, dest: Path) -> None:
     urls = [server.url(n, 400_000, rate=100_000) for n in names("c", 3)]
     job = rheo_nb.start(urls, dest, concurrency=2, chunk_size=4096, **FAST)
-    part = sidecar(dest / "c-0.bin", ".part")
+    part = working_path(dest / "c-0.bin", ".part")
     for _ in range(250):
         if part.exists() and part.stat().st_size > 0:
             break

@@ -25,8 +25,8 @@ from rheo_nb.display import TextProgress, choose
 from rheo_nb.display.notebook import NotebookProgress
 from rheo_nb.display.view import SCALE, View
 from rheo_nb.events import Completed, Event, Restarted, Status
+from rheo_nb.items import Outcome
 from rheo_nb.manager import DownloadManager
-from rheo_nb.results import Outcome
 from rheo_nb.testing import LocalServer
 from rheo_nb.tracker import DownloadInfo, Stats
 

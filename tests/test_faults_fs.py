@@ -22,7 +22,7 @@ from faults import leftovers, part_size, text_of, until
 from server import FAST, Server
 
 import rheo_nb
-from rheo_nb import DestinationError, File, Status, files
+from rheo_nb import DestinationError, File, Status, files, partfile
 from rheo_nb.segments import MIN_SEGMENT
 
 
@@ -60,7 +60,7 @@ def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     path = tmp_path / "small"
     with tmpfs(path) as mounted:
         if not mounted:
-            real_write = files.write_all
+            real_write = partfile.write_all
             real_fallocate = os.posix_fallocate
 
             def full_write(fd: int, chunks: list[bytes], *args: Any) -> int:
@@ -73,7 +73,7 @@ def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 real_fallocate(fd, offset, length)
 
-            monkeypatch.setattr(files, "write_all", full_write)
+            monkeypatch.setattr(partfile, "write_all", full_write)
             monkeypatch.setattr(os, "posix_fallocate", full_fallocate)
         yield path
 
@@ -222,8 +222,8 @@ async def test_the_part_file_lives_beside_the_final_path_on_the_same_device(
     final = dest / "sub" / "deeper" / "deep.bin"
     task = asyncio.create_task(fetch([File(url, "sub/deeper/deep.bin")], dest, chunk_size=4096))
     await until(lambda: part_size(final) > 0)
-    part = files.sidecar(final, ".part")
-    assert part.parent == final.parent
+    part = files.working_path(final, ".part")
+    assert part.parent == final.parent / files.WORKDIR  # the folder's own working folder
     assert part.stat().st_dev == final.parent.stat().st_dev
     res = await asyncio.wait_for(task, 20)
     assert res[0].status is Status.COMPLETED

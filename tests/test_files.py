@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 from pathlib import Path, PurePosixPath
 
@@ -44,7 +43,7 @@ def test_sanitize_name_examples(raw: str, safe: str) -> None:
 def test_sanitize_name_shortens_long_names_and_keeps_the_extension() -> None:
     name = files.sanitize_name("x" * 400 + ".csv")
     assert name.endswith(".csv")
-    assert len(name.encode()) <= 255 - len(".part.json") - 2
+    assert len(name.encode()) <= files.MAX_NAME_BYTES
 
 
 def test_sanitize_name_never_splits_a_multibyte_character() -> None:
@@ -62,7 +61,7 @@ def test_sanitize_name_always_gives_one_safe_component(raw: str) -> None:
     assert not any(ord(c) < 0x20 or c == "\x7f" for c in name)
     assert not name.startswith(".")
     assert name == name.rstrip(". ")
-    assert len(name.encode()) <= 255 - len(".part.json")
+    assert len(name.encode()) <= files.MAX_NAME_BYTES
     if name:
         root = PurePosixPath("/dest")
         assert (root / name).parent == root
@@ -71,7 +70,7 @@ def test_sanitize_name_always_gives_one_safe_component(raw: str) -> None:
 @given(st.text(alphabet="ab. é-", min_size=230, max_size=600))
 def test_sanitize_name_shortened_names_keep_the_rules(raw: str) -> None:
     name = files.sanitize_name(raw)
-    assert len(name.encode()) <= 255 - len(".part.json") - 2
+    assert len(name.encode()) <= files.MAX_NAME_BYTES
     assert not name.startswith(".")
     assert name == name.rstrip(". ")
 
@@ -155,14 +154,34 @@ def test_relative_path_never_leaves_dest(parts: list[str]) -> None:
     assert ".." not in rel.parts
 
 
-# --- sidecars and confinement ---------------------------------------------------------------
+# --- working names and confinement ------------------------------------------------------------
 
 
-def test_sidecar_names() -> None:
-    final = Path("/d/x.csv")
-    assert files.sidecar(final, ".part") == Path("/d/x.csv.part")
-    assert files.sidecar(final, ".part.json") == Path("/d/.x.csv.part.json")
-    assert files.sidecar(final, ".lock") == Path("/d/.x.csv.lock")
+@pytest.mark.parametrize("name", ["x.csv", "x.csv.part", ".x.csv.lock", "é" * 127, "y" * 255])
+def test_working_names_live_in_the_working_folder_and_stay_short(name: str) -> None:
+    final = Path("/d") / name
+    names = {files.working_path(final, suffix) for suffix in (".part", ".json", ".lock")}
+    assert {n.parent for n in names} == {Path("/d") / files.WORKDIR}
+    assert all(len(n.name.encode()) <= 40 for n in names)
+    assert len(names) == 3
+
+
+def test_working_names_of_different_files_differ() -> None:
+    a = files.working_path(Path("/d/x"), ".part")
+    b = files.working_path(Path("/d/x.part"), ".part")
+    assert a != b
+
+
+@pytest.mark.parametrize("given", [".rheo_nb/x", "a/.rheo_nb/x", ".rheo_nb"])
+def test_relative_path_refuses_the_working_folder(given: str) -> None:
+    with pytest.raises(InvalidItemError, match="working files"):
+        files.relative_path(given)
+
+
+def test_relative_path_refuses_a_name_too_long_for_the_filesystem() -> None:
+    assert files.relative_path("a" * 255) == PurePosixPath("a" * 255)
+    with pytest.raises(InvalidItemError, match="256 bytes"):
+        files.relative_path("sub/" + "a" * 256)
 
 
 def test_is_within() -> None:
@@ -224,7 +243,7 @@ def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
     assert fd >= 0
     assert files.try_lock(final) is None
     files.unlock(final, fd)
-    assert not files.sidecar(final, ".lock").exists()
+    assert not files.working_path(final, ".lock").exists()
     again = files.try_lock(final)
     assert again is not None
     assert again >= 0
@@ -233,97 +252,3 @@ def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
 
 def test_unlock_without_flock_support_is_a_no_op(tmp_path: Path) -> None:
     files.unlock(tmp_path / "x.bin", files.LOCK_UNSUPPORTED)
-
-
-# --- partial files --------------------------------------------------------------------------
-
-
-def test_url_key_hides_the_url() -> None:
-    key = files.url_key("https://u:secret@example.org/x?token=abc")
-    assert "secret" not in key
-    assert "abc" not in key
-    assert key == files.url_key("https://u:secret@example.org/x?token=abc")
-    assert key != files.url_key("https://example.org/x")
-
-
-def test_partial_metadata_round_trips(tmp_path: Path) -> None:
-    final = tmp_path / "x.bin"
-    files.sidecar(final, ".part").write_bytes(b"abc")
-    files.write_meta(final, files.Partial(0, "k" * 32, '"etag"', 1000, [[0, 10, 3]]))
-    assert files.read_partial(final) == files.Partial(3, "k" * 32, '"etag"', 1000, [[0, 10, 3]])
-
-
-def test_read_partial_without_a_part_file_is_none(tmp_path: Path) -> None:
-    assert files.read_partial(tmp_path / "x.bin") is None
-
-
-def test_read_partial_with_unreadable_metadata_keeps_only_the_size(tmp_path: Path) -> None:
-    final = tmp_path / "x.bin"
-    files.sidecar(final, ".part").write_bytes(b"abcd")
-    files.sidecar(final, ".part.json").write_text("{not json")
-    assert files.read_partial(final) == files.Partial(4)
-
-
-def test_read_partial_ignores_a_part_that_is_not_a_regular_file(tmp_path: Path) -> None:
-    final = tmp_path / "x.bin"
-    files.sidecar(final, ".part").symlink_to(tmp_path / "elsewhere")
-    assert files.read_partial(final) == files.Partial(0)
-
-
-def test_discard_partial_removes_the_part_and_its_metadata(tmp_path: Path) -> None:
-    final = tmp_path / "x.bin"
-    files.sidecar(final, ".part").write_bytes(b"abc")
-    files.write_meta(final, files.Partial(0, "k"))
-    files.discard_partial(final)
-    files.discard_partial(final)  # twice is fine
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_open_part_truncates_at_the_offset(tmp_path: Path) -> None:
-    part = tmp_path / "x.bin.part"
-    part.write_bytes(b"0123456789")
-    fd = files.open_part(part, 4)
-    try:
-        files.write_all(fd, [b"ab", b"cd"])
-    finally:
-        os.close(fd)
-    assert part.read_bytes() == b"0123abcd"
-
-
-def test_open_part_replaces_a_planted_symlink_instead_of_following_it(tmp_path: Path) -> None:
-    victim = tmp_path / "victim.txt"
-    victim.write_text("keep me")
-    part = tmp_path / "x.bin.part"
-    part.symlink_to(victim)
-    fd = files.open_part(part, 0)
-    try:
-        files.write_all(fd, [b"new"])
-    finally:
-        os.close(fd)
-    assert victim.read_text() == "keep me"
-    assert not part.is_symlink()
-    assert part.read_bytes() == b"new"
-
-
-def test_write_all_writes_every_chunk_and_feeds_the_hasher(tmp_path: Path) -> None:
-    chunks = [os.urandom(n) for n in (1, 70_000, 0, 3, 200_000)]
-    hasher = hashlib.sha256()
-    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
-    try:
-        assert files.write_all(fd, chunks, hasher) == sum(map(len, chunks))
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    assert (tmp_path / "out").read_bytes() == data
-    assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
-
-
-def test_commit_renames_and_drops_the_metadata(tmp_path: Path) -> None:
-    final = tmp_path / "x.bin"
-    final.write_bytes(b"old")
-    part = files.sidecar(final, ".part")
-    part.write_bytes(b"new")
-    files.write_meta(final, files.Partial(0, "k"))
-    files.commit(part, final)
-    assert final.read_bytes() == b"new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]

@@ -9,8 +9,7 @@ import pytest
 from rheo_nb import File, InvalidItemError
 from rheo_nb.events import Status
 from rheo_nb.hashing import ExpectedHash
-from rheo_nb.items import as_files, check_headers, check_url, describe, download_id, plan
-from rheo_nb.results import Outcome
+from rheo_nb.items import Outcome, as_files, check_headers, check_url, describe, download_id, plan
 
 DEST = Path("/data")
 URL = "https://example.org/sets/train.csv"

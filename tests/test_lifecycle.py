@@ -14,11 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faults import child, leftovers, part_size, recording_ranges, until, wait_for
+from faults import (
+    child,
+    leftovers,
+    part_size,
+    read_partial,
+    recording_ranges,
+    until,
+    wait_for,
+)
 from server import FAST, FAST_ENGINE, Server, run_manager
 
 import rheo_nb
-from rheo_nb import Status, files
+from rheo_nb import Status, files, partfile
 from rheo_nb.events import Cancelled, Completed
 from rheo_nb.segments import MIN_SEGMENT
 
@@ -37,12 +45,13 @@ def slow_url(server: Server, name: str, size: int = SIZE) -> str:
 def assert_resumable(final: Path, url: str) -> int:
     """The partial an interrupt leaves: bytes on disk, a sidecar to resume, no final file."""
     assert not final.exists()
-    partial = files.read_partial(final)
+    partial = read_partial(final)
     assert partial is not None
     assert partial.size > 0
-    assert partial.url == files.url_key(url)
-    assert partial.validator is not None
-    assert not files.sidecar(final, ".lock").exists()
+    assert partial.record is not None
+    assert partial.record.url == partfile.url_key(url)
+    assert partial.record.validator is not None
+    assert not files.working_path(final, ".lock").exists()
     return partial.size
 
 
@@ -201,7 +210,7 @@ def test_a_killed_process_leaves_a_partial_the_next_run_resumes(server: Server, 
         proc.communicate(timeout=10)
     assert proc.returncode == -signal.SIGKILL
     assert not final.exists()
-    kept = files.read_partial(final)
+    kept = read_partial(final)
     assert kept is not None
     assert kept.size > 0
     res, _ = asyncio.run(run_manager(dest, [url]))
@@ -221,7 +230,7 @@ def test_a_killed_segmented_download_is_never_taken_for_complete(
 
     url = server.handle("seg.bin", recording_ranges(size, '"k"', rate, asked))
     final = dest / "seg.bin"
-    meta = files.sidecar(final, ".part.json")
+    meta = files.working_path(final, ".json")
     proc = child(url, dest, chunk_size=1 << 20)
     try:
         wait_for(lambda: len(asked) > 1 and meta.exists(), 20)
@@ -232,10 +241,11 @@ def test_a_killed_segmented_download_is_never_taken_for_complete(
     # The part file was preallocated at full size: only the sidecar says what is missing.
     assert part_size(final) == size
     assert not final.exists()
-    kept = files.read_partial(final)
+    kept = read_partial(final)
     assert kept is not None
-    assert kept.segments
-    missing = sum(end - start - done for start, end, done in kept.segments)
+    assert kept.record is not None
+    assert kept.record.segments
+    missing = sum(end - start - done for start, end, done in kept.record.segments)
     assert 0 < missing < size
     asked.clear()
     rate["rate"] = None
@@ -260,7 +270,7 @@ async def test_a_cancel_during_a_write_never_writes_those_bytes_twice(
     name = "seg-cancel.bin" if segmented else "cancel.bin"
     url = slow_url(server, name, size)
     final = dest / name
-    real_write = files.write_all
+    real_write = partfile.write_all
     writing = threading.Event()
     release = threading.Event()
 
@@ -271,7 +281,7 @@ async def test_a_cancel_during_a_write_never_writes_those_bytes_twice(
             release.wait(5)
         return n
 
-    monkeypatch.setattr(files, "write_all", slow_write)
+    monkeypatch.setattr(partfile, "write_all", slow_write)
     task = asyncio.create_task(fetch([url], dest, chunk_size=4096, segments=4 if segmented else 1))
     await asyncio.to_thread(writing.wait, 20)
     task.cancel()  # lands while a write is in the thread
@@ -279,7 +289,7 @@ async def test_a_cancel_during_a_write_never_writes_those_bytes_twice(
     release.set()
     with pytest.raises(asyncio.CancelledError):
         await task
-    monkeypatch.setattr(files, "write_all", real_write)
+    monkeypatch.setattr(partfile, "write_all", real_write)
     res = await fetch([url], dest)
     assert res[0].status is Status.COMPLETED
     assert final.read_bytes() == server.content(name, size)

@@ -30,7 +30,7 @@ from rheo_nb import (
     Validating,
     transfer,
 )
-from rheo_nb.files import sidecar
+from rheo_nb.files import working_path
 
 SIZE = DEFAULT_SIZE
 
@@ -243,7 +243,7 @@ async def test_cancel_a_running_download_by_id_keeps_its_partial(
     assert res[0].error == "cancelled"
     final = dest / "slow.bin"
     assert not final.exists()
-    kept = sidecar(final, ".part").stat().st_size
+    kept = working_path(final, ".part").stat().st_size
     assert 0 < kept < 400_000
     # The next run picks up where this one stopped.
     again, _ = await run_manager(dest, [slow])

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from rheo_nb import files, retry, segments
 from rheo_nb.errors import InvalidItemError
+from rheo_nb.http import parse_content_range
 from rheo_nb.segments import Segment
-from rheo_nb.transfer import parse_content_range
 
 DEST = "/srv/data/dest"
 

@@ -254,7 +254,7 @@ async def test_a_body_over_max_size_is_stopped_at_the_cap_with_flat_memory(
     assert flood.bytes <= cap
     assert small.status is Status.COMPLETED
     assert not (dest / "flood.bin").exists()
-    assert not files.sidecar(dest / "flood.bin", ".part").exists()
+    assert not files.working_path(dest / "flood.bin", ".part").exists()
     assert peak < 16 << 20
 
 

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from faults import CHAOS, MISSING, Chaos, RssSampler, leftovers
+from faults import CHAOS, MISSING, Chaos, RssSampler, leftovers, read_partial, working_files
 from server import FAST, Server
 
 import rheo_nb
@@ -88,14 +88,15 @@ async def test_soak_thousands_of_files_under_random_faults(server: Server, dest:
     assert causes["HTTP 404 (missing on the server)"] == MISSING_FILES
     assert by_status[Status.COMPLETED] + len(failed) == FILES
 
-    # Nothing left but finished files and resumable partials (each with its sidecar).
+    # Nothing left but finished files and resumable partials (each with its record).
     left = leftovers(dest)
-    parts = {n.removesuffix(".part") for n in left if n.endswith(".part")}
-    sidecars = {n[1:].removesuffix(".part.json") for n in left if n.endswith(".part.json")}
-    assert parts == sidecars
-    assert parts <= {o.path.name for o in failed}
-    assert all(files.read_partial(dest / name) for name in parts)
-    assert len(left) == len(finals) + 2 * len(parts)
+    work = working_files(dest)
+    parts = {p.stem for p in work if p.suffix == ".part"}
+    assert parts == {p.stem for p in work if p.suffix == ".json"}
+    kept = [o for o in failed if read_partial(o.path) is not None]
+    assert {files.working_path(o.path, ".part").stem for o in kept} == parts
+    assert all(getattr(read_partial(o.path), "record", None) for o in kept)
+    assert len([n for n in left if files.WORKDIR not in n]) == len(finals)
 
     # Memory stayed flat: a few MiB of buffers per connection at most, whatever the total.
     assert memory.growth < 150 << 20

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from faults import leftovers, plant_partial, read_partial
 from server import (
     DEFAULT_SIZE,
     FAST,
@@ -21,10 +22,10 @@ from server import (
 )
 
 import rheo_nb
-from rheo_nb import File, Status, files
+from rheo_nb import File, Status, files, partfile
 from rheo_nb.events import Progress, Retrying, Started, Validating
+from rheo_nb.http import parse_content_range
 from rheo_nb.testing import BLOCK
-from rheo_nb.transfer import parse_content_range
 
 SIZE = DEFAULT_SIZE
 
@@ -58,22 +59,6 @@ def test_parse_content_range(value: str | None, parsed: tuple[int, int, int | No
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def leftovers(dest: Path) -> list[str]:
-    """Every name under ``dest`` (sidecars included), relative, sorted."""
-    return sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
-
-
-def plant_partial(
-    dest: Path, name: str, url: str, data: bytes, *, validator: str | None, total: int | None
-) -> Path:
-    """Leave what an interrupted run leaves: ``name.part`` and its metadata."""
-    final = dest / name
-    files.sidecar(final, ".part").write_bytes(data)
-    meta = files.Partial(0, files.url_key(url), validator, total)
-    files.sidecar(final, ".part.json").write_text(meta.to_json())
-    return final
 
 
 async def fetch(items: Any, dest: Path, **options: Any) -> rheo_nb.Results:
@@ -302,11 +287,11 @@ async def test_a_failed_run_keeps_a_resumable_partial_for_the_next(
     first = await fetch([url], dest, retries=0, chunk_size=4096)
     assert first[0].status is Status.FAILED
     assert not (dest / "next.bin").exists()
-    part = files.sidecar(dest / "next.bin", ".part")
+    part = files.working_path(dest / "next.bin", ".part")
     kept = part.stat().st_size
     assert 0 < kept <= 60_000
-    assert await asyncio.to_thread(files.read_partial, dest / "next.bin") == files.Partial(
-        kept, files.url_key(url), server.etag("next.bin"), SIZE
+    assert await asyncio.to_thread(read_partial, dest / "next.bin") == partfile.Partial(
+        kept, partfile.Record(partfile.url_key(url), server.etag("next.bin"), SIZE)
     )
     second = await fetch([url], dest)
     assert second[0].status is Status.COMPLETED
@@ -351,7 +336,12 @@ async def test_truncated_body_fails_and_leaves_nothing_at_the_final_path(
     assert o.error is not None
     assert "connection lost" in o.error
     assert not (dest / "cut.bin").exists()
-    assert leftovers(dest) == []
+    # What arrived is kept for a resume, however small the file (the server gave an ETag).
+    partial = await asyncio.to_thread(read_partial, dest / "cut.bin")
+    assert partial is not None
+    assert partial.size == 10_000
+    assert partial.record is not None
+    assert partial.record.validator == server.etag("cut.bin")
 
 
 async def test_a_dropped_connection_reports_the_bytes_received(server: Server, dest: Path) -> None:
@@ -465,7 +455,10 @@ async def test_a_stalled_body_times_out(server: Server, dest: Path) -> None:
     assert res[0].status is Status.FAILED
     assert res[0].error is not None
     assert "no data for 0.3 s" in res[0].error
-    assert leftovers(dest) == []
+    assert not (dest / "stall.bin").exists()
+    partial = await asyncio.to_thread(read_partial, dest / "stall.bin")
+    assert partial is not None
+    assert partial.size == 5_000  # kept for a resume
 
 
 # --- redirects ------------------------------------------------------------------------------------

@@ -1,0 +1,214 @@
+"""One read → batch → write loop, shared by a whole body and by a single range.
+
+:func:`pump` reads a response body chunk by chunk into a :class:`WriteBatch`, hands full
+batches to a :class:`Sink` on the thread lane, and counts every byte on the download's
+:class:`Meter` (progress, ``max_size``) and on the attempt's :class:`Watchdog` (the
+low-speed rule). On a normal end it returns the last batch unwritten, so that a file
+that fits in one read is written, verified and renamed in one thread hop; on any other
+exit it writes what arrived when the sink keeps partials, so a resume starts after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from types import TracebackType
+from typing import Protocol
+
+import aiohttp
+
+from .errors import TooLargeError, TransferError
+from .events import Event, Progress
+from .format import size
+from .runner import ThreadLane
+
+
+class Sink(Protocol):
+    """Where a body's bytes go: a part file appended to, or a range of it."""
+
+    #: Write what arrived before an early exit (the partial is worth resuming).
+    keep_partial: bool
+
+    def room(self) -> int | None:
+        """Bytes still wanted (a range that may shrink as it is split); None: all."""
+        ...
+
+    def write(self, chunks: list[bytes]) -> None:
+        """Write ``chunks`` (blocking; runs on the thread lane)."""
+        ...
+
+
+class WriteBatch:
+    """Chunks held until a write is worth its syscall. Memory bound: ``limit()`` bytes
+    plus one read buffer (aiohttp hands over at most its buffer size per chunk)."""
+
+    __slots__ = ("chunks", "limit", "nbytes")
+
+    def __init__(self, limit: Callable[[], int]) -> None:
+        self.chunks: list[bytes] = []
+        self.nbytes = 0
+        self.limit = limit
+
+    def add(self, chunk: bytes) -> bool:
+        """Hold ``chunk``; True when the batch is due to be written."""
+        self.chunks.append(chunk)
+        self.nbytes += len(chunk)
+        return self.nbytes >= self.limit()
+
+    def take(self) -> list[bytes]:
+        """The chunks held, and an empty batch: hand them over *before* awaiting the write,
+        so that a cancel during it cannot leave them here to be written twice."""
+        chunks, self.chunks, self.nbytes = self.chunks, [], 0
+        return chunks
+
+
+class Meter:
+    """Bytes of one download so far (every connection of it), and the progress events
+    they earn: at most one per ``interval`` seconds, never per chunk."""
+
+    __slots__ = (
+        "_clock",
+        "_emit",
+        "_interval",
+        "_last",
+        "download_id",
+        "max_size",
+        "received",
+        "total",
+        "url",
+    )
+
+    def __init__(
+        self,
+        download_id: str,
+        url: str,
+        emit: Callable[[Event], None],
+        clock: Callable[[], float],
+        *,
+        interval: float,
+        max_size: int | None,
+    ) -> None:
+        self.download_id = download_id
+        self.url = url
+        self.received = 0
+        self.total: int | None = None
+        self.max_size = max_size
+        self._emit = emit
+        self._clock = clock
+        self._interval = interval
+        self._last = clock()
+
+    def add(self, n: int) -> None:
+        if self.max_size is not None and self.received + n > self.max_size:
+            raise TooLargeError(cause=f"body is over max_size={size(self.max_size)}; stopped there")
+        self.received += n
+        now = self._clock()
+        if now - self._last >= self._interval:
+            self._last = now
+            self._emit(Progress(self.download_id, self.url, self.received, self.total))
+
+
+class Watchdog:
+    """Ends an attempt that stays slower than ``limit`` bytes/s for ``window`` seconds.
+
+    It covers the whole response, not only the body: a timer checks the count at the end
+    of every window whether or not bytes arrived, so a server that trickles headers,
+    interim ``100 Continue`` answers, chunk extensions or trailers (all of which keep the
+    socket busy without any body byte) is ended too. As curl's low-speed rule does, the
+    first window starts when the request is sent. ``limit=0`` turns it off.
+
+    >>> async with Watchdog(1024, 30.0) as dog:       # doctest: +SKIP
+    ...     dog.bytes += len(chunk)                   # the stream loop counts
+    """
+
+    __slots__ = ("_handle", "_mark", "_task", "_tripped", "bytes", "limit", "window")
+
+    def __init__(self, limit: float, window: float) -> None:
+        self.limit = limit
+        self.window = window
+        self.bytes = 0
+        self._mark = 0
+        self._task: asyncio.Task[object] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._tripped = False
+
+    async def __aenter__(self) -> Watchdog:
+        if self.limit > 0 and self.window > 0:
+            self._task = asyncio.current_task()
+            self._handle = asyncio.get_running_loop().call_later(self.window, self._check)
+        return self
+
+    def _check(self) -> None:
+        if self.bytes - self._mark >= self.limit * self.window:
+            self._mark = self.bytes
+            assert self._task is not None
+            self._handle = asyncio.get_running_loop().call_later(self.window, self._check)
+            return
+        self._handle = None
+        self._tripped = True
+        assert self._task is not None
+        self._task.cancel()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._tripped and self._task is not None:
+            # Our own cancellation, unless someone else cancelled the task as well.
+            if self._task.uncancel() == 0 and exc_type is asyncio.CancelledError:
+                raise TransferError(
+                    cause=f"slower than {size(self.limit)}/s for {self.window:g} s "
+                    "(low_speed_limit / low_speed_time)"
+                ) from None
+
+
+async def pump(
+    content: aiohttp.StreamReader,
+    sink: Sink,
+    meter: Meter,
+    dog: Watchdog,
+    batch: WriteBatch,
+    lane: ThreadLane,
+) -> list[bytes]:
+    """Read ``content`` into ``sink`` until the body ends or the sink has no more room.
+
+    Returns the bytes read but not yet written (the caller writes them with its last
+    step). Raises :class:`TransferError` when a range's body ends before the range does.
+    """
+    try:
+        while True:
+            room = sink.room()
+            if room is not None:
+                room -= batch.nbytes
+                if room <= 0:
+                    break
+            chunk, end_of_chunk = await content.readchunk()
+            if not chunk:
+                if end_of_chunk:  # the boundary of a chunked body: more follows
+                    continue
+                if room is not None:
+                    raise TransferError(
+                        cause=f"connection closed {room} bytes before the end of the range"
+                    )
+                break
+            if room is not None and len(chunk) > room:
+                chunk = chunk[:room]
+            n = len(chunk)
+            dog.bytes += n
+            meter.add(n)
+            if batch.add(chunk):
+                await lane.run(sink.write, batch.take())
+    except BaseException:
+        if batch.nbytes and sink.keep_partial:
+            # Keep what arrived: the next attempt (or run) resumes after it. A failure to
+            # write it only loses those bytes; the error that ended the loop is the story.
+            with contextlib.suppress(Exception):
+                await lane.run(sink.write, batch.take())
+        raise
+    return batch.take()
