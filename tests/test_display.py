@@ -28,7 +28,6 @@ from rheo_nb.events import Completed, Event, Restarted, Status
 from rheo_nb.items import Outcome
 from rheo_nb.manager import DownloadManager
 from rheo_nb.testing import LocalServer
-from rheo_nb.tracker import DownloadInfo, Stats
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -37,31 +36,6 @@ KiB, MiB = 1 << 10, 1 << 20
 def local() -> Iterator[LocalServer]:
     with LocalServer() as srv:
         yield srv
-
-
-def stats(**changes: Any) -> Stats:
-    base: dict[str, Any] = {
-        "files": 10,
-        "queued": 4,
-        "running": 2,
-        "completed": 3,
-        "skipped": 1,
-        "failed": 0,
-        "cancelled": 0,
-        "bytes_done": 0,
-        "bytes_total": None,
-        "speed": 2.0 * MiB,
-        "eta": 12.0,
-        "elapsed": 3.0,
-    }
-    return Stats(**{**base, **changes})
-
-
-def info(name: str, nbytes: int, total: int | None, **changes: Any) -> DownloadInfo:
-    d = DownloadInfo(name, f"http://127.0.0.1/{name}", Path("/d") / name, bytes=nbytes, total=total)
-    for key, value in changes.items():
-        setattr(d, key, value)
-    return d
 
 
 class Recording(NotebookProgress):
