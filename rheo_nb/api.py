@@ -1,30 +1,57 @@
 """The facade: ``fetch`` (await), ``fetch_sync`` (blocking) and ``start`` (background).
 
-All three run the same coroutine, :func:`fetch`; the other two only decide which loop
-and thread it runs on.
+All three run the same coroutine; ``fetch_sync`` and ``start`` only decide which loop and
+thread it runs on. :func:`fetch`'s signature is the one list of options: the other two
+take theirs from it (what ``help()``, Shift-Tab in a notebook and type checkers show), and
+a test pins its names and defaults to :class:`~rheo_nb.Options`. A new option is a field
+of ``Options`` and one line in ``fetch``'s signature.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import os
-from collections.abc import Generator
-from typing import Any
+from collections.abc import Callable, Generator, Mapping
+from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 import aiohttp
 
+from . import format
 from .auth import AuthArg
-from .client import ClientFactory
+from .client import SESSION_OPTIONS, ClientFactory, NetrcArg, Verify
 from .display import Display, ProgressArg, choose
+from .display.view import fraction, percent
+from .events import Status
 from .items import File, Items, as_files
 from .manager import DownloadManager
+from .options import Options, check_names
 from .results import Results
 from .runner import LoopThread, run_sync
 
 Dest = str | os.PathLike[str]
 Client = aiohttp.ClientSession | ClientFactory | None
 
+P = ParamSpec("P")
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
 
+
+def _checked(fn: F) -> F:
+    """Answer a misspelt keyword with a suggestion (``concurency=4``: did you mean
+    concurrency?) instead of Python's bare ``TypeError``."""
+    names = set(inspect.signature(fn).parameters)
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        check_names(kwargs, names - {"items", "dest"}, f"{fn.__name__}()")
+        return await fn(*args, **kwargs)
+
+    return cast(F, wrapper)
+
+
+@_checked
 async def fetch(
     items: Items,
     dest: Dest = ".",
@@ -32,12 +59,30 @@ async def fetch(
     concurrency: int = 8,
     retries: int = 3,
     timeout: float = 30.0,  # noqa: ASYNC109 - per read, not a deadline for the call
+    total_timeout: float | None = None,
     overwrite: bool = False,
-    progress: ProgressArg = "auto",
-    headers: dict[str, str] | None = None,
+    segments: int | Literal["auto"] = "auto",
+    headers: Mapping[str, str] | None = None,
     auth: AuthArg = None,
+    cookies: Mapping[str, str] | None = None,
+    max_size: int | None = None,
+    backoff: float = 0.5,
+    backoff_max: float = 30.0,
+    retry_after_max: float = 120.0,
+    low_speed_limit: int = 1024,
+    low_speed_time: float = 30.0,
+    max_redirects: int = 10,
+    chunk_size: int = 1 << 20,
+    progress_interval: float = 0.1,
+    content_disposition: bool = False,
+    verify: Verify = True,
+    proxy: str | None = None,
+    trust_env: bool = True,
+    netrc: NetrcArg = None,
+    limit: int | None = None,
+    limit_per_host: int | None = None,
     client: Client = None,
-    **options: Any,
+    progress: ProgressArg = "auto",
 ) -> Results:
     """Download ``items`` into ``dest`` and return one outcome per file.
 
@@ -47,17 +92,27 @@ async def fetch(
 
     ``items``: URL strings, :class:`File` objects, a mapping ``{url: "sha256:…"}``, or
     outcomes of an earlier call (``results.failed``). ``dest`` is created when missing.
-    ``timeout`` is how long to wait for a connection or for the next bytes of a body.
     Files already complete at their path are skipped (``overwrite=True`` replaces them);
     partial files left by an interrupted run are resumed. One bad item never stops the
-    others: its outcome says what went wrong. More options: :class:`Options`.
+    others: its outcome says what went wrong.
+
+    The download options (``concurrency``, ``retries``, ``timeout``, ``segments``…) are
+    the fields of :class:`Options`, which says what each does; their defaults are its.
 
     Private sources: ``auth`` takes ``(user, password)``, :class:`BearerToken`,
     :class:`ApiKey`, :class:`DigestAuth` or :class:`OAuth2ClientCredentials`; ``headers``
-    and ``cookies=`` go with every request. All of them reach only the origin of each
-    file's URL, never a host a redirect leads to. The session options ``verify``
-    (CA file, ``"system"``, ``SSLContext``), ``proxy``, ``trust_env`` and ``netrc`` are
-    those of :class:`ClientFactory`.
+    and ``cookies`` go with every request. All of them reach only the origin of each
+    file's URL, never a host a redirect leads to.
+
+    The session: ``verify`` (``True``, a CA file, ``"system"``, an ``SSLContext``, or
+    ``False``, which warns), ``proxy``, ``trust_env``, ``netrc`` and the connection limits
+    ``limit`` (default: ``max(100, concurrency)``) and ``limit_per_host`` (default:
+    ``concurrency``) are those of :class:`ClientFactory`; ``client`` takes a ready
+    ``aiohttp.ClientSession`` (used as is, never closed) or a ``ClientFactory`` instead.
+
+    ``progress``: ``"auto"`` (a widget in a notebook, text on stderr elsewhere),
+    ``"text"``, ``"notebook"``, ``False``, or an object with ``open(manager)`` and
+    ``close(results, *, interrupted)`` methods.
 
     >>> token = rheo_nb.BearerToken(os.environ["TOKEN"])
     >>> await rheo_nb.fetch(urls, auth=token, verify="corp-ca.pem")  # doctest: +SKIP
@@ -68,30 +123,33 @@ async def fetch(
     the unfinished files marked cancelled.
 
     :raises DestinationError: ``dest`` cannot be created or written (before any request).
-    :raises OptionError: an option has an unusable value.
+    :raises OptionError: an option has an unusable value, or no option has that name.
     """
-    return await _run(
-        *_prepare(
-            items,
-            dest,
-            progress,
-            client,
-            concurrency=concurrency,
-            retries=retries,
-            timeout=timeout,
-            overwrite=overwrite,
-            headers=headers,
-            auth=auth,
-            **options,
-        )
-    )
+    return await _run(*_prepare(locals()))
 
 
-def _prepare(
-    items: Items, dest: Dest, progress: ProgressArg, client: Client, **options: Any
-) -> tuple[DownloadManager, list[File], Display | None]:
-    manager = DownloadManager(dest, client=client, **options)
-    return manager, as_files(items), choose(progress)
+Prepared = tuple[DownloadManager, list[File], Display | None]
+
+
+def _prepare(call: dict[str, Any]) -> Prepared:
+    """The engine, the files and the display of one call, from ``fetch``'s arguments by
+    name. Runs on the caller's thread, so a bad option fails there, and a warning points
+    at the caller's line."""
+    options = dict(call)
+    items, dest = options.pop("items"), options.pop("dest")
+    display = choose(options.pop("progress"))
+    client = options.pop("client")
+    session = {k: v for k in SESSION_OPTIONS if (v := options.pop(k)) != _SESSION_DEFAULTS[k]}
+    manager = DownloadManager(dest, Options.build(**options), client=client, **session)
+    return manager, as_files(items), display
+
+
+def _bind(where: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``fetch``'s arguments by name, for a call of ``where`` with ``fetch``'s parameters."""
+    check_names(kwargs, set(_SIGNATURE.parameters) - {"items", "dest"}, f"{where}()")
+    bound = _SIGNATURE.bind(*args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
 
 
 async def _run(
@@ -117,18 +175,53 @@ async def _run(
     return manager.results(ids)
 
 
-def fetch_sync(items: Items, dest: Dest = ".", **options: Any) -> Results:
+def _with_options_of(template: Callable[P, Any]) -> Callable[[Callable[..., R]], Callable[P, R]]:
+    """Give the decorated function ``template``'s parameters: for ``help()`` and Shift-Tab
+    (its ``__signature__``) and for type checkers (its type). Its body takes
+    ``*args, **kwargs`` and hands them to :func:`_bind`."""
+
+    def decorate(fn: Callable[..., R]) -> Callable[P, R]:
+        returns = inspect.signature(fn).return_annotation
+        fn.__signature__ = _SIGNATURE.replace(return_annotation=returns)  # type: ignore[attr-defined]
+        return cast(Callable[P, R], fn)
+
+    return decorate
+
+
+_SIGNATURE = inspect.signature(fetch)
+_SESSION_DEFAULTS = {k: _SIGNATURE.parameters[k].default for k in SESSION_OPTIONS}
+
+
+def _stopped(manager: DownloadManager) -> str:
+    """What an interrupted blocking call says: what is done, what is kept, how to resume."""
+    results = manager.results()
+    kept = sum(1 for o in results if o.status is Status.CANCELLED and o.bytes)
+    where = f" in {manager.dest}" if kept else ""
+    return (
+        f"downloads stopped: {len(results.ok)} of {len(results)} files done, "
+        f"{kept} partial file{'s' if kept != 1 else ''} kept{where}; run it again to resume"
+    )
+
+
+@_with_options_of(fetch)
+def fetch_sync(*args: Any, **kwargs: Any) -> Results:
     """Blocking :func:`fetch`, same arguments: for scripts, and for notebook cells too.
 
     >>> results = rheo_nb.fetch_sync(urls, dest="data")  # doctest: +SKIP
 
     Inside a running event loop (a notebook cell) the downloads run on a private loop in
     a worker thread while the cell waits; the kernel's interrupt button stops them
-    (partials are kept for a resume) and raises ``KeyboardInterrupt``. The progress
-    widget updates live but has no Cancel button there: a busy kernel cannot handle a
-    click until the cell ends.
+    (partials are kept for a resume) and raises ``KeyboardInterrupt``, whose one line
+    says what was done and how to resume. The progress widget updates live but has no
+    Cancel button there: a busy kernel cannot handle a click until the cell ends.
     """
-    return run_sync(lambda: fetch(items, dest, **options))
+    manager, files, display = _prepare(_bind("fetch_sync", args, kwargs))
+    try:
+        return run_sync(lambda: _run(manager, files, display))
+    except KeyboardInterrupt:
+        # A new exception, without the frames of the loop and threads it crossed: the
+        # traceback shows the caller's line and this one, then what was done and kept.
+        raise KeyboardInterrupt(_stopped(manager)) from None
 
 
 class Job:
@@ -144,10 +237,11 @@ class Job:
     updating while other cells run; its Cancel button calls :meth:`cancel`.
     """
 
-    def __init__(self, items: Items, dest: Dest, options: dict[str, Any]) -> None:
-        progress = options.pop("progress", "auto")
-        client = options.pop("client", None)
-        self._manager, files, self._display = _prepare(items, dest, progress, client, **options)
+    def __init__(
+        self, manager: DownloadManager, files: list[File], display: Display | None
+    ) -> None:
+        self._manager, self._display = manager, display
+        self._asked = len(files)
         show = getattr(self._display, "show", None)
         if callable(show):
             # Here, on the caller's thread: the widget must land in the cell that started
@@ -192,8 +286,12 @@ class Job:
 
         :raises TimeoutError: still running after ``timeout`` seconds (the job goes on).
         :raises asyncio.CancelledError: the job was cancelled.
+        :raises KeyboardInterrupt: the wait was interrupted (the job is cancelled).
         """
-        return self._thread.result(timeout)
+        try:
+            return self._thread.result(timeout)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(_stopped(self._manager)) from None
 
     @property
     def results_so_far(self) -> Results:
@@ -220,25 +318,58 @@ class Job:
             print(repr(self))
 
     def __repr__(self) -> str:
+        """``<Job running: 1/4 files done · 2 running · 1 queued · 6.0 MiB of 16.0 MiB (37%)>``"""
         s = self._manager.stats
-        state = "done" if self.done() else "running"
-        return f"<Job {state}: {s.finished}/{s.files} files finished, {s.failed} failed>"
+        if not self.done() and s.files == 0:
+            return f"<Job starting: {self._asked} file{'s' if self._asked != 1 else ''} queued>"
+        state = "running"
+        if self.done():
+            future = self._thread.future
+            state = "cancelled" if future.cancelled() else "done"
+            if not future.cancelled() and isinstance(future.exception(), asyncio.CancelledError):
+                state = "cancelled"
+            elif not future.cancelled() and future.exception() is not None:
+                state = "failed"
+        if s.files == 0:  # stopped before its files were queued
+            return f"<Job {state}: 0/{self._asked} files done>"
+        parts = [f"{s.done}/{s.files} files done"]
+        parts += [
+            f"{n} {word}"
+            for n, word in (
+                (s.running, "running"),
+                (s.queued, "queued"),
+                (s.failed, "failed"),
+                (s.cancelled, "cancelled"),
+            )
+            if n
+        ]
+        size = format.size(s.bytes_done)
+        if s.bytes_total is not None:
+            size += f" of {format.size(s.bytes_total)}"
+        if state == "running":
+            size += f" ({percent(fraction(s, self._manager.tracker.active(s.running)))})"
+        return f"<Job {state}: {' · '.join([*parts, size])}>"
 
 
-def start(items: Items, dest: Dest = ".", **options: Any) -> Job:
+@_with_options_of(fetch)
+def start(*args: Any, **kwargs: Any) -> Job:
     """Start downloading in the background and return a :class:`Job` at once.
 
     >>> job = rheo_nb.start(urls, dest="data")   # doctest: +SKIP
+    >>> job                          # <Job running: 1/4 files done · …>  # doctest: +SKIP
     >>> job.cancel()                             # or the widget's Cancel button  # doctest: +SKIP
     >>> results = await job                      # or job.result()  # doctest: +SKIP
 
-    Same options as :func:`fetch`. The downloads run on a private event loop in a worker
-    thread, in a notebook as in a script, so the kernel stays free for other cells and a
-    blocking cell (training a model, ``time.sleep``) does not stall them. In a notebook
-    the progress widget appears in the calling cell right away.
+    Same arguments as :func:`fetch`. The downloads run on a private event loop in a
+    worker thread, in a notebook as in a script, so the kernel stays free for other cells
+    and a blocking cell (training a model, ``time.sleep``) does not stall them. In a
+    notebook the progress widget appears in the calling cell right away.
 
     Two calls never write the same file at once: a later call (another job, a re-run
     cell, ``fetch``) waits for the earlier writer of a file, then finds it complete and
     reports it ``skipped``; when the earlier one was cancelled, it resumes the partial.
+
+    :raises OptionError: an option has an unusable value, or no option has that name
+        (at once, before the job starts).
     """
-    return Job(items, dest, dict(options))
+    return Job(*_prepare(_bind("start", args, kwargs)))

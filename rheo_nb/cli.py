@@ -1,138 +1,192 @@
-"""The ``rheo-nb`` command: ``get`` downloads, ``demo`` shows it all on a local server."""
+"""The ``rheo-nb`` command: ``get`` downloads, ``demo`` shows it all on a local server.
+
+Every bad input ends in one line on stderr that names the problem and how to fix it, and
+an exit status from :class:`Exit`; no traceback reaches the user. Flags are added in
+groups (:func:`_transfer_flags`, :func:`_private_flags`), and :func:`_options` turns the
+parsed flags into ``fetch`` options: a new flag is a line in each.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 import sys
+import textwrap
 from collections.abc import Sequence
+from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from yarl import URL
 
 from ._version import __version__
-from .api import fetch_sync
 from .auth import BearerToken
-from .errors import RheoNbError
+from .display import TextProgress
+from .errors import DestinationError, RheoNbError
+from .hashing import parse_hash
 from .items import File, check_headers
 
 
-def _read_list(path: str) -> list[File]:
-    """Lines of ``URL [hash] [path]``; blank lines and ``#`` comments are skipped."""
-    text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    out = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        fields = line.split()
-        if len(fields) > 3:
-            raise SystemExit(
-                f"{path}:{number}: expected 'URL [hash] [path]', got {len(fields)} fields"
-            )
-        url, *rest = fields
-        hash_ = next((f for f in rest if ":" in f), None)
-        dest = next((f for f in rest if ":" not in f), None)
-        out.append(File(url, dest, hash=hash_))
-    return out
+class Exit(IntEnum):
+    """What ``rheo-nb`` exits with, in the spirit of wget's exit statuses."""
+
+    #: Every file is on disk: downloaded now, or already there and skipped.
+    OK = 0
+    #: Some downloads failed; each failure is printed on stderr (with ``-q`` too).
+    FAILED = 1
+    #: Usage error: an unknown flag, a bad value, an unreadable URL list. Nothing was
+    #: downloaded.
+    USAGE = 2
+    #: The destination folder cannot be created or written. Nothing was downloaded.
+    DESTINATION = 3
+    #: A bug in rheo_nb: the message says what happened; please report it.
+    INTERNAL = 70
+    #: Interrupted (Ctrl-C); partial files are kept, and the same command resumes them.
+    INTERRUPTED = 130
 
 
-def _secret_from_env(flag: str, var: str) -> str:
-    value = os.environ.get(var)
-    if not value:
-        raise SystemExit(f"rheo-nb: {flag} {var}: the environment variable {var} is not set")
+EXIT_STATUSES = """\
+exit status:
+  0    all done: every file is on disk (downloaded, or already there and skipped)
+  1    some downloads failed (each failure is printed on stderr, even with -q)
+  2    usage error: unknown flag, bad value, unreadable URL list (nothing downloaded)
+  3    the destination folder cannot be created or written (nothing downloaded)
+  70   internal error: a bug in rheo_nb, please report it
+  130  interrupted (Ctrl-C): partial files are kept; run the same command to resume"""
+
+
+class UsageError(Exception):
+    """A bad command line: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with one line per error instead of a usage block and a traceback."""
+
+    #: The parser of each command, by name.
+    commands: dict[str, argparse.ArgumentParser]
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}; see '{self.prog} --help'")
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def _count(minimum: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number >= {minimum}, not {text!r}"
+            ) from None
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, not {text!r}")
     return value
 
 
-def _private_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The options of the 'private sources' flags. :raises SystemExit: on a misuse."""
-    options: dict[str, Any] = {"netrc": args.netrc}
-    headers: dict[str, str] = {}
-    for raw in args.header:
-        name, colon, value = raw.partition(":")
-        if not colon or not name.strip():
-            raise SystemExit(f"rheo-nb: --header {raw!r}: expected 'Name: value'")
-        headers[name.strip()] = value.strip()
-    if headers:
-        options["headers"] = check_headers(headers)
-    if args.bearer_env and args.user:
-        raise SystemExit("rheo-nb: give --bearer-env or --user, not both")
-    if args.bearer_env:
-        options["auth"] = BearerToken(_secret_from_env("--bearer-env", args.bearer_env))
-    elif args.user:
-        options["auth"] = (args.user, _secret_from_env("--password-env", args.password_env))
-    if args.ca:
-        options["verify"] = args.ca
-    if args.proxy:
-        try:
-            has_password = URL(args.proxy).password is not None
-        except ValueError:
-            raise SystemExit(f"rheo-nb: --proxy: malformed URL {args.proxy!r}") from None
-        if has_password:
-            raise SystemExit(
-                "rheo-nb: --proxy: a password on the command line is visible to other users; "
-                "set HTTPS_PROXY / HTTP_PROXY in the environment instead"
-            )
-        options["proxy"] = args.proxy
-    return options
+def _segments(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or a whole number >= 1 (1: never split), not {text!r}"
+        )
+    return value
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rheo-nb", description="Download files, fast and safely.")
-    parser.add_argument("--version", action="version", version=f"rheo_nb {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    get = sub.add_parser("get", help="download URLs into a folder")
-    get.add_argument("urls", nargs="*", metavar="URL")
+def _transfer_flags(get: argparse.ArgumentParser) -> None:
+    get.add_argument("urls", nargs="*", metavar="URL", help="URLs to download")
     get.add_argument(
         "-i",
         "--input",
         action="append",
         default=[],
         metavar="FILE",
-        help="read 'URL [hash] [path]' lines from FILE ('-': stdin)",
+        help="read 'URL [hash] [path]' lines from FILE ('-': stdin); '#' starts a comment",
     )
     get.add_argument(
-        "-o", "--output", default=".", metavar="DIR", help="destination folder (default: .)"
+        "-o",
+        "--output",
+        default=".",
+        metavar="DIR",
+        help="destination folder, created when missing (default: .)",
     )
     get.add_argument(
         "-j",
         "--concurrency",
-        type=int,
+        type=_count(1),
         default=8,
         metavar="N",
-        help="downloads at once (default 8)",
+        help="downloads at once (default: 8)",
     )
     get.add_argument(
         "--hash",
         action="append",
         default=[],
         metavar="ALGO:HEX",
-        help="expected hash of the URL in the same position (repeat per URL)",
+        help="expected hash of the URL in the same position (repeat per URL): "
+        "md5, sha1, sha256 or sha512",
     )
-    get.add_argument("--retries", type=int, default=3)
+    get.add_argument(
+        "--retries",
+        type=_count(0),
+        default=3,
+        metavar="N",
+        help="further attempts after a transient failure: connection errors, timeouts, "
+        "429 and 5xx answers (default: 3; 0: none)",
+    )
     get.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=30.0,
         metavar="S",
-        help="seconds to wait for a connection or for more data",
+        help="seconds to wait for a connection or for more data (default: 30)",
     )
-    get.add_argument("--overwrite", action="store_true", help="replace complete files")
+    get.add_argument(
+        "--overwrite", action="store_true", help="download files that are already complete again"
+    )
     get.add_argument(
         "--segments",
+        type=_segments,
         default="auto",
         metavar="N",
-        help="connections per large file: auto (default) or a number; 1 turns splitting off",
+        help="connections per large file: auto (default) or a number; 1 never splits",
     )
-    get.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    get.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress; failures are still printed on stderr",
+    )
 
+
+def _private_flags(get: argparse.ArgumentParser) -> None:
     private = get.add_argument_group(
         "private sources",
-        "Secrets are read from environment variables, never from the command line, where "
-        "other users of the machine could see them. Credentials are sent only to the hosts "
-        "of the URLs given, never to a host a redirect leads to.",
+        _wrap(
+            "Secrets are read from environment variables, never from the command line, "
+            "where other users of the machine could see them. Credentials are sent only to "
+            "the hosts of the URLs given, never to a host a redirect leads to."
+        ),
     )
     private.add_argument(
         "-H",
@@ -172,56 +226,249 @@ def _parser() -> argparse.ArgumentParser:
         "NO_PROXY from the environment, which is also where a proxy password belongs)",
     )
 
-    demo = sub.add_parser("demo", help="download sample files from a bundled local server")
+
+def _wrap(text: str) -> str:
+    # The help keeps the exit-status table as written, so prose is wrapped here.
+    return textwrap.fill(text, width=78)
+
+
+def _parser() -> _Parser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(
+        prog="rheo-nb",
+        description=_wrap("Download files, fast and safely: verified, resumable, in parallel."),
+        epilog=EXIT_STATUSES,
+        formatter_class=formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"rheo_nb {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    get = sub.add_parser(
+        "get",
+        help="download URLs into a folder",
+        description=_wrap(
+            "Download URLs into a folder. Complete files are skipped, partial ones "
+            "resumed: run the same command again after an interruption."
+        ),
+        epilog="example:\n  rheo-nb get -i urls.txt -o data/ -j 16\n\n" + EXIT_STATUSES,
+        formatter_class=formatter,
+    )
+    _transfer_flags(get)
+    _private_flags(get)
+    demo = sub.add_parser(
+        "demo",
+        help="download sample files from a bundled local server (no internet needed)",
+        description=_wrap(
+            "Download sample files from a local server started for the demo: large files, "
+            "many small ones, one that needs a retry and one that fails on purpose."
+        ),
+        epilog=EXIT_STATUSES,
+        formatter_class=formatter,
+    )
     demo.add_argument(
         "-o",
         "--output",
         default=None,
         metavar="DIR",
-        help="destination folder (default: a new temporary folder)",
+        help="destination folder (default: a folder in your cache that the next run "
+        "reuses, so a second run shows files being skipped)",
     )
+    parser.commands = {"get": get, "demo": demo}
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "demo":
-        from . import demo
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.error("give a command: 'get' to download URLs, or 'demo'")
+    if extra:
+        sub = parser.commands[args.command]
+        flags = [s for a in sub._actions for s in a.option_strings]
+        hints = [
+            f"{flag} (did you mean {close[0]}?)"
+            if (close := difflib.get_close_matches(flag.split("=")[0], flags, n=1))
+            else flag
+            for flag in extra
+        ]
+        sub.error(f"unrecognized argument{'s' if len(extra) > 1 else ''}: {', '.join(hints)}")
+    return args
 
-        demo.run(args.output, progress="text")
-        return 0
 
-    if args.hash and len(args.hash) != len(args.urls):
-        raise SystemExit(
-            f"--hash given {len(args.hash)} times for {len(args.urls)} URLs: give one per URL"
-        )
-    hashes = args.hash or [None] * len(args.urls)
-    items = [File(u, hash=h) for u, h in zip(args.urls, hashes, strict=True)]
-    for path in args.input:
-        items += _read_list(path)
-    if not items:
-        raise SystemExit("rheo-nb get: no URLs given (as arguments or with -i FILE)")
-    segments: int | str = args.segments if args.segments == "auto" else int(args.segments)
+# --- from flags to files and options --------------------------------------------------------
+
+_HASH_FIELD = re.compile(r"^[A-Za-z0-9-]+:")
+
+
+def _hash(text: str, where: str) -> str:
     try:
-        private = _private_options(args)
-        results = fetch_sync(
-            items,
-            args.output,
-            concurrency=args.concurrency,
-            retries=args.retries,
-            timeout=args.timeout,
-            overwrite=args.overwrite,
-            segments=segments,
-            progress=False if args.quiet else "text",
-            **private,
-        )
+        parse_hash(text)
     except RheoNbError as exc:
-        print(f"rheo-nb: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("rheo-nb: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    return 0 if not results.failed else 1
+        raise UsageError(f"{where}: {exc}") from None
+    return text
+
+
+def _read_list(path: str) -> list[File]:
+    """Lines of ``URL [hash] [path]``; blank lines and ``#`` comments are skipped.
+
+    :raises UsageError: the file cannot be read, or a line is malformed.
+    """
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"rheo-nb get: -i {path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(
+            f"rheo-nb get: -i {path}: is a folder; give a file of 'URL [hash] [path]' lines"
+        ) from None
+    except UnicodeDecodeError:
+        raise UsageError(f"rheo-nb get: -i {path}: not a UTF-8 text file of URLs") from None
+    except OSError as exc:
+        raise UsageError(
+            f"rheo-nb get: -i {path}: cannot read it ({exc.strerror or exc})"
+        ) from None
+    files = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        fields = raw.split()
+        # '#' starts a comment where it starts a field (a '#' inside a URL is a fragment).
+        comment = next((i for i, f in enumerate(fields) if f.startswith("#")), len(fields))
+        fields = fields[:comment]
+        if not fields:
+            continue
+        where = f"rheo-nb get: {path}:{number}"
+        url, *rest = fields
+        hashes = [f for f in rest if _HASH_FIELD.match(f)]
+        paths = [f for f in rest if not _HASH_FIELD.match(f)]
+        if len(hashes) > 1 or len(paths) > 1:
+            raise UsageError(
+                f"{where}: expected 'URL [hash] [path]', got {len(fields)} fields; "
+                "quote nothing, and put a '#' before a comment"
+            )
+        hash_ = _hash(hashes[0], where) if hashes else None
+        files.append(File(url, paths[0] if paths else None, hash=hash_))
+    return files
+
+
+def _files(args: argparse.Namespace) -> list[File]:
+    if args.hash and len(args.hash) != len(args.urls):
+        times = "time" if len(args.hash) == 1 else "times"
+        raise UsageError(
+            f"rheo-nb get: --hash given {len(args.hash)} {times} for {len(args.urls)} URLs: "
+            "give one per URL, in the same order (or use -i FILE with 'URL hash' lines)"
+        )
+    hashes: list[str | None] = [_hash(h, "rheo-nb get: --hash") for h in args.hash]
+    hashes = hashes or [None] * len(args.urls)
+    files = [File(u, hash=h) for u, h in zip(args.urls, hashes, strict=True)]
+    for path in args.input:
+        files += _read_list(path)
+    if not files:
+        raise UsageError(
+            "rheo-nb get: no URLs given; pass them as arguments or with -i FILE "
+            "(see 'rheo-nb get --help')"
+        )
+    return files
+
+
+def _secret_from_env(flag: str, var: str) -> str:
+    value = os.environ.get(var)
+    if not value:
+        raise UsageError(f"rheo-nb get: {flag} {var}: the environment variable {var} is not set")
+    return value
+
+
+def _private_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of the 'private sources' flags. :raises UsageError: on a misuse."""
+    options: dict[str, Any] = {"netrc": args.netrc}
+    headers: dict[str, str] = {}
+    for raw in args.header:
+        name, colon, value = raw.partition(":")
+        if not colon or not name.strip():
+            raise UsageError(f"rheo-nb get: --header {raw!r}: expected 'Name: value'")
+        headers[name.strip()] = value.strip()
+    if headers:
+        try:
+            options["headers"] = check_headers(headers)
+        except RheoNbError as exc:
+            raise UsageError(f"rheo-nb get: --header: {exc}") from None
+    if args.bearer_env and args.user:
+        raise UsageError("rheo-nb get: give --bearer-env or --user, not both")
+    if args.bearer_env:
+        options["auth"] = BearerToken(_secret_from_env("--bearer-env", args.bearer_env))
+    elif args.user:
+        options["auth"] = (args.user, _secret_from_env("--password-env", args.password_env))
+    if args.ca:
+        if args.ca != "system" and not Path(args.ca).exists():
+            raise UsageError(f"rheo-nb get: --ca {args.ca}: no such file")
+        options["verify"] = args.ca
+    if args.proxy:
+        try:
+            has_password = URL(args.proxy).password is not None
+        except ValueError:
+            raise UsageError(f"rheo-nb get: --proxy: malformed URL {args.proxy!r}") from None
+        if has_password:
+            raise UsageError(
+                "rheo-nb get: --proxy: a password on the command line is visible to other "
+                "users; set HTTPS_PROXY / HTTP_PROXY in the environment instead"
+            )
+        options["proxy"] = args.proxy
+    return options
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """``fetch`` options from the flags of ``get``."""
+    return {
+        "concurrency": args.concurrency,
+        "retries": args.retries,
+        "timeout": args.timeout,
+        "overwrite": args.overwrite,
+        "segments": args.segments,
+        "progress": TextProgress(failures_only=True) if args.quiet else "text",
+        **_private_options(args),
+    }
+
+
+# --- running ----------------------------------------------------------------------------------
+
+
+def _get(args: argparse.Namespace) -> Exit:
+    from .api import fetch_sync
+
+    files = _files(args)
+    results = fetch_sync(files, args.output, **_options(args))
+    return Exit.FAILED if results.failed else Exit.OK
+
+
+def _demo(args: argparse.Namespace) -> Exit:
+    from . import demo
+
+    results = demo.run(args.output, progress="text")
+    return Exit.OK if demo.as_expected(results) else Exit.FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``rheo-nb`` and return its exit status (:class:`Exit`)."""
+    try:
+        args = _parse(argv)
+        return int(_demo(args) if args.command == "demo" else _get(args))
+    except UsageError as exc:
+        return _fail(str(exc), Exit.USAGE)
+    except DestinationError as exc:
+        return _fail(f"rheo-nb: -o {exc.url}: {exc.cause}", Exit.DESTINATION)
+    except RheoNbError as exc:  # an option the library refused before any download
+        return _fail(f"rheo-nb: {exc}", Exit.USAGE)
+    except KeyboardInterrupt as exc:
+        detail = f": {exc}" if str(exc) else "; run the same command again to resume"
+        return _fail(f"rheo-nb: interrupted{detail}", Exit.INTERRUPTED)
+    except Exception as exc:
+        return _fail(
+            f"rheo-nb: internal error ({type(exc).__name__}: {exc}); this is a bug in "
+            f"rheo_nb {__version__}: please report it with the command that caused it",
+            Exit.INTERNAL,
+        )
+
+
+def _fail(message: str, status: Exit) -> int:
+    print(message, file=sys.stderr)
+    return int(status)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import netrc as netrc_module
 import os
 import ssl
 import urllib.request
-import warnings
 from collections import Counter, deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -133,7 +132,8 @@ class ClientFactory:
 
     The same settings can be given to ``fetch`` directly (``fetch(urls, verify="corp-ca.pem")``).
 
-    * ``verify``: see :func:`ssl_context`; ``False`` warns once per call that uses it.
+    * ``verify``: see :func:`ssl_context`; ``False`` warns once per call that uses it
+      (at the caller's line: the manager warns, when it is built).
     * ``proxy``: ``"http://[user:password@]host:port"`` for every request; else, with
       ``trust_env``, ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``NO_PROXY`` from the environment.
     * ``netrc``: logins for hosts, used when a call has no ``auth``: ``True`` reads
@@ -228,14 +228,6 @@ class ClientFactory:
         """
         if network is None:
             network = self.network()
-        if self.verify is False:
-            warnings.warn(
-                "verify=False: TLS certificates are not checked in this call, so anyone on "
-                "the network path can read or alter the downloads; prefer verify='ca.pem' "
-                "or verify='system'",
-                UserWarning,
-                stacklevel=2,
-            )
         connector = aiohttp.TCPConnector(
             limit=self.limit,
             limit_per_host=self.limit_per_host,

@@ -16,10 +16,15 @@ Every exception rheo_nb raises derives from :class:`RheoNbError`::
 
 Messages name the URL and the cause. URLs are masked (user info and secret-looking query
 values replaced) before they reach a message, so a message can be logged as is.
+
+Warnings go through :func:`warn`, which points them at the caller's line, not at ours.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -131,3 +136,17 @@ class DownloadsFailed(RheoNbError):
         if n > len(shown):
             lines.append(f"  … and {n - len(shown)} more")
         super().__init__("\n".join(lines))
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """Warn at the first frame outside rheo_nb: the line of the caller's own code, which is
+    where a notebook or a log should point (``verify=False`` on the user's call)."""
+    frame = sys._getframe(1)
+    level = 2  # 1 is this function; 2 its caller
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)

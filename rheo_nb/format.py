@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
@@ -129,3 +130,14 @@ def short_name(name: str, width: int = 40) -> str:
         return name
     keep = width - 1
     return name[: keep - keep // 3] + "…" + name[-(keep // 3) :]
+
+
+def shown_path(path: Path, dest: Path | None, url: str, width: int = 60) -> str:
+    """How a file is named in tables and displays: its path relative to ``dest``
+    (``raw/2024/a.csv``, so two ``a.csv`` stay apart), or its URL when it never had a path
+    (an item refused before any request is recorded at ``dest`` itself)."""
+    if dest is not None and path == dest:
+        return short_name(url, width)
+    if dest is not None and path.is_relative_to(dest):
+        return short_name(path.relative_to(dest).as_posix(), width)
+    return short_name(path.name, width)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import resource
@@ -18,7 +19,7 @@ import aiohttp
 
 from . import auth, files, format, transfer
 from .client import SESSION_OPTIONS, ClientFactory, HostLimiter, Network
-from .errors import DestinationError, InvalidItemError, OptionError
+from .errors import DestinationError, InvalidItemError, OptionError, warn
 from .events import (
     Cancelled,
     Emitter,
@@ -32,7 +33,7 @@ from .events import (
 )
 from .http import Client
 from .items import File, Items, Outcome, Planned, as_files, describe, plan
-from .options import Options
+from .options import Options, check_names
 from .queue import PriorityQueue
 from .results import Results
 from .retry import RetryPolicy
@@ -68,9 +69,13 @@ class DownloadManager:
         **option_changes: Any,
     ) -> None:
         self.dest = Path(dest)
+        # None is each session setting's default: leave it to the ClientFactory.
         session_options = {
-            k: option_changes.pop(k) for k in SESSION_OPTIONS.intersection(option_changes)
+            k: v
+            for k in SESSION_OPTIONS.intersection(option_changes)
+            if (v := option_changes.pop(k)) is not None
         }
+        check_names(option_changes, Options.names() | SESSION_OPTIONS, "DownloadManager")
         self.options = Options.build(options, **option_changes)
         if client is not None and not isinstance(client, aiohttp.ClientSession | ClientFactory):
             raise OptionError("client must be an aiohttp.ClientSession or a rheo_nb.ClientFactory")
@@ -86,12 +91,21 @@ class DownloadManager:
         self._factory: ClientFactory | None = None
         if client is None:
             # Built now, so that a bad verify= or proxy= fails the call before any work.
+            defaults = {
+                "limit": max(100, self.options.concurrency),
+                "limit_per_host": self.options.concurrency,
+            }
             self._factory = ClientFactory(
                 timeout=self.options.timeout,
                 total_timeout=self.options.total_timeout,
-                limit=max(100, self.options.concurrency),
-                limit_per_host=self.options.concurrency,
-                **session_options,
+                **{**defaults, **session_options},
+            )
+        factory = client if isinstance(client, ClientFactory) else self._factory
+        if factory is not None and factory.verify is False:
+            warn(
+                "verify=False: TLS certificates are not checked in this call, so anyone on "
+                "the network path can read or alter the downloads; prefer verify='ca.pem' "
+                "or verify='system'"
             )
         self._clock = clock
         self.events = Emitter()
@@ -255,7 +269,7 @@ class DownloadManager:
     def results(self, ids: list[str] | None = None) -> Results:
         """Outcomes of finished downloads (of ``ids`` when given, in that order, once each)."""
         order = self._order if ids is None else list(dict.fromkeys(ids))
-        return Results([self._outcomes[i] for i in order if i in self._outcomes])
+        return Results([self._outcomes[i] for i in order if i in self._outcomes], dest=self.dest)
 
     async def cancel(self, download_id: str) -> bool:
         """Cancel one download, queued or running. Returns False when it had finished."""
@@ -309,6 +323,8 @@ class DownloadManager:
             else describe(file, auth.secret_params(self.options.auth))
         )
         path = planned.final if planned else self.dest
+        if url not in error:  # every message names its URL (an unsafe path's does not)
+            error = f"{url}: {error}"
         self._order.append(did)
         self._emit(Queued(did, url, path, 0))
         self._emit(Failed(did, url, path, error, 0.0))
@@ -419,14 +435,31 @@ def _remove_workdirs(folders: list[Path]) -> None:
 
 
 def _prepare_dest(dest: Path) -> Path:
-    """Create ``dest`` and prove it writable, before any request is made. Blocking."""
+    """Create ``dest`` and prove it writable, before any request is made. Blocking.
+
+    :raises DestinationError: saying in words what is wrong and what to do.
+    """
     try:
+        if dest.exists() and not dest.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(dest))
         dest.mkdir(parents=True, exist_ok=True)
-        if not dest.is_dir():
-            raise NotADirectoryError(f"{dest} is not a directory")
         with tempfile.NamedTemporaryFile(dir=dest, prefix=".rheo_nb-probe-"):
             pass
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise DestinationError(str(dest), f"cannot use as destination folder ({reason})") from exc
+        raise DestinationError(str(dest), _dest_problem(dest, exc)) from exc
     return Path(os.path.realpath(dest))
+
+
+def _dest_problem(dest: Path, exc: OSError) -> str:
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        # dest itself, or a folder above it, is a file.
+        blocker = next((p for p in (dest, *dest.parents) if p.exists() and not p.is_dir()), dest)
+        where = "it" if blocker == dest else f"{blocker}, a folder above it,"
+        return f"cannot be the destination folder: {where} is a file; choose another folder"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "cannot write there (permission denied); choose a folder you can write to"
+    if exc.errno == errno.EROFS:
+        return "cannot write there (read-only file system); choose another folder"
+    if exc.errno == errno.ENOSPC:
+        return "cannot write there (no space left on the device); free some space"
+    return f"cannot be used as the destination folder ({exc.strerror or exc})"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -174,9 +175,7 @@ class Options:
     @classmethod
     def build(cls, base: Options | None = None, **changes: Any) -> Options:
         """``base`` (or the defaults) with ``changes``; unknown names are an error."""
-        unknown = set(changes) - cls.names()
-        if unknown:
-            raise OptionError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        check_names(changes, cls.names(), "Options")
         changes = {k: v for k, v in changes.items() if v is not None or k in _NULLABLE}
         if base is None:
             return cls(**changes)
@@ -185,3 +184,29 @@ class Options:
 
 
 _NULLABLE = frozenset({"max_size", "total_timeout"})
+
+
+def check_names(given: Iterable[str], known: Iterable[str], where: str) -> None:
+    """Refuse option names that ``where`` does not take, suggesting the nearest known ones.
+
+    >>> check_names(["concurency"], Options.names(), "fetch()")
+    Traceback (most recent call last):
+    rheo_nb.errors.OptionError: fetch() has no option 'concurency': did you mean concurrency?
+
+    :raises OptionError: naming every unknown option.
+    """
+    known = sorted(known)
+    unknown = sorted(set(given) - set(known))
+    if not unknown:
+        return
+    problems, unmatched = [], False
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        problems.append(f"{name!r}" + (f" (did you mean {close[0]}?)" if close else ""))
+        unmatched = unmatched or not close
+    if len(problems) == 1 and not unmatched:
+        problem = problems[0].replace(" (", ": ", 1).rstrip(")")
+        raise OptionError(f"{where} has no option {problem}")
+    listing = f"; its options are {', '.join(known)}" if unmatched else ""
+    plural = "s" if len(problems) > 1 else ""
+    raise OptionError(f"{where} has no option{plural} {', '.join(problems)}{listing}")

@@ -35,13 +35,18 @@ class Results(Sequence[Outcome]):
     >>> results.raise_for_errors()                               # doctest: +SKIP
     >>> rheo_nb.fetch_sync(results.failed, dest="data")          # re-run only those
 
-    In a notebook a ``Results`` renders as a table.
+    In a notebook a ``Results`` renders as a table. ``dest``: the folder the paths are
+    relative to, in tables (``raw/2024/one.bin``); without it a table shows file names.
     """
 
-    __slots__ = ("_outcomes",)
+    __slots__ = ("_outcomes", "dest")
 
-    def __init__(self, outcomes: Sequence[Outcome] = ()) -> None:
+    def __init__(self, outcomes: Sequence[Outcome] = (), *, dest: Path | None = None) -> None:
         self._outcomes = tuple(outcomes)
+        self.dest = dest
+
+    def _like(self, outcomes: Sequence[Outcome]) -> Results:
+        return Results(outcomes, dest=self.dest)
 
     @overload
     def __getitem__(self, index: int) -> Outcome: ...
@@ -49,7 +54,7 @@ class Results(Sequence[Outcome]):
     def __getitem__(self, index: slice) -> Results: ...
     def __getitem__(self, index: int | slice) -> Outcome | Results:
         if isinstance(index, slice):
-            return Results(self._outcomes[index])
+            return self._like(self._outcomes[index])
         return self._outcomes[index]
 
     def __len__(self) -> int:
@@ -66,12 +71,12 @@ class Results(Sequence[Outcome]):
     @property
     def ok(self) -> Results:
         """Completed and skipped files: the ones on disk."""
-        return Results([o for o in self._outcomes if o.status.ok])
+        return self._like([o for o in self._outcomes if o.status.ok])
 
     @property
     def failed(self) -> Results:
         """Failed and cancelled files: pass them to ``fetch`` again to retry just those."""
-        return Results([o for o in self._outcomes if not o.status.ok])
+        return self._like([o for o in self._outcomes if not o.status.ok])
 
     @property
     def paths(self) -> list[Path]:
@@ -82,9 +87,10 @@ class Results(Sequence[Outcome]):
     def bytes(self) -> int:
         return sum(o.bytes for o in self._outcomes)
 
-    def counts(self) -> dict[Status, int]:
+    def counts(self) -> dict[str, int]:
+        """How many files ended each way, e.g. ``{'completed': 12, 'failed': 1}``."""
         counts = Counter(o.status for o in self._outcomes)
-        return {s: counts[s] for s in Status if counts[s]}
+        return {s.value: counts[s] for s in Status if counts[s]}
 
     def raise_for_errors(self) -> Results:
         """Raise :class:`~rheo_nb.DownloadsFailed` listing every failure; else return self."""
@@ -121,8 +127,28 @@ class Results(Sequence[Outcome]):
         kinds = ", ".join(f"{counts[s]} {s}" for s in Status if counts[s])
         return shown, f"… and {len(hidden)} more ({kinds})"
 
-    def table(self, max_rows: int = MAX_ROWS) -> str:
-        """The outcomes as a plain-text table, problems first, for terminals and logs.
+    def _name(self, o: Outcome, width: int) -> str:
+        """The file column: the path relative to ``dest``; nothing for an item refused
+        before any request (it never had a path: its error names the URL)."""
+        if self.dest is not None and o.path == self.dest:
+            return "–"
+        return format.shown_path(o.path, self.dest, o.url, width)
+
+    def _error_text(self, o: Outcome) -> str:
+        """The error without the URL it starts with when the row names the file already."""
+        error = o.error or ""
+        prefix = o.url + ": "
+        refused = self.dest is not None and o.path == self.dest
+        return error[len(prefix) :] if error.startswith(prefix) and not refused else error
+
+    def _error_title(self, o: Outcome) -> str:
+        if not o.error or self._error_text(o) == o.error:
+            return ""
+        return f" title='{html.escape(o.error)}'"
+
+    def table(self, max_rows: int = MAX_ROWS, *, summary: bool = True) -> str:
+        """The outcomes as a plain-text table, problems first, for terminals and logs;
+        the first line is the :meth:`summary` unless ``summary=False``.
 
         >>> print(results.table())  # doctest: +SKIP
         """
@@ -130,15 +156,15 @@ class Results(Sequence[Outcome]):
         cells = [("", "file", "size", "time", "error")] + [
             (
                 str(o.status),
-                format.short_name(o.path.name, 40),
+                self._name(o, 40),
                 format.size(o.bytes),
                 format.duration(o.elapsed),
-                _error_text(o),
+                self._error_text(o),
             )
             for o in shown
         ]
         w = [max(len(row[i]) for row in cells) for i in range(4)]
-        lines = [self.summary()]
+        lines = [self.summary()] if summary else []
         lines += [
             f"{st:<{w[0]}}  {name:<{w[1]}}  {sz:>{w[2]}}  {tm:>{w[3]}}  {err}".rstrip()
             for st, name, sz, tm, err in cells
@@ -153,10 +179,10 @@ class Results(Sequence[Outcome]):
         body = "".join(
             "<tr>"
             f"<td title='{esc(o.status)}'>{_ICONS[o.status]}</td>"
-            f"<td class='l' title='{esc(o.url)}'>{esc(format.short_name(o.path.name, 48))}</td>"
+            f"<td class='l' title='{esc(o.url)}'>{esc(self._name(o, 48))}</td>"
             f"<td>{esc(format.size(o.bytes))}</td>"
             f"<td>{esc(format.duration(o.elapsed))}</td>"
-            f"<td class='e'{_error_title(o)}>{esc(_error_text(o))}</td>"
+            f"<td class='e'{self._error_title(o)}>{esc(self._error_text(o))}</td>"
             "</tr>"
             for o in shown
         )
@@ -179,16 +205,3 @@ _CSS = (
     "div.rheo-nb-results table td.l,div.rheo-nb-results table th.l{text-align:left}"
     "div.rheo-nb-results table td.e{text-align:left;white-space:normal;max-width:48em}"
 )
-
-
-def _error_text(o: Outcome) -> str:
-    """The error without the URL it starts with: the row already names the file."""
-    error = o.error or ""
-    prefix = o.url + ": "
-    return error[len(prefix) :] if error.startswith(prefix) else error
-
-
-def _error_title(o: Outcome) -> str:
-    if not o.error or _error_text(o) == o.error:
-        return ""
-    return f" title='{html.escape(o.error)}'"

@@ -21,6 +21,7 @@ from .events import (
     Failed,
     Progress,
     Queued,
+    Restarted,
     Retrying,
     Skipped,
     Started,
@@ -47,6 +48,10 @@ class DownloadInfo:
     total: int | None = None
     resumed_from: int = 0
     retries: int = 0
+    #: Times the file started again from zero (a partial that could not be continued).
+    restarts: int = 0
+    #: Why it last restarted (``"the server does not support resume"``).
+    restart_reason: str | None = None
     validating: bool = False
     started_at: float | None = None
     finished_at: float | None = None
@@ -73,9 +78,11 @@ class Stats:
     skipped: int
     failed: int
     cancelled: int
-    #: Bytes on disk for every download (resumed and skipped bytes included).
+    #: Bytes on disk for every download (resumed and skipped bytes included, and what a
+    #: failed or cancelled download left for a resume).
     bytes_done: int
-    #: Sum of the sizes, or None while some size is unknown.
+    #: Sum of the sizes asked for, or None while some size is unknown. A failed or
+    #: cancelled file keeps its size here: the totals tell what was done of what was asked.
     bytes_total: int | None
     #: Bytes per second over the last few seconds (transfers only).
     speed: float
@@ -85,7 +92,13 @@ class Stats:
 
     @property
     def finished(self) -> int:
+        """Files that will not change any more, whatever their outcome."""
         return self.completed + self.skipped + self.failed + self.cancelled
+
+    @property
+    def done(self) -> int:
+        """Files on disk, complete: completed or skipped."""
+        return self.completed + self.skipped
 
 
 class Tracker:
@@ -98,6 +111,9 @@ class Tracker:
         self._bytes_done = 0
         self._known_total = 0
         self._unknown_sizes = 0
+        # Bytes of failed or cancelled files that will not arrive in this run: the ETA
+        # leaves them out of the work that remains.
+        self._abandoned = 0
         self._transferred = 0  # bytes received in this run: what speed is made of
         self._samples: deque[tuple[float, int]] = deque()
         self._t0: float | None = None
@@ -168,6 +184,12 @@ class Tracker:
             self._set_bytes(info, event.resumed_from, transferred=False)
             self._set_total(info, event.total)
             info._last = (now, event.resumed_from)
+        elif isinstance(event, Restarted):
+            info.restarts += 1
+            info.restart_reason = event.reason
+            info.resumed_from = 0
+            self._set_bytes(info, 0, transferred=False)
+            info._last = (now, 0)
         elif isinstance(event, Retrying):
             info.retries = event.attempt
             info.error = event.error
@@ -186,10 +208,15 @@ class Tracker:
             self._finish(info, Status.FAILED, now)
             info.error = event.error
             self.failures.append(info)
-            self._set_total(info, info.bytes)
+            self._abandon(info)
         elif isinstance(event, Cancelled):
             self._finish(info, Status.CANCELLED, now)
-            self._set_total(info, info.bytes)
+            self._abandon(info)
+
+    def _abandon(self, info: DownloadInfo) -> None:
+        # The size stays in the total (it was asked for); only the ETA forgets the rest.
+        if info.total is not None:
+            self._abandoned += max(0, info.total - info.bytes)
 
     def _finish(self, info: DownloadInfo, status: Status, now: float) -> None:
         self._move(info, status)
@@ -228,7 +255,7 @@ class Tracker:
         if unfinished == 0:
             eta = 0.0 if self.downloads else None
         elif total is not None and speed > 0:
-            eta = max(0.0, total - self._bytes_done) / speed
+            eta = max(0.0, total - self._bytes_done - self._abandoned) / speed
         elif elapsed > 1:
             done = len(self.downloads) - unfinished
             if done:

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 import io
+import re
+import signal
+import subprocess
+import sys
 import threading
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +21,19 @@ from server import FAST, Server, names
 
 import rheo_nb
 from rheo_nb import (
+    ClientFactory,
     DestinationError,
     DownloadManager,
     DownloadsFailed,
     Event,
     File,
     OptionError,
+    Options,
     Results,
     Status,
     TextProgress,
 )
+from rheo_nb.client import SESSION_OPTIONS
 from rheo_nb.files import working_path
 from rheo_nb.runner import LoopThread, new_event_loop, run_sync
 
@@ -60,7 +71,7 @@ async def test_a_bad_dest_fails_before_any_request(
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a folder")
     dest = blocker / "data" if kind == "under-a-file" else blocker
-    with pytest.raises(DestinationError, match="cannot use as destination folder"):
+    with pytest.raises(DestinationError, match="is a file; choose another folder"):
         await rheo_nb.fetch([server.url("x.bin")], dest, **FAST)
     assert server.count() == 0
 
@@ -68,9 +79,9 @@ async def test_a_bad_dest_fails_before_any_request(
 async def test_bad_options_fail_before_any_request(server: Server, dest: Path) -> None:
     with pytest.raises(OptionError, match="concurrency"):
         await rheo_nb.fetch([server.url("x.bin")], dest, concurrency=0, **FAST)
-    with pytest.raises(OptionError, match="unknown option"):
-        await rheo_nb.fetch([server.url("x.bin")], dest, colour="red", **FAST)
-    with pytest.raises(ValueError, match="progress="):
+    with pytest.raises(OptionError, match="fetch\\(\\) has no option 'colour'"):
+        await rheo_nb.fetch([server.url("x.bin")], dest, colour="red", **FAST)  # type: ignore[call-arg]
+    with pytest.raises(OptionError, match="progress="):
         await rheo_nb.fetch([server.url("x.bin")], dest, progress="fancy")  # type: ignore[arg-type]
     assert server.count() == 0
 
@@ -287,14 +298,15 @@ def test_start_returns_a_job_at_once(server: Server, dest: Path) -> None:
     urls = [server.url(n, 200_000, rate=400_000) for n in names("job", 3)]
     job = rheo_nb.start(urls, dest, **FAST)
     assert not job.done()
-    assert "<Job running:" in repr(job)
+    # Before its thread has queued the files, the job says what it will do (not "0/0").
+    assert repr(job).startswith(("<Job starting: 3 files queued>", "<Job running: 0/3 files"))
     res = job.result(timeout=30)
     assert job.done()
     assert [o.status for o in res] == [Status.COMPLETED] * 3
     assert job.results_so_far == res
     assert job.manager.stats.completed == 3
     assert job.display is None
-    assert repr(job) == "<Job done: 3/3 files finished, 0 failed>"
+    assert repr(job) == "<Job done: 3/3 files done · 585.9 KiB of 585.9 KiB>"
 
 
 def test_job_result_times_out_while_running(server: Server, dest: Path) -> None:
@@ -383,3 +395,200 @@ def test_fetch_sync_in_a_script_runs_on_the_private_loop(
     res = rheo_nb.fetch_sync([server.url("loop.bin", 1000)], dest, **{**FAST, "progress": Spy()})
     assert res[0].status is Status.COMPLETED
     assert isinstance(seen[0], uvloop.Loop)
+
+
+# --- signatures: every option in sight, and the same for all three ------------------------
+
+
+SIGNATURE_ONLY = {"items", "dest", "client", "progress"}
+
+
+def test_fetch_names_every_option_of_options_with_its_default() -> None:
+    params = inspect.signature(rheo_nb.fetch).parameters
+    for f in dataclasses.fields(Options):
+        assert f.name in params, f"fetch() does not name the option {f.name}"
+        param = params[f.name]
+        assert param.kind is inspect.Parameter.KEYWORD_ONLY, f.name
+        # A default built by a factory (a dict) shows as None: "the default".
+        default = None if f.default is dataclasses.MISSING else f.default
+        assert param.default == default, f"{f.name}: {param.default!r} != {default!r}"
+    # And nothing else, besides the session's settings and the call's own arguments.
+    extra = set(params) - Options.names() - SIGNATURE_ONLY
+    assert extra == SESSION_OPTIONS
+
+
+def test_session_options_default_to_the_client_factorys() -> None:
+    params = inspect.signature(rheo_nb.fetch).parameters
+    factory = inspect.signature(ClientFactory).parameters
+    for name in ("verify", "proxy", "trust_env", "netrc"):
+        assert params[name].default == factory[name].default, name
+    # The connection limits follow concurrency unless given (None).
+    assert params["limit"].default is None
+    assert params["limit_per_host"].default is None
+
+
+@pytest.mark.parametrize("runner", [rheo_nb.fetch_sync, rheo_nb.start])
+def test_fetch_sync_and_start_take_fetchs_parameters(runner: Any) -> None:
+    ours = inspect.signature(runner)
+    theirs = inspect.signature(rheo_nb.fetch)
+    assert list(ours.parameters.values()) == list(theirs.parameters.values())
+    assert ours.return_annotation in ("Results", "Job")
+    assert ">>>" in (runner.__doc__ or "")
+
+
+@pytest.mark.parametrize(
+    ("call", "where"),
+    [
+        (lambda **kw: asyncio.run(rheo_nb.fetch([], **kw)), "fetch()"),
+        (lambda **kw: rheo_nb.fetch_sync([], **kw), "fetch_sync()"),
+        (lambda **kw: rheo_nb.start([], **kw), "start()"),
+        (lambda **kw: DownloadManager(".", **kw), "DownloadManager"),
+    ],
+)
+def test_a_misspelt_option_gets_a_suggestion(call: Any, where: str) -> None:
+    expected = re.escape(f"{where} has no option 'concurency': did you mean concurrency?")
+    with pytest.raises(OptionError, match=expected):
+        call(concurency=4)
+    with pytest.raises(OptionError, match="'limit_per_hots' \\(did you mean limit_per_host\\?\\)"):
+        call(limit_per_hots=2, retires=1)
+    with pytest.raises(OptionError, match="no option 'colour'; its options are auth, backoff"):
+        call(colour="red")
+
+
+def test_a_bad_progress_is_an_option_error(dest: Path) -> None:
+    with pytest.raises(OptionError, match="progress='bar': use 'auto', 'text', 'notebook'"):
+        rheo_nb.fetch_sync([], dest, progress="bar")  # type: ignore[arg-type]
+
+
+def test_bad_options_of_start_fail_on_the_callers_thread(dest: Path) -> None:
+    with pytest.raises(OptionError, match="concurrency"):
+        rheo_nb.start(["http://127.0.0.1:9/x"], dest, concurrency=0)
+
+
+# --- session options on the call -----------------------------------------------------------
+
+
+async def test_session_options_work_on_the_call(server: Server, dest: Path) -> None:
+    urls = [server.url(n, 100_000, rate=400_000) for n in names("perhost", 4)]
+    results = await rheo_nb.fetch(urls, dest, concurrency=4, limit_per_host=1, limit=5, **FAST)
+    assert len(results.ok) == 4
+    assert server.peak == 1  # one connection to the host at a time, though 4 may run
+    async with DownloadManager(dest, limit_per_host=3, limit=7) as m:
+        connector = m._session.connector if m._session is not None else None
+        assert connector is not None
+        assert (connector.limit, connector.limit_per_host) == (7, 3)
+
+
+async def test_session_options_and_a_ready_client_do_not_mix(dest: Path) -> None:
+    factory = ClientFactory(limit_per_host=2)
+    with pytest.raises(OptionError, match="limit_per_host= configure the HTTP client"):
+        await rheo_nb.fetch([], dest, client=factory, limit_per_host=3)
+
+
+# --- warnings point at the caller's line -----------------------------------------------------
+
+
+def caught(call: Any) -> list[warnings.WarningMessage]:
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        call()
+    return [w for w in seen if "verify=False" in str(w.message)]
+
+
+def test_the_verify_false_warning_points_at_the_callers_line(server: Server, dest: Path) -> None:
+    url = server.url("w.bin")
+    here = inspect.currentframe()
+    assert here is not None
+    lines: dict[str, int] = {}
+
+    def sync() -> None:
+        lines["sync"] = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
+        rheo_nb.fetch_sync([url], dest, verify=False, **FAST)
+
+    def background() -> None:
+        lines["start"] = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
+        job = rheo_nb.start([url], dest, verify=False, **FAST)
+        job.result(timeout=30)
+
+    async def awaited() -> None:
+        lines["fetch"] = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
+        await rheo_nb.fetch([url], dest, verify=False, **FAST)
+
+    for key, call in (("sync", sync), ("start", background), ("fetch", lambda: run_sync(awaited))):
+        (warning,) = caught(call)
+        assert (warning.filename, warning.lineno) == (__file__, lines[key]), key
+        assert warning.category is UserWarning
+
+
+# --- an interrupted blocking call ends short ---------------------------------------------------
+
+INTERRUPTED = """
+import sys
+import rheo_nb
+from rheo_nb.testing import LocalServer
+
+class Started:
+    def open(self, manager):
+        manager.on("progress", self.progress)
+        self.said = False
+    def progress(self, event):
+        if not self.said:
+            self.said = True
+            print("downloading", flush=True)
+    def close(self, results, *, interrupted):
+        pass
+
+with LocalServer() as server:
+    url = server.url("big.bin", 64 << 20, rate=4 << 20)
+    rheo_nb.fetch_sync([url], sys.argv[1], progress=Started())
+"""
+
+
+def test_an_interrupted_fetch_sync_ends_with_one_line_at_the_callers_call(tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(INTERRUPTED)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "data")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "downloading\n"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("KeyboardInterrupt: downloads stopped: 0 of 1 files done, ")
+    assert "1 partial file kept in " in last
+    assert last.endswith("; run it again to resume")
+    # The traceback: the script's line, and the one line of fetch_sync that re-raises.
+    frames = [line for line in err.splitlines() if line.strip().startswith("File ")]
+    assert len(frames) <= 2, err
+    assert str(script) in frames[0]
+    for noise in ("runner.py", "concurrent", "threading", "asyncio"):
+        assert noise not in err, err
+    assert sum(p.stat().st_size for p in (tmp_path / "data").rglob("*") if p.is_file()) > 0
+
+
+# --- a job says what it is doing --------------------------------------------------------------
+
+
+def test_a_jobs_repr_says_what_it_is_doing(server: Server, dest: Path) -> None:
+    urls = [server.url(n, 400_000, rate=400_000) for n in names("repr", 2)]
+    urls.append(server.url("gone.bin", status=404))
+    job = rheo_nb.start(urls, dest, concurrency=1, retries=0, **FAST)
+    deadline = time.monotonic() + 20
+    while job.manager.stats.bytes_done == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    running = repr(job)
+    assert re.fullmatch(
+        r"<Job running: 0/3 files done · 1 running · 2 queued · [\d.]+ KiB \(\d+%\)>", running
+    ), running
+    job.result(timeout=30)
+    assert repr(job) == "<Job done: 2/3 files done · 1 failed · 781.2 KiB>"
+    stopped = rheo_nb.start([server.url("slow.bin", 8 << 20, rate=1 << 20)], dest, **FAST)
+    stopped.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        stopped.result(timeout=10)
+    assert repr(stopped).startswith("<Job cancelled: 0/1 files done")

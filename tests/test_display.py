@@ -20,15 +20,14 @@ from typing import Any
 import pytest
 
 import rheo_nb
-from rheo_nb import Results
+from rheo_nb import File, Results
 from rheo_nb.display import TextProgress, choose
-from rheo_nb.display.notebook import SCALE, NotebookProgress, View, final_phase, render
-from rheo_nb.display.text import fraction
-from rheo_nb.events import Completed, Event, Progress, Queued, Started, Status
+from rheo_nb.display.notebook import NotebookProgress
+from rheo_nb.display.view import SCALE, View
+from rheo_nb.events import Completed, Event, Restarted, Status
 from rheo_nb.items import Outcome
 from rheo_nb.manager import DownloadManager
 from rheo_nb.testing import LocalServer
-from rheo_nb.tracker import DownloadInfo, Stats, Tracker
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -37,31 +36,6 @@ KiB, MiB = 1 << 10, 1 << 20
 def local() -> Iterator[LocalServer]:
     with LocalServer() as srv:
         yield srv
-
-
-def stats(**changes: Any) -> Stats:
-    base: dict[str, Any] = {
-        "files": 10,
-        "queued": 4,
-        "running": 2,
-        "completed": 3,
-        "skipped": 1,
-        "failed": 0,
-        "cancelled": 0,
-        "bytes_done": 0,
-        "bytes_total": None,
-        "speed": 2.0 * MiB,
-        "eta": 12.0,
-        "elapsed": 3.0,
-    }
-    return Stats(**{**base, **changes})
-
-
-def info(name: str, nbytes: int, total: int | None, **changes: Any) -> DownloadInfo:
-    d = DownloadInfo(name, f"http://127.0.0.1/{name}", Path("/d") / name, bytes=nbytes, total=total)
-    for key, value in changes.items():
-        setattr(d, key, value)
-    return d
 
 
 class Recording(NotebookProgress):
@@ -96,110 +70,6 @@ class Recording(NotebookProgress):
     def _apply(self, view: View) -> None:
         self.views.append(view)
         super()._apply(view)
-
-
-# --- what the widget draws (pure) ------------------------------------------------------------
-
-
-def test_overall_share_is_by_bytes_when_every_size_is_known() -> None:
-    s = stats(bytes_done=30 * MiB, bytes_total=120 * MiB)
-    assert fraction(s) == 0.25
-    view = render(s, [], [], failed=0)
-    assert view.value == SCALE // 4
-    assert view.label.startswith("25% · 4 / 10 files")
-    assert "30.0 MiB of 120.0 MiB" in view.details
-    assert "2.0 MiB/s" in view.details
-    assert f"ETA {rheo_nb.format.duration(12.0)}" in view.details
-
-
-def test_overall_share_counts_files_and_running_shares_while_sizes_are_unknown() -> None:
-    running = [info("a.bin", 50, 100), info("b.bin", 10, None)]
-    s = stats()
-    # 4 finished + half of a.bin (b.bin's size is unknown) of 10 files.
-    assert fraction(s, running) == pytest.approx(0.45)
-    assert render(s, running, [], failed=0).value == 450
-    assert fraction(stats(files=0, finished=0) if False else stats(files=0)) is None
-
-
-def test_active_rows_show_a_few_files_and_count_the_rest() -> None:
-    running = [info(f"f{i}.bin", i * 10, 100, speed=1.5 * MiB) for i in range(8)]
-    view = render(stats(running=8, queued=90, files=100), running, [], failed=0, rows=5)
-    assert view.active.count("f") >= 5
-    assert "f4.bin" in view.active
-    assert "f5.bin" not in view.active
-    assert "+ 3 more running · 90 queued" in view.active
-    assert "1.5 MiB/s" in view.active
-
-
-def test_active_rows_say_verifying_and_retrying() -> None:
-    running = [
-        info("v.bin", 100, 100, validating=True),
-        info("r.bin", 0, None, retries=2),
-        info("u.bin", 3 * KiB, None),
-    ]
-    view = render(stats(running=3, queued=0), running, [], failed=0)
-    assert "verifying" in view.active
-    assert "retry 2" in view.active
-    assert "3.0 KiB" in view.active
-
-
-def test_names_and_causes_are_escaped() -> None:
-    evil = info("<img src=x onerror=alert(1)>.bin", 1, 2)
-    view = render(stats(running=1), [evil], [("<b>x</b>", "<script>")], failed=1)
-    for text in (view.active, view.failures):
-        assert "<img" not in text
-        assert "<script>" not in text
-        assert "<b>x" not in text
-
-
-def test_failures_are_listed_and_the_rest_counted() -> None:
-    failures = [(f"f{i}.csv", "HTTP 404 Not Found") for i in range(5)]
-    view = render(stats(failed=12), [], failures, failed=12)
-    assert view.failures.count("— HTTP 404 Not Found") == 5
-    assert "… and 7 more failed" in view.failures
-    assert render(stats(), [], [], failed=0).failures == ""
-
-
-@pytest.mark.parametrize(
-    ("changes", "interrupted", "cancel_requested", "phase", "style"),
-    [
-        ({"failed": 0}, False, False, "done", "success"),
-        ({"failed": 2}, False, False, "partial", "warning"),
-        ({"failed": 10}, False, False, "failed", "danger"),
-        ({"cancelled": 3}, False, False, "cancelled", ""),
-        ({"failed": 0}, False, True, "cancelled", ""),
-        ({"failed": 0}, True, False, "stopped", ""),
-    ],
-)
-def test_final_colour_tells_how_the_call_ended(
-    changes: dict[str, int], interrupted: bool, cancel_requested: bool, phase: str, style: str
-) -> None:
-    s = stats(queued=0, running=0, **changes)
-    got = final_phase(s, interrupted=interrupted, cancel_requested=cancel_requested)
-    assert got == phase
-    view = render(s, [], [], failed=s.failed, phase=got)
-    assert view.bar_style == style
-    assert (view.bar_color is not None) == (style == "")
-    assert view.button == "hidden"
-    assert view.active == ""
-
-
-def test_running_colour_and_the_cancel_button() -> None:
-    view = render(stats(), [], [], failed=0)
-    assert (view.bar_style, view.bar_color, view.button) == ("info", None, "cancel")
-    assert render(stats(), [], [], failed=0, cancel_requested=True).button == "cancelling"
-    blocking = render(stats(), [], [], failed=0, can_cancel=False)
-    assert blocking.button == "hidden"
-    assert "interrupt the kernel" in blocking.details
-
-
-def test_a_finished_batch_fills_the_bar_a_cancelled_one_keeps_its_place() -> None:
-    done = stats(queued=0, running=0, completed=9, skipped=1)
-    assert render(done, [], [], failed=0, phase="done").value == SCALE
-    cut = stats(queued=0, running=0, completed=2, skipped=0, cancelled=8)
-    assert render(cut, [], [], failed=0, phase="cancelled").value == 200
-    assert render(cut, [], [], failed=0, phase="cancelled", frozen=640).value == 640
-    assert "partial files kept" in render(cut, [], [], failed=0, phase="cancelled").details
 
 
 # --- the widget on a real download -------------------------------------------------------------
@@ -493,14 +363,44 @@ def test_results_table_says_what_the_hidden_rows_are() -> None:
     assert html.index("<style>") < html.index("<table>")
 
 
-def test_a_file_speed_is_its_real_rate_from_the_first_sample() -> None:
-    now = [100.0]
-    tracker = Tracker(lambda: now[0])
-    tracker.apply(Queued("a", "u", Path("a.bin"), 0))
-    tracker.apply(Started("a", "u", Path("a.bin"), 4 * MiB, 0))
-    now[0] += 0.25
-    tracker.apply(Progress("a", "u", MiB // 2, 4 * MiB))
-    # The row beside the file's bar shows 2 MiB/s at once, not a fraction climbing to it.
-    assert tracker.downloads["a"].speed == pytest.approx(2 * MiB)
-    view = render(tracker.stats(), tracker.active(5), [], failed=0)
-    assert "2.0 MiB/s" in view.active
+# --- retries and restarts, as the displays show them ----------------------------------------
+
+
+async def test_text_progress_prints_a_retry_as_it_happens(
+    local: LocalServer, tmp_path: Path
+) -> None:
+    log = io.StringIO()
+    url = local.url("flaky-text.bin", 1000, fail=1)
+    await rheo_nb.fetch([url], tmp_path, progress=TextProgress(log), backoff=0.01)
+    lines = log.getvalue().splitlines()
+    assert "retrying flaky-text.bin now (attempt 2 of 4): HTTP 503 Service Unavailable" in lines
+    assert lines[-1].startswith("1 file: 1 completed")
+
+
+async def test_both_displays_announce_a_file_that_restarts(
+    local: LocalServer, tmp_path: Path
+) -> None:
+    # The core emits Restarted when a partial cannot be continued; here the event is
+    # synthetic, on a real manager with a real (slow) download, so that both displays hear
+    # of it through the manager as they would from the core.
+    log = io.StringIO()
+    text = TextProgress(log, log_interval=60)
+    widget = Recording(interval=0.05)
+    async with DownloadManager(tmp_path) as m:
+        text.open(m)
+        widget.open(m)
+        (did,) = await m.add([File(local.url("x.bin", 4 * MiB, rate=MiB), "sub/x.bin")])
+        while m.info(did).bytes == 0:  # noqa: ASYNC110 - waits for the download to start
+            await asyncio.sleep(0.02)
+        m._emit(Restarted(did, m.info(did).url, 600_000, "the server does not support resume"))
+        assert m.info(did).restarts == 1
+        await asyncio.sleep(0.15)  # a redraw or two
+        await m.cancel(did)
+        results = m.results()
+    text.close(results, interrupted=False)
+    widget.close(results, interrupted=False)
+    note = "restarting sub/x.bin: the server does not support resume (585.9 KiB discarded)"
+    assert note in log.getvalue().splitlines()
+    assert list(widget.notices) == [note]
+    assert note in widget._notices.value
+    assert any("↻" in v.active for v in widget.views)

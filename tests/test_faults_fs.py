@@ -119,7 +119,7 @@ async def test_a_read_only_destination_fails_before_any_request(
     with tmpfs(ro, readonly=True) as mounted:
         if not mounted:
             pytest.skip("cannot mount a read-only tmpfs here")
-        with pytest.raises(DestinationError, match="Read-only file system"):
+        with pytest.raises(DestinationError, match=r"cannot write there \(read-only file system\)"):
             await fetch([server.url("x.bin")], ro)
     assert server.count() == 0
 
@@ -128,9 +128,9 @@ async def test_an_uncreatable_destination_fails_before_any_request(
     server: Server, tmp_path: Path
 ) -> None:
     (tmp_path / "a-file").write_text("not a folder")
-    with pytest.raises(DestinationError, match="Not a directory") as info:
+    with pytest.raises(DestinationError, match="a folder above it, is a file") as info:
         await fetch([server.url("x.bin")], tmp_path / "a-file" / "data")
-    assert "cannot use as destination folder" in str(info.value)
+    assert "cannot be the destination folder" in str(info.value)
     assert server.count() == 0
 
 

@@ -3,7 +3,8 @@
 * Each notebook runs with nbclient (``store_widget_state=True``): no error output; every
   cell tagged ``progress-live`` shows a widget whose bar arrived at intermediate values
   while the cell ran and ends at its maximum in the stored widget state (cells tagged
-  ``progress-full``: the maximum only).
+  ``progress-full``: the maximum only); a batch with failures ends where its label says,
+  at what was done out of what was asked.
 * The same notebooks with every cell sent at once, as JupyterLab's Run All does.
 * A negative control: a widget that only draws at the end fails the liveness check.
 * Measured in the kernel: widget messages per second on a large batch; how fast a kernel
@@ -17,6 +18,7 @@ Measurements are printed (``pytest -s``) and written to ``tests/artifacts/``.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +36,7 @@ from jupyter import (
     TimedClient,
     error_outputs,
     execute,
+    html_values,
     isolated_env,
     liveness,
     notebook,
@@ -111,8 +114,14 @@ def check_widgets(nb: Any, client: TimedClient) -> list[str]:
             problems.append(f"cell {i}: no progress widget in its outputs or the widget state")
             continue
         model_id, values = bar
-        if values["value"] != values["max"]:
+        label = next((v for v in html_values(state, views[0]) if " files · " in v), "")
+        if "✔ done" in label and values["value"] != values["max"]:
             problems.append(f"cell {i}: bar ends at {values['value']}/{values['max']}")
+        elif "✔ done" not in label:
+            # A batch with failures ends at what was done: the label and the bar agree.
+            shown = re.match(r"(\d+)% · ", label)
+            if shown is None or int(shown.group(1)) != values["value"] * 100 // values["max"]:
+                problems.append(f"cell {i}: bar at {values['value']} but label {label!r}")
         if LIVE_TAG in tags:
             live = liveness(client.runs[i], model_id, values["max"])
             if not live.live:
@@ -253,6 +262,15 @@ def test_interrupting_fetch_sync_stops_within_a_second_and_keeps_partials(
     run = kernel.runs[msg_id]
     latency = run.ended - asked
     assert run.ename == "KeyboardInterrupt"
+    # One line on what was done and kept, and a traceback that ends at the cell's line.
+    assert run.reply is not None
+    evalue = str(run.reply.get("evalue", ""))
+    assert evalue.startswith("downloads stopped: 0 of 2 files done, 2 partial files kept in ")
+    assert evalue.endswith("; run it again to resume")
+    frames = "\n".join(run.reply.get("traceback", []))
+    assert frames.count("File ") <= 1, frames  # the cell's line, and fetch_sync's raise
+    for noise in ("runner.py", "concurrent", "threading", "asyncio"):
+        assert noise not in frames, frames
     # The widget says so, and the partial files are there to resume from.
     view = kernel.run(
         "from rheo_nb.files import working_path\n"

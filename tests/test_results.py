@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from server import FAST, Server
 
+import rheo_nb
 from rheo_nb import DownloadsFailed, File, Outcome, Results
 from rheo_nb.events import Status
 from rheo_nb.results import MAX_ROWS
@@ -44,12 +46,9 @@ def test_ok_failed_and_paths(mixed: Results) -> None:
     assert [o.path.name for o in mixed.failed] == ["b.bin", "d.bin"]
     assert mixed.paths == [Path("/d/a.bin"), Path("/d/c.bin")]
     assert mixed.bytes == 240
-    assert mixed.counts() == {
-        Status.COMPLETED: 1,
-        Status.SKIPPED: 1,
-        Status.FAILED: 1,
-        Status.CANCELLED: 1,
-    }
+    assert mixed.counts() == {"completed": 1, "skipped": 1, "failed": 1, "cancelled": 1}
+    # Plain names, as a reader wants to see them printed.
+    assert repr(mixed.counts()) == "{'completed': 1, 'skipped': 1, 'failed': 1, 'cancelled': 1}"
     assert outcome("a", Status.SKIPPED).ok
     assert not outcome("a", Status.FAILED).ok
 
@@ -160,3 +159,53 @@ def test_text_table_lists_problems_first_and_counts_the_rest() -> None:
     ]
     assert lines[-1] == "… and 3 more (3 completed)"
     assert len(lines) == 2 + 3 + 1
+
+
+# --- the file column: paths relative to dest ---------------------------------------------
+
+
+def test_two_files_of_one_name_in_two_folders_stay_apart(server: Server, dest: Path) -> None:
+    results = rheo_nb.fetch_sync(
+        [
+            File(server.url("one.bin"), "raw/2024/one.bin"),
+            File(server.url("one.bin", 2000), "raw/2025/one.bin"),
+            File(server.url("gone.bin", status=404), "raw/2025/gone.bin"),
+        ],
+        dest,
+        **FAST,
+    )
+    assert results.dest == dest.resolve()
+    table = results.table()
+    assert "raw/2024/one.bin" in table
+    assert "raw/2025/one.bin" in table
+    assert "raw/2025/gone.bin  " in table
+    html = results._repr_html_()
+    assert ">raw/2024/one.bin</td>" in html
+    assert ">raw/2025/one.bin</td>" in html
+    # Filters and slices keep dest, so their tables name files the same way.
+    assert "raw/2025/gone.bin" in results.failed.table()
+    assert "raw/2024/one.bin" in results[:1].table()
+
+
+def test_items_refused_before_any_request_show_no_file(tmp_path: Path) -> None:
+    dest = tmp_path / "my-data-folder"
+    results = rheo_nb.fetch_sync(
+        ["not-a-url", File("http://127.0.0.1:9/x.bin", "../up.bin")], dest, **FAST
+    )
+    rows = results.table().splitlines()[2:]
+    assert len(rows) == 2
+    for row in rows:
+        status, file = row.split()[:2]
+        assert (status, file) == ("failed", "–"), row
+    assert dest.name not in results.table()
+    # The error names the URL, since no file does.
+    assert "'not-a-url'" in rows[0]
+    assert "http://127.0.0.1:9/x.bin: path '../up.bin' goes outside dest" in rows[1]
+    html = results._repr_html_()
+    assert f">{dest.name}<" not in html
+    assert "<td class='l' title='not-a-url'>–</td>" in html
+
+
+def test_a_table_without_dest_names_files_by_name(mixed: Results) -> None:
+    assert mixed.dest is None
+    assert "a.bin" in mixed.table()

@@ -113,8 +113,9 @@ def test_failures_are_listed(tracker: Tracker) -> None:
     assert s.running == 0
     assert [f.download_id for f in tracker.failures] == ["a"]
     assert tracker.downloads["a"].error == "HTTP 500"
-    # A failed download's size counts as what it got, so the totals can still reach 100%.
-    assert s.bytes_total == s.bytes_done == 300
+    # A failed download keeps the size asked for: the totals say what was done of it.
+    assert (s.bytes_done, s.bytes_total) == (300, 1000)
+    assert s.done == 0
 
 
 def test_cancelled_and_skipped_are_counted(tracker: Tracker) -> None:
@@ -125,7 +126,9 @@ def test_cancelled_and_skipped_are_counted(tracker: Tracker) -> None:
     s = tracker.stats()
     assert (s.cancelled, s.skipped, s.queued, s.finished) == (1, 1, 0, 2)
     assert s.bytes_done == 500
-    assert s.bytes_total == 500
+    # a was cancelled before it started: its size was never known.
+    assert s.bytes_total is None
+    assert s.done == 1
     # Skipped bytes were not transferred: they are no part of the speed.
     assert s.speed == 0.0
 

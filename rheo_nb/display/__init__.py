@@ -26,7 +26,10 @@ For example, a display that logs each finished file::
 
     await rheo_nb.fetch(urls, dest="data", progress=Log())
 
-Displays hold no download logic, and nothing in the engine imports a display.
+What a display shows is computed in :mod:`rheo_nb.display.view` (pure functions of the
+tracker's state: the bar, the text line, the widget's view), so a display of your own can
+draw the same figures. Displays hold no download logic, and nothing in the engine imports
+a display.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+from ..errors import OptionError
 from .text import TextProgress
 
 if TYPE_CHECKING:
@@ -85,8 +89,9 @@ def choose(progress: ProgressArg) -> Display | None:
         from .notebook import NotebookProgress
 
         return NotebookProgress()
-    raise ValueError(
-        f"progress={progress!r}: use 'auto', 'text', 'notebook', False, or a display object"
+    raise OptionError(
+        f"progress={progress!r}: use 'auto', 'text', 'notebook', False, or an object with "
+        "open(manager) and close(results, *, interrupted) methods"
     )
 
 

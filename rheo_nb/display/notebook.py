@@ -20,17 +20,18 @@ import html
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Final, Literal
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Final
 
 import ipywidgets as widgets
 
 from .. import format
-from ..events import Event, EventType, Failed, Subscription
-from ..tracker import DownloadInfo, Stats
-from .text import fraction, line
+from ..events import Event, EventType, Failed, Restarted, Subscription
+from ..tracker import Stats
+from . import view
+from .view import SCALE, WORDS, View, final_phase, render
 
 if TYPE_CHECKING:
     from ..manager import DownloadManager
@@ -38,33 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rheo_nb")
 
-#: The overall bar counts in thousandths: finer steps would only cost messages.
-SCALE: Final = 1000
 VIEW_MIME: Final = "application/vnd.jupyter.widget-view+json"
-
-Phase = Literal["running", "done", "partial", "failed", "cancelled", "stopped"]
-
-#: bar_style and bar colour of each phase (ipywidgets has no grey style: cancelled sets one).
-_COLOURS: dict[Phase, tuple[str, str | None]] = {
-    "running": ("info", None),
-    "done": ("success", None),
-    "partial": ("warning", None),
-    "failed": ("danger", None),
-    "cancelled": ("", "#9e9e9e"),
-    "stopped": ("", "#9e9e9e"),
-}
-_WORDS: dict[Phase, str] = {
-    "running": "",
-    "done": "✔ done",
-    "partial": "⚠ some failed",
-    "failed": "✖ failed",
-    "cancelled": "■ cancelled",
-    # Stopped from outside: job.cancel(), a kernel interrupt, a timeout, an error.
-    "stopped": "■ stopped",
-}
-_MUTED = "color:var(--jp-ui-font-color2,#616161)"
-_ERROR = "color:var(--jp-error-color1,#d32f2f)"
-_SMALL = "font-size:var(--jp-ui-font-size0,11px);line-height:1.5"
 
 
 class _Auto:
@@ -73,187 +48,6 @@ class _Auto:
 
 AUTO: Final = _Auto()
 CancelAction = Callable[[], object] | None
-
-
-# --- what to draw: pure functions of the tracker's state ------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class View:
-    """Every value the widget shows; the widget sends only the fields that changed."""
-
-    value: int
-    bar_style: str
-    bar_color: str | None
-    label: str
-    details: str
-    active: str
-    failures: str
-    button: Literal["cancel", "cancelling", "hidden"]
-    #: The whole state as one plain line (the text a viewer without widgets shows).
-    plain: str
-
-
-def final_phase(stats: Stats, *, interrupted: bool, cancel_requested: bool) -> Phase:
-    """How a call ended, which sets the bar's colour and the closing word."""
-    if cancel_requested:
-        return "cancelled"
-    if interrupted:
-        return "stopped"
-    if stats.cancelled:
-        return "cancelled"
-    if stats.failed and stats.failed >= stats.files:
-        return "failed"
-    if stats.failed:
-        return "partial"
-    return "done"
-
-
-def short_cause(error: str, url: str) -> str:
-    """The cause of a failure without the URL it starts with (the name is shown beside it)."""
-    prefix = url + ": "
-    cause = error[len(prefix) :] if error.startswith(prefix) else error
-    return cause if len(cause) <= 160 else cause[:159] + "…"
-
-
-def _pct(frac: float | None) -> str:
-    return "…" if frac is None else f"{frac * 100:.0f}%"
-
-
-def _mini_bar(frac: float | None) -> str:
-    width = "0" if frac is None else f"{max(0.0, min(1.0, frac)) * 100:.1f}"
-    return (
-        "<div style='background:var(--jp-layout-color3,#e0e0e0);height:6px;border-radius:3px;"
-        "margin-top:5px;overflow:hidden'><div style='height:100%;"
-        f"width:{width}%;background:var(--jp-brand-color1,#1976d2)'></div></div>"
-    )
-
-
-def active_rows(active: Sequence[DownloadInfo], stats: Stats) -> str:
-    """The running downloads: name, own bar, share or state, speed; then what else waits."""
-    rows = []
-    for info in active:
-        frac = info.bytes / info.total if info.total else None
-        if info.validating:
-            state = "verifying"
-        elif info.retries:
-            state = f"retry {info.retries}"
-        elif frac is None:
-            state = format.size(info.bytes)
-        else:
-            state = _pct(frac)
-        rows.append(
-            f"<span title='{html.escape(info.url)}' style='overflow:hidden;"
-            f"text-overflow:ellipsis;white-space:nowrap'>"
-            f"{html.escape(format.short_name(info.path.name, 48))}</span>"
-            f"{_mini_bar(frac)}<span style='text-align:right'>{html.escape(state)}</span>"
-            f"<span style='text-align:right;{_MUTED}'>{html.escape(format.rate(info.speed))}</span>"
-        )
-    more = []
-    if stats.running > len(active):
-        more.append(f"{stats.running - len(active)} more running")
-    if stats.queued:
-        more.append(f"{stats.queued} queued")
-    out = ""
-    if rows:
-        out += (
-            "<div style='display:grid;grid-template-columns:minmax(6em,22em) minmax(4em,10em) "
-            f"6em 7em;column-gap:0.8em;{_SMALL};font-family:var(--jp-code-font-family,monospace)'>"
-            + "".join(rows)
-            + "</div>"
-        )
-    if more:
-        out += f"<div style='{_SMALL};{_MUTED}'>+ {' · '.join(more)}</div>"
-    return out
-
-
-def failure_rows(failures: Sequence[tuple[str, str]], failed: int) -> str:
-    if not failed:
-        return ""
-    items = "".join(
-        f"<div style='white-space:nowrap;overflow:hidden;text-overflow:ellipsis' "
-        f"title='{html.escape(cause)}'>✖ <b>{html.escape(name)}</b> — {html.escape(cause)}</div>"
-        for name, cause in failures
-    )
-    hidden = failed - len(failures)
-    if hidden > 0:
-        items += f"<div>… and {hidden} more failed (the results table lists them all)</div>"
-    return f"<div style='{_SMALL};{_ERROR}'>{items}</div>"
-
-
-def render(
-    stats: Stats,
-    active: Sequence[DownloadInfo],
-    failures: Sequence[tuple[str, str]],
-    *,
-    failed: int,
-    rows: int = 5,
-    phase: Phase = "running",
-    can_cancel: bool = True,
-    cancel_requested: bool = False,
-    frozen: int | None = None,
-) -> View:
-    """What the widget shows (pure: a test compares views, no kernel needed).
-
-    ``active``: the running downloads (all of them: each counts towards the overall bar
-    while sizes are unknown); the first ``rows`` get a line of their own. ``frozen``: keep
-    the bar at this value (once downloads are being cancelled, where the bar had got to).
-    """
-    running = phase == "running"
-    # Once stopped, count the files on disk: a cancelled file's size becomes what it had.
-    stopped = phase in ("cancelled", "stopped")
-    done = stats.completed + stats.skipped if stopped else stats.finished
-    frac = fraction(stats, active)
-    if frozen is not None:
-        value = frozen
-        frac = frozen / SCALE
-    elif running:
-        value = 0 if frac is None else round(frac * SCALE)
-    elif stopped:
-        frac = done / stats.files if stats.files else 0.0
-        value = round(frac * SCALE)
-    else:
-        frac, value = 1.0, SCALE
-    style, colour = _COLOURS[phase]
-    label = f"{_pct(frac)} · {done} / {stats.files} files"
-    if not running:
-        label += f" · {_WORDS[phase]}"
-    parts = [format.size(stats.bytes_done)]
-    if stats.bytes_total is not None and not stopped:
-        parts[0] += f" of {format.size(stats.bytes_total)}"
-    if running:
-        parts += [format.rate(stats.speed), f"ETA {format.duration(stats.eta)}"]
-    else:
-        parts.append(f"in {format.duration(stats.elapsed)}")
-        if stats.completed:
-            parts.append(f"{stats.completed} downloaded")
-    for count, word in (
-        (stats.skipped, "skipped"),
-        (stats.failed, "failed"),
-        (stats.cancelled, "cancelled"),
-    ):
-        if count:
-            parts.append(f"{count} {word}")
-    if stats.cancelled:
-        parts.append("partial files kept: run again to resume")
-    if running and not can_cancel:
-        parts.append("to stop: interrupt the kernel (■)")
-    details = f"<div style='{_SMALL};{_MUTED}'>{html.escape(' · '.join(parts))}</div>"
-    button: Literal["cancel", "cancelling", "hidden"] = "hidden"
-    if running and can_cancel:
-        button = "cancelling" if cancel_requested else "cancel"
-    plain = line(stats, active) if running else f"{_WORDS[phase]} · {' · '.join(parts)}"
-    return View(
-        value=value,
-        bar_style=style,
-        bar_color=colour,
-        label=html.escape(label),
-        details=details,
-        active=active_rows(active[:rows], stats) if running else "",
-        failures=failure_rows(failures, failed),
-        button=button,
-        plain=plain,
-    )
 
 
 # --- the widget ------------------------------------------------------------------------------
@@ -312,6 +106,8 @@ class NotebookProgress:
         self.interval = interval
         self.failures: deque[tuple[str, str]] = deque(maxlen=rows)
         self.failed = 0
+        #: Files that had to start again from zero, said in words (the last few).
+        self.notices: deque[str] = deque(maxlen=rows)
         self._cancel: CancelAction | _Auto = AUTO
         self._cancel_requested = False
         self._manager: DownloadManager | None = None
@@ -352,6 +148,7 @@ class NotebookProgress:
             on_kernel_thread = threading.current_thread() is threading.main_thread()
             self._cancel = _canceller(manager, loop) if on_kernel_thread else None
         self._subscriptions.append(manager.on(EventType.FAILED, self._on_failed))
+        self._subscriptions.append(manager.on(EventType.RESTARTED, self._on_restarted))
         self.show()
         self._draw()
         self._timer = loop.call_later(self.interval, self._tick)
@@ -367,15 +164,19 @@ class NotebookProgress:
             sub.unsubscribe()
         if self._root is None:
             return
-        stats = self._manager.tracker.stats() if self._manager is not None else _empty_stats()
+        manager = self._manager
+        stats = manager.tracker.stats() if manager is not None else _empty_stats()
         phase = final_phase(stats, interrupted=interrupted, cancel_requested=self._cancel_requested)
-        frozen = None
-        if phase in ("cancelled", "stopped") and self._view is not None:
-            frozen = self._view.value
-        view = render(
-            stats, (), tuple(self.failures), failed=self.failed, phase=phase, frozen=frozen
+        drawn = render(
+            stats,
+            (),
+            tuple(self.failures),
+            failed=self.failed,
+            phase=phase,
+            notices=tuple(self.notices),
+            dest=manager.dest if manager is not None else None,
         )
-        self._apply(replace(view, plain=f"{_WORDS[phase]} · {results.summary()}"))
+        self._apply(replace(drawn, plain=f"{WORDS[phase]} · {results.summary()}"))
         self._republish()
 
     # --- notebook integration -----------------------------------------------------------------
@@ -415,6 +216,7 @@ class NotebookProgress:
         self._button.on_click(self._on_click)
         self._details = widgets.HTML("")
         self._active = widgets.HTML("")
+        self._notices = widgets.HTML("")
         self._failures = widgets.HTML("")
         self._root = widgets.VBox(
             [
@@ -424,6 +226,7 @@ class NotebookProgress:
                 ),
                 self._details,
                 self._active,
+                self._notices,
                 self._failures,
             ],
             layout=widgets.Layout(width="100%", max_width="60em"),
@@ -465,7 +268,7 @@ class NotebookProgress:
             "<span style='display:inline-block;width:12em;height:0.8em;background:#e0e0e0;"
             "vertical-align:middle'><span style='display:block;height:100%;"
             f"width:{v.value * 100 / SCALE:.1f}%;background:{colour}'></span></span> "
-            f"{v.label}</div>{v.details}{v.failures}</div>"
+            f"{v.label}</div>{v.details}{v.notices}{v.failures}</div>"
         )
         try:
             self._handle.update(self._bundle(static), raw=True)
@@ -475,10 +278,20 @@ class NotebookProgress:
     def _on_failed(self, event: Event) -> None:
         assert isinstance(event, Failed)
         self.failed += 1
+        dest = self._manager.dest if self._manager is not None else None
+        shown = format.shown_path(event.path, dest, event.url)
+        self.failures.append((shown, view.short_cause(event.error, event.url)))
+
+    def _on_restarted(self, event: Event) -> None:
+        assert isinstance(event, Restarted)
         manager = self._manager
-        unplanned = manager is not None and event.path == manager.dest
-        name = format.short_name(event.url if unplanned else event.path.name, 60)
-        self.failures.append((name, short_cause(event.error, event.url)))
+        info = manager.tracker.downloads.get(event.download_id) if manager is not None else None
+        shown = (
+            format.shown_path(info.path, manager.dest, event.url)
+            if info is not None and manager is not None
+            else format.short_name(event.url, 60)
+        )
+        self.notices.append(view.restart_note(shown, event.reason, event.discarded))
 
     def _on_click(self, _button: Any) -> None:
         # Runs on the kernel's thread, maybe not the downloads' loop: only set a flag and
@@ -517,30 +330,29 @@ class NotebookProgress:
                 rows=self.rows,
                 can_cancel=self._cancel is not None,
                 cancel_requested=self._cancel_requested,
-                # A cancelled file's partial bytes become its size: the bar would jump.
-                frozen=self._view.value
-                if self._view is not None and (stats.cancelled or self._cancel_requested)
-                else None,
+                notices=tuple(self.notices),
+                dest=self._manager.dest,
             )
         )
 
-    def _apply(self, view: View) -> None:
+    def _apply(self, drawn: View) -> None:
         last = self._view
-        self._view = view
-        if last == view:
+        self._view = drawn
+        if last == drawn:
             return
-        _update(self._bar, value=view.value, bar_style=view.bar_style)
-        _update(self._bar.style, bar_color=view.bar_color)
-        _update(self._label, value=view.label)
-        _update(self._details, value=view.details)
-        _update(self._active, value=view.active)
-        _update(self._failures, value=view.failures)
-        if last is None or last.button != view.button:
-            _update(self._button.layout, display="none" if view.button == "hidden" else "")
+        _update(self._bar, value=drawn.value, bar_style=drawn.bar_style)
+        _update(self._bar.style, bar_color=drawn.bar_color)
+        _update(self._label, value=drawn.label)
+        _update(self._details, value=drawn.details)
+        _update(self._active, value=drawn.active)
+        _update(self._notices, value=drawn.notices)
+        _update(self._failures, value=drawn.failures)
+        if last is None or last.button != drawn.button:
+            _update(self._button.layout, display="none" if drawn.button == "hidden" else "")
             _update(
                 self._button,
-                disabled=view.button == "cancelling",
-                description="Cancelling…" if view.button == "cancelling" else "Cancel",
+                disabled=drawn.button == "cancelling",
+                description="Cancelling…" if drawn.button == "cancelling" else "Cancel",
             )
 
 
@@ -563,4 +375,4 @@ def _empty_stats() -> Stats:
     return Stats(0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0)
 
 
-__all__ = ["NotebookProgress", "View", "render"]
+__all__ = ["NotebookProgress"]

@@ -5,58 +5,15 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from .. import format
-from ..events import Event, EventType, Failed
-from ..tracker import DownloadInfo, Stats
+from ..events import Event, EventType, Failed, Restarted, Retrying
+from . import view
 
 if TYPE_CHECKING:
     from ..manager import DownloadManager
     from ..results import Results
-
-BAR_WIDTH = 20
-
-
-def bar(fraction: float | None, width: int = BAR_WIDTH) -> str:
-    if fraction is None:
-        return "▕" + "·" * width + "▏"
-    filled = round(max(0.0, min(1.0, fraction)) * width)
-    return "▕" + "█" * filled + "░" * (width - filled) + "▏"
-
-
-def fraction(stats: Stats, running: Sequence[DownloadInfo] = ()) -> float | None:
-    """Share done: by bytes when every size is known, else by files, where each running
-    file of known size counts for its share received (so the bar moves before the first
-    file finishes). ``running``: the running downloads, ``tracker.active(stats.running)``."""
-    if stats.bytes_total:
-        return min(1.0, stats.bytes_done / stats.bytes_total)
-    if stats.files:
-        partial = sum(min(1.0, info.bytes / info.total) for info in running if info.total)
-        return min(1.0, (stats.finished + partial) / stats.files)
-    return None
-
-
-def line(stats: Stats, running: Sequence[DownloadInfo] = ()) -> str:
-    """One line of progress, e.g.
-    ``▕██████░░░░▏ 61% 12/20 files · 48.0 MiB/78.7 MiB · 9.8 MiB/s · ETA 3.1s · 1 failed``."""
-    frac = fraction(stats, running)
-    parts = [
-        f"{bar(frac)} {'  ?' if frac is None else f'{frac * 100:3.0f}'}% "
-        f"{stats.finished}/{stats.files} files",
-        f"{format.size(stats.bytes_done)}"
-        + (f"/{format.size(stats.bytes_total)}" if stats.bytes_total is not None else ""),
-        format.rate(stats.speed),
-        f"ETA {format.duration(stats.eta)}",
-    ]
-    if stats.skipped:
-        parts.append(f"{stats.skipped} skipped")
-    if stats.failed:
-        parts.append(f"{stats.failed} failed")
-    if stats.cancelled:
-        parts.append(f"{stats.cancelled} cancelled")
-    return " · ".join(parts)
 
 
 class TextProgress:
@@ -66,7 +23,11 @@ class TextProgress:
     >>> rheo_nb.fetch_sync(urls, progress=rheo_nb.TextProgress(sys.stdout))  # doctest: +SKIP
 
     On a TTY the line is redrawn in place every ``interval`` (0.1 s); elsewhere a plain
-    line is printed every ``log_interval`` (10 s). Failures are printed as they happen.
+    line is printed every ``log_interval`` (10 s). Failures, retries and files that must
+    start again from zero are printed as they happen. The closing line says what was done
+    out of what was asked, and how the call ended.
+
+    ``failures_only=True`` prints failures and nothing else (the command line's ``-q``).
     """
 
     def __init__(
@@ -75,29 +36,50 @@ class TextProgress:
         *,
         interval: float = 0.1,
         log_interval: float = 10.0,
+        failures_only: bool = False,
     ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         isatty = getattr(self.stream, "isatty", None)
-        self.tty = bool(isatty and isatty())
+        self.tty = bool(isatty and isatty()) and not failures_only
         self.interval = interval if self.tty else log_interval
+        self.failures_only = failures_only
         self.width = shutil.get_terminal_size((100, 24)).columns
         self._manager: DownloadManager | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._drawn = False
 
     def open(self, manager: DownloadManager) -> None:
         self._manager = manager
-        manager.on(EventType.FAILED, self._on_failed)
+        manager.on(EventType.FAILED, self._on_event)
+        if self.failures_only:
+            return
+        manager.on(EventType.RETRYING, self._on_event)
+        manager.on(EventType.RESTARTED, self._on_event)
         self._timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
 
-    def _on_failed(self, event: Event) -> None:
-        assert isinstance(event, Failed)
-        self._write(f"failed: {event.error}", newline=True)
+    def _name(self, download_id: str, url: str) -> str:
+        assert self._manager is not None
+        info = self._manager.tracker.downloads.get(download_id)
+        if info is None:
+            return url
+        return format.shown_path(info.path, self._manager.dest, url)
+
+    def _on_event(self, event: Event) -> None:
+        assert self._manager is not None
+        if isinstance(event, Failed):
+            self._write(f"failed: {event.error}", newline=True)
+        elif isinstance(event, Retrying):
+            attempts = self._manager.options.retries + 1
+            shown = self._name(event.download_id, event.url)
+            note = view.retry_note(shown, event.attempt, event.delay, event.error, attempts)
+            self._write(note, newline=True)
+        elif isinstance(event, Restarted):
+            shown = self._name(event.download_id, event.url)
+            self._write(view.restart_note(shown, event.reason, event.discarded), newline=True)
 
     def _tick(self) -> None:
         assert self._manager is not None
         stats = self._manager.stats
-        text = line(stats, self._manager.tracker.active(stats.running))
+        text = view.line(stats, self._manager.tracker.active(stats.running))
         if self.tty and len(text) > self.width:
             # A wrapped line cannot be redrawn in place: keep it to the terminal's width.
             text = text[: self.width - 1] + "…"
@@ -108,7 +90,6 @@ class TextProgress:
         if self.tty:
             # Clear the progress line first, so a message never mixes with it.
             self.stream.write("\r\x1b[K" + text + ("\n" if newline else ""))
-            self._drawn = not newline
         else:
             self.stream.write(text + "\n")
         self.stream.flush()
@@ -117,6 +98,10 @@ class TextProgress:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.failures_only:
+            return
         if self._manager is not None:
-            self._write(line(self._manager.stats), newline=True)
+            stats = self._manager.stats
+            phase = view.final_phase(stats, interrupted=interrupted)
+            self._write(view.final_line(stats, phase), newline=True)
         self._write(("interrupted: " if interrupted else "") + results.summary(), newline=True)
