@@ -209,7 +209,8 @@ class PartFile:
         filesystem can), saving ``record`` first."""
         assert record.total is not None
         self._close()
-        self._write_record(record)
+        if not self.unique:
+            self._write_record(record)
         fd = _open_at(self.path, 0 if fresh else record.total)
         try:
             _preallocate(fd, record.total)
@@ -318,30 +319,6 @@ class PartFile:
             f.write(record.to_json())
         os.replace(tmp, self.record_path)
         self.record = Record(record.url, record.validator, record.total, list(record.segments))
-
-
-class Appender:
-    """The stream loop's sink for a whole body (see :mod:`rheo_nb.stream`): appended to
-    the part file, which is opened on the first write. A file that fits in one read is
-    never written here: :meth:`PartFile.finish` writes it with its last step.
-
-    ``record`` makes the resume record (None: the bytes cannot be resumed); it is called
-    only when one is written, so a small file never pays for it.
-    """
-
-    def __init__(
-        self, part: PartFile, offset: int, record: Callable[[], Record | None], keep: bool
-    ) -> None:
-        self.part, self.offset, self.record = part, offset, record
-        self.keep_partial = keep
-
-    def room(self) -> None:
-        return None
-
-    def write(self, chunks: list[bytes]) -> None:
-        if self.part.fd is None:
-            self.part.open(self.offset, self.record())
-        self.part.append(chunks)
 
 
 def _open_at(path: str, offset: int) -> int:

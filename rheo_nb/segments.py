@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +23,8 @@ import aiohttp
 
 from . import events
 from .errors import DownloadError, IntegrityError
-from .http import Decision, Restart, decide
-from .partfile import PartFile, Record, url_key
+from .http import Decision, Restart, decide, range_headers
+from .partfile import Record, url_key
 from .stream import Watchdog, WriteBatch, pump
 
 if TYPE_CHECKING:
@@ -202,37 +201,11 @@ def resumable(record: Record, size: int) -> Split | None:
     return Split(segments, record.total, record.validator, record.url, ranges_ok=True)
 
 
-class _Range:
-    """The stream loop's sink for one range: bytes land at the range's position."""
-
-    keep_partial = True
-
-    def __init__(self, part: PartFile, split: Split, seg: Segment) -> None:
-        self.part, self.split, self.seg = part, split, seg
-
-    def room(self) -> int:
-        # ``seg.end`` moves down when another connection takes over part of this range.
-        return self.seg.end - self.seg.position
-
-    def write(self, chunks: list[bytes]) -> None:
-        """Write and count in the thread, as ``PartFile.append`` does."""
-        split, seg = self.split, self.seg
-        hasher = split.hasher if split.hasher is not None and seg.position == split.hashed else None
-        n = self.part.write_at(seg.position, chunks, hasher)
-        seg.done += n
-        if hasher is not None:
-            split.hashed += n
-
-
 async def download(job: Download, split: Split, first: aiohttp.ClientResponse) -> int:
     """Fetch the ranges of ``split`` not on disk yet, ``first`` (a response already open)
-    feeding the first of them; then verify and rename. Returns the file's size."""
-    ctx, part = job.ctx, job.part
-    fresh = split.done == 0
-    if job.planned.expected is not None and fresh:
-        split.hasher = job.planned.expected.new()
-    await ctx.lane.run(functools.partial(part.open_sized, split.record(), fresh=fresh))
-    job.record = split.record
+    feeding the first of them; then verify and commit. Returns the file's size."""
+    ctx = job.ctx
+    await job.dest.open_split(split)
     job.started(split.total, split.done)
     with ctx.limiter.splitting(job.planned.host):
         await _coordinate(job, split, first)
@@ -240,18 +213,9 @@ async def download(job: Download, split: Split, first: aiohttp.ClientResponse) -
         raise IntegrityError(
             cause=f"length mismatch: expected {split.total} bytes, have {split.done}"
         )
-    part.size = split.total
-    expected = job.planned.expected
-    if expected is not None:
+    if job.planned.expected is not None:
         job.emit(events.Validating)
-        if split.hasher is None or split.hashed < split.total:
-            start, into = (split.hashed, split.hasher) if split.hasher is not None else (0, None)
-            await ctx.lane.run_interruptible(
-                functools.partial(part.rehash, expected, start=start, into=into)
-            )
-        else:
-            part.hasher = split.hasher
-    return await job.commit([], split.total)
+    return await job.dest.commit([], split.total, split)
 
 
 async def _coordinate(job: Download, split: Split, first: aiohttp.ClientResponse) -> None:
@@ -302,7 +266,7 @@ async def _coordinate(job: Download, split: Split, first: aiohttp.ClientResponse
             recruit()
             if ctx.clock() - last_save >= _SAVE_EVERY:
                 last_save = ctx.clock()
-                await ctx.lane.run(job.part.save, split.record())
+                await job.dest.save(split)
     finally:
         for task in workers:
             task.cancel()
@@ -311,7 +275,7 @@ async def _coordinate(job: Download, split: Split, first: aiohttp.ClientResponse
         for _ in range(borrowed):
             ctx.limiter.release(host)
         with contextlib.suppress(DownloadError):
-            await ctx.lane.run(job.part.save, split.record())
+            await job.dest.save(split)
 
 
 async def _fetch_range(
@@ -327,7 +291,7 @@ async def _fetch_range(
     it with the range asked.
     """
     ctx, opts = job.ctx, job.ctx.options
-    sink = _Range(job.part, split, seg)
+    sink = job.dest.range_sink(split, seg)
     attempt = 0
     while seg.remaining > 0:
         try:
@@ -341,9 +305,9 @@ async def _fetch_range(
                             return
                         victim = None
                     batch = WriteBatch(ctx.write_size)
-                    tail = await pump(resp.content, sink, job.meter, dog, batch, ctx.lane)
+                    tail = await pump(resp.content, sink, job.meter, dog, batch)
                     if tail:
-                        await ctx.lane.run(sink.write, tail)
+                        await sink.write(tail)
         except DownloadError as exc:
             attempt += 1
             delay = ctx.policy.delay(exc, attempt)
@@ -363,7 +327,7 @@ async def _open_range(
     end may move down while the request is out: the answer is checked against the ask).
     None when a probe is refused: the server does not take ranges for this file."""
     asked = (seg.position, seg.end - 1)
-    headers = {**job.headers, "Range": f"bytes={asked[0]}-{asked[1]}", "If-Range": split.validator}
+    headers = {**job.headers, **range_headers(asked, split.validator)}
     resp = await job.ctx.http.get(job.planned.url, headers)
     try:
         answer = decide(

@@ -1,7 +1,7 @@
 """One read → batch → write loop, shared by a whole body and by a single range.
 
 :func:`pump` reads a response body chunk by chunk into a :class:`WriteBatch`, hands full
-batches to a :class:`Sink` on the thread lane, and counts every byte on the download's
+batches to a :class:`Sink` (a destination's), and counts every byte on the download's
 :class:`Meter` (progress, ``max_size``) and on the attempt's :class:`Watchdog` (the
 low-speed rule). On a normal end it returns the last batch unwritten, so that a file
 that fits in one read is written, verified and renamed in one thread hop; on any other
@@ -21,7 +21,6 @@ import aiohttp
 from .errors import TooLargeError, TransferError
 from .events import Event, Progress
 from .format import size
-from .runner import ThreadLane
 
 
 class Sink(Protocol):
@@ -34,8 +33,9 @@ class Sink(Protocol):
         """Bytes still wanted (a range that may shrink as it is split); None: all."""
         ...
 
-    def write(self, chunks: list[bytes]) -> None:
-        """Write ``chunks`` (blocking; runs on the thread lane)."""
+    async def write(self, chunks: list[bytes]) -> None:
+        """Write ``chunks``; once it returns they are counted as written, and a cancel
+        while it runs must not leave half of them written and the rest lost."""
         ...
 
 
@@ -169,12 +169,7 @@ class Watchdog:
 
 
 async def pump(
-    content: aiohttp.StreamReader,
-    sink: Sink,
-    meter: Meter,
-    dog: Watchdog,
-    batch: WriteBatch,
-    lane: ThreadLane,
+    content: aiohttp.StreamReader, sink: Sink, meter: Meter, dog: Watchdog, batch: WriteBatch
 ) -> list[bytes]:
     """Read ``content`` into ``sink`` until the body ends or the sink has no more room.
 
@@ -203,12 +198,12 @@ async def pump(
             dog.bytes += n
             meter.add(n)
             if batch.add(chunk):
-                await lane.run(sink.write, batch.take())
+                await sink.write(batch.take())
     except BaseException:
         if batch.nbytes and sink.keep_partial:
             # Keep what arrived: the next attempt (or run) resumes after it. A failure to
             # write it only loses those bytes; the error that ended the loop is the story.
             with contextlib.suppress(Exception):
-                await lane.run(sink.write, batch.take())
+                await sink.write(batch.take())
         raise
     return batch.take()

@@ -1,10 +1,10 @@
 """One file's download, told in order: claim → attempts → request → resume decision →
-stream or segments → verify and rename.
+stream or segments → verify and commit.
 
 The layers below do the work: :mod:`rheo_nb.http` sends the request and decides what
-its answer means for the bytes on disk, :mod:`rheo_nb.stream` moves the body,
-:mod:`rheo_nb.partfile` holds the working bytes until :meth:`PartFile.finish` verifies
-and renames them, :mod:`rheo_nb.segments` runs the ranges of a large file, and one
+its answer means for the bytes kept, :mod:`rheo_nb.stream` moves the body, a
+:class:`~rheo_nb.destination.Destination` holds the bytes until they are verified and
+puts the file in place, :mod:`rheo_nb.segments` runs the ranges of a large file, and one
 :class:`~rheo_nb.retry.RetryPolicy` paces every retry. Errors are named after the file
 here, once (:meth:`~rheo_nb.DownloadError.attach`).
 """
@@ -12,8 +12,6 @@ here, once (:meth:`~rheo_nb.DownloadError.attach`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,29 +20,25 @@ from typing import Any
 
 import aiohttp
 
-from . import events, files, segments
+from . import events, segments
 from .client import HostLimiter
+from .destination import Destination, LocalDestination, Resume, Skip
 from .errors import DownloadError, IntegrityError, TooLargeError
 from .events import Status
+from .files import name_from_disposition
 from .format import size
-from .hashing import hash_file
 from .http import Answer, Client, Decision, Restart, decide, range_headers
 from .items import Outcome, Planned
 from .options import Options
-from .partfile import Appender, PartFile, Partial, Record, url_key
-from .partfile import destination_error as os_error
-from .partfile import destination_errors as os_errors
 from .retry import RetryPolicy, is_transient
 from .runner import ThreadLane
 from .stream import Meter, Watchdog, WriteBatch, pump
 
-_LOCK_POLL = (0.02, 0.5)  # first and longest wait between tries of a busy lock
 #: Bytes all connections may hold in memory before writing, together; each connection
 #: writes once it holds its share (at most ``Options.chunk_size``), which keeps memory
 #: flat however many connections run.
 _WRITE_BUDGET = 4 << 20
 _MIN_WRITE = 128 << 10
-_BUSY = -1  # another writer holds the file's lock
 
 
 @dataclass(slots=True)
@@ -69,6 +63,11 @@ class Context:
         share = _WRITE_BUDGET // max(1, self.limiter.total_in_use)
         return max(_MIN_WRITE, min(self.options.chunk_size, share))
 
+    def destination(self, p: Planned) -> Destination:
+        return LocalDestination(
+            p.final, dest=self.dest, lane=self.lane, checked=self.checked_dirs, expected=p.expected
+        )
+
 
 async def download(ctx: Context, p: Planned) -> Outcome:
     """Download one planned file and report its outcome; never raises but for cancellation."""
@@ -78,10 +77,9 @@ async def download(ctx: Context, p: Planned) -> Outcome:
 class _Present(Exception):
     """The file the server named (Content-Disposition) is already complete: skip it."""
 
-    def __init__(self, nbytes: int, reason: str) -> None:
-        super().__init__(reason)
-        self.nbytes = nbytes
-        self.reason = reason
+    def __init__(self, skip: Skip) -> None:
+        super().__init__(skip.reason)
+        self.skip = skip
 
 
 class Download:
@@ -89,8 +87,7 @@ class Download:
 
     def __init__(self, ctx: Context, p: Planned) -> None:
         self.ctx, self.planned = ctx, p
-        self.base = files.working_base(p.final)
-        self.part = PartFile(p.final, base=self.base)
+        self.dest = ctx.destination(p)
         self.meter = Meter(
             p.download_id,
             p.display_url,
@@ -100,13 +97,8 @@ class Download:
             max_size=ctx.options.max_size,
         )
         self.headers = {"Accept-Encoding": "identity", **p.headers}
-        self.target = p.final  # the final path, or the name the server gave
-        #: What a resume of the bytes on disk needs (set once a response told it).
-        self.record: Callable[[], Record | None] = lambda: None
-        self.partial: Partial | None = None  # found by the claim; used by the first attempt
         self.resumed = False  # this attempt continues an earlier partial
         self.no_split = False  # ranges failed once: one stream from now on
-        self.locks: list[tuple[Path, int, str]] = []  # path, descriptor, working base
 
     # --- events --------------------------------------------------------------------------
 
@@ -119,14 +111,13 @@ class Download:
 
     def started(self, total: int | None, resumed_from: int) -> None:
         self.meter.total, self.meter.received = total, resumed_from
-        self.emit(events.Started, self.target, total, resumed_from)
+        self.emit(events.Started, self.dest.path, total, resumed_from)
 
     def _outcome(self, status: Status, nbytes: int, t0: float, error: str | None = None) -> Outcome:
         p = self.planned
         elapsed = self.ctx.clock() - t0
-        return Outcome(
-            p.display_url, self.target, status, nbytes, elapsed, error, p.download_id, p.file
-        )
+        path = self.dest.path
+        return Outcome(p.display_url, path, status, nbytes, elapsed, error, p.download_id, p.file)
 
     # --- the story -----------------------------------------------------------------------
 
@@ -134,89 +125,35 @@ class Download:
         ctx, p = self.ctx, self.planned
         t0 = ctx.clock()
         try:
-            skipped = await self._claim()
-            if skipped is not None:
-                return self._outcome(Status.SKIPPED, skipped, t0)
-            await ctx.limiter.acquire(p.host)
-            try:
-                nbytes = await self._attempts()
-            finally:
-                ctx.limiter.release(p.host)
+            skip = await self.dest.claim(overwrite=ctx.options.overwrite)
+            if skip is None:
+                await ctx.limiter.acquire(p.host)
+                try:
+                    nbytes = await self._attempts()
+                finally:
+                    ctx.limiter.release(p.host)
         except _Present as present:
-            with contextlib.suppress(DownloadError):
-                await ctx.lane.run(self.part.discard)
-            self.emit(events.Skipped, self.target, present.nbytes, present.reason)
-            return self._outcome(Status.SKIPPED, present.nbytes, t0)
+            skip = present.skip
+            await self.dest.stop(keep=False)
         except asyncio.CancelledError:
-            await self._settle(keep=True)
+            await self.dest.stop(keep=True)
             self.emit(events.Cancelled, p.final, self.meter.received)
             raise
         except DownloadError as exc:
             exc.attach(p.display_url)
-            await self._settle(keep=is_transient(exc))
+            await self.dest.stop(keep=is_transient(exc))
             self.emit(events.Failed, p.final, str(exc), ctx.clock() - t0)
             return self._outcome(Status.FAILED, self.meter.received, t0, str(exc))
-        finally:
-            await self._unlock()
-        self.emit(events.Completed, self.target, nbytes, ctx.clock() - t0)
+        except BaseException:
+            await self.dest.stop(keep=True)  # a bug: report it, but lose nothing
+            raise
+        if skip is not None:
+            self.emit(events.Skipped, self.dest.path, skip.nbytes, skip.reason)
+            return self._outcome(Status.SKIPPED, skip.nbytes, t0)
+        self.emit(events.Completed, self.dest.path, nbytes, ctx.clock() - t0)
         return self._outcome(Status.COMPLETED, nbytes, t0)
 
-    async def _claim(self) -> int | None:
-        """Become the one writer of the final path, and look at what is there already.
-
-        Returns the size of a complete file to keep (the download is then skipped), else
-        None with the lock held and any partial read.
-        """
-        ctx, p = self.ctx, self.planned
-        keep_unverified = not ctx.options.overwrite and p.expected is None
-        delay, longest = _LOCK_POLL
-        while (found := await ctx.lane.run(self._look, keep_unverified)) == _BUSY:
-            # Another call or process is writing this file: wait, then most likely skip it.
-            await asyncio.sleep(delay)
-            delay = min(longest, delay * 2)
-        if (
-            found is None
-            or ctx.options.overwrite
-            or (reason := await self._verified(p.final)) is None
-        ):
-            return None
-        await self._unlock()
-        self.emit(events.Skipped, p.final, found, reason)
-        return found
-
-    @os_errors
-    def _look(self, keep_unverified: bool) -> int | None:
-        """The claim's one thread hop: lock, look at the final path, read any partial."""
-        final, base = self.planned.final, self.base
-        lock, existing = files.claim(
-            self.ctx.dest, final, self.ctx.checked_dirs, keep_unverified, base
-        )
-        if lock is None:
-            return _BUSY if existing is None else existing
-        self.locks.append((final, lock, base))
-        if lock == files.LOCK_UNSUPPORTED:
-            self.part = PartFile(final, unique=True, base=base)
-        else:
-            self.partial = self.part.read()
-        return existing
-
-    async def _verified(self, path: Path) -> str | None:
-        """Why the complete file at ``path`` can be kept, or None when it cannot."""
-        expected = self.planned.expected
-        if expected is None:
-            return "already downloaded"
-        try:
-            digest = await self.ctx.lane.run_interruptible(
-                lambda stop: hash_file(path, expected.algorithm, stop=stop)
-            )
-        except OSError as exc:
-            raise os_error(exc) from exc
-        if digest.hexdigest() != expected.hexdigest:
-            return None
-        return f"already downloaded, {expected.algorithm} verified"
-
     async def _attempts(self) -> int:
-        ctx = self.ctx
         attempt = 0
         refetched = False
         while True:
@@ -234,34 +171,29 @@ class Download:
                 await self._restart("the resumed file failed its check; fetching it again")
             except DownloadError as exc:
                 attempt += 1
-                delay = ctx.policy.delay(exc, attempt)
+                delay = self.ctx.policy.delay(exc, attempt)
                 self.emit(events.Retrying, attempt, delay, exc.cause)
                 await asyncio.sleep(delay)
 
     async def _restart(self, reason: str) -> None:
-        discarded = max(self.part.size, self.partial.size if self.partial else 0)
-        self.partial = None
         self.resumed = False
-        await self.ctx.lane.run(self.part.discard)
-        if discarded:
-            self.emit(events.Restarted, discarded, reason)
+        dropped = await self.dest.restart()
+        if dropped:
+            self.emit(events.Restarted, dropped, reason)
 
     async def _attempt(self) -> int:
         ctx, p = self.ctx, self.planned
-        partial, self.partial = self.partial, None
-        if partial is None and self.part.touched:  # an earlier attempt wrote some
-            partial = await ctx.lane.run(self.part.read)
         self.resumed = False
-        record, split, asked = self._resume_plan(partial)
+        resume = await self.dest.resumable(p.url, no_split=self.no_split)
         headers = self.headers
-        if record is not None and asked is not None:
-            headers = {**headers, **range_headers(asked, record.validator or "")}
+        if resume is not None:
+            headers = {**headers, **range_headers(resume.asked, resume.validator)}
         opts = ctx.options
         async with Watchdog(opts.low_speed_limit, opts.low_speed_time) as dog:
             with ctx.http.errors(self.received):
                 resp = await ctx.http.get(p.url, headers)
                 try:
-                    answer, split = await self._receive(resp, record, asked, split)
+                    answer, split = await self._receive(resp, resume)
                     if split is None:
                         return await self._stream(resp, answer, dog)
                 except BaseException:
@@ -273,33 +205,8 @@ class Download:
         finally:
             resp.close()
 
-    def _resume_plan(
-        self, partial: Partial | None
-    ) -> tuple[Record | None, segments.Split | None, tuple[int, int | None] | None]:
-        """What the bytes on disk allow: their record, the split they continue (a
-        segmented partial), and the range to ask for."""
-        if partial is None:
-            return None, None, None
-        record = partial.usable_for(self.planned.url)
-        if record is None:
-            if partial.size:
-                raise Restart("the partial file cannot be trusted")
-            return None, None, None
-        self.part.size = partial.size
-        if not record.segments:
-            return record, None, (partial.size, None)
-        split = None if self.no_split else segments.resumable(record, partial.size)
-        seg = split.first_missing() if split is not None else None
-        if split is None or seg is None:
-            raise Restart("the partial file's record does not add up")
-        return record, split, (seg.position, seg.end - 1)
-
     async def _receive(
-        self,
-        resp: aiohttp.ClientResponse,
-        record: Record | None,
-        asked: tuple[int, int | None] | None,
-        split: segments.Split | None,
+        self, resp: aiohttp.ClientResponse, resume: Resume | None
     ) -> tuple[Answer, segments.Split | None]:
         """Decide what the answer means; the split to run, or None for one stream."""
         p, opts = self.planned, self.ctx.options
@@ -307,116 +214,57 @@ class Download:
             resp.status,
             resp.reason or "",
             resp.headers,
-            asked,
-            record.validator if record is not None else None,
-            record.total if record is not None else None,
+            resume.asked if resume is not None else None,
+            resume.validator if resume is not None else None,
+            resume.total if resume is not None else None,
             verifiable=p.expected is not None,
         )
         if answer.decision is Decision.RESTART:
             raise Restart(answer.reason)
-        if answer.decision is Decision.FULL and asked is not None:
+        if answer.decision is Decision.FULL and resume is not None and resume.asked[0] > 0:
             await self._restart(answer.reason)  # the server ignored the range: from zero
         total = answer.total
         if opts.max_size is not None and total is not None and total > opts.max_size:
             raise TooLargeError(cause=f"file is {size(total)}, over max_size={size(opts.max_size)}")
-        if opts.content_disposition and p.file.path is None and self.target == p.final:
-            await self._name_from_server(resp.headers.get("Content-Disposition"))
-        if answer.decision is Decision.APPEND and split is not None:
+        if opts.content_disposition and p.file.path is None and self.dest.path == p.final:
+            await self._rename(resp.headers.get("Content-Disposition"))
+        if answer.decision is Decision.APPEND and resume is not None and resume.split:
             self.resumed = True
-            return answer, split
-        if answer.decision is not Decision.FULL or self.part.unique or self.no_split:
+            return answer, resume.split
+        if answer.decision is not Decision.FULL or self.no_split:
             return answer, None
         ranges = resp.headers.get("Accept-Ranges", "")
         return answer, segments.plan(total, answer.validator, p.url, ranges, opts.segments)
 
     async def _stream(self, resp: aiohttp.ClientResponse, answer: Answer, dog: Watchdog) -> int:
-        """The body (or the rest of it) on one connection, then verify and rename."""
-        ctx, p, part = self.ctx, self.planned, self.part
-        offset = 0 if answer.decision is Decision.FULL else part.size
-        total = offset if answer.decision is Decision.COMPLETE else answer.total
-        tag = answer.validator
-        keep = tag is not None and not part.unique
-        if keep:
-            self.record = lambda: Record(url_key(p.url), tag, total)
+        """The body (or the rest of it) on one connection, then verify and commit."""
+        ctx, p = self.ctx, self.planned
+        sink = await self.dest.stream(p.url, answer)
+        offset = self.dest.size
         self.resumed = offset > 0
-        if p.expected is not None:
-            if offset:
-                await ctx.lane.run_interruptible(
-                    functools.partial(part.rehash, p.expected, limit=offset)
-                )
-            else:
-                part.hasher = p.expected.new()
+        total = offset if answer.decision is Decision.COMPLETE else answer.total
         tail: list[bytes] = []
         if answer.decision is not Decision.COMPLETE:
             self.started(total, offset)
-            sink = Appender(part, offset, self.record, keep)
-            batch = WriteBatch(ctx.write_size)
-            tail = await pump(resp.content, sink, self.meter, dog, batch, ctx.lane)
+            tail = await pump(resp.content, sink, self.meter, dog, WriteBatch(ctx.write_size))
         if p.expected is not None:
             self.emit(events.Validating)
-        return await self.commit(tail, total)
+        return await self.dest.commit(tail, total, None)
 
-    async def commit(self, tail: list[bytes], total: int | None) -> int:
-        """The last write, the checks, the rename and the end of the claim: one hop."""
-        return await self.ctx.lane.run(self._commit, tail, total)
-
-    def _commit(self, tail: list[bytes], total: int | None) -> int:
-        nbytes = self.part.finish(tail, total, self.planned.expected, self.target)
-        locks, self.locks = self.locks, []
-        for path, fd, base in reversed(locks):
-            files.unlock(path, fd, base)
-        return nbytes
-
-    async def _name_from_server(self, header: str | None) -> None:
+    async def _rename(self, header: str | None) -> None:
         """Take the file's name from ``Content-Disposition`` (opt-in), in the same folder.
 
-        The named path is claimed for this call (another download of the call cannot
-        take it) and gets a writer lock of its own; a complete file there is skipped
-        (verified against the hash when one is given), as at the URL's name.
+        The name is claimed for this call: another download of the call cannot take it.
         """
-        ctx, p = self.ctx, self.planned
-        name = files.name_from_disposition(header)
+        p, paths = self.planned, self.ctx.paths
+        name = name_from_disposition(header)
         if not name or name == p.final.name:
             return
-        target = p.final.with_name(name)
-        owner = ctx.paths.setdefault(target, p.download_id)
-        if owner != p.download_id:
+        if paths.setdefault(p.final.with_name(name), p.download_id) != p.download_id:
             raise DownloadError(
                 cause=f"the server names it {name}, which is also the name of another file "
                 "of this call; give it a path with File(url, path=...)"
             )
-        base = files.working_base(target)
-        lock = await ctx.lane.run(os_errors(files.try_lock), target, base)
-        if lock is None:
-            raise DownloadError(
-                cause=f"the server names it {name}, which another download is writing; give "
-                "it a path with File(url, path=...)"
-            )
-        self.locks.append((target, lock, base))
-        self.target = target
-        existing = await ctx.lane.run(os_errors(files.existing_size), target)
-        if existing is None or ctx.options.overwrite:
-            return
-        reason = await self._verified(target)
-        if reason is not None:
-            raise _Present(existing, f"{reason} as {name} (the server's name)")
-
-    # --- the end, whichever it is ------------------------------------------------------
-
-    async def _settle(self, *, keep: bool) -> None:
-        """After an early end: keep the bytes for a resume (``keep``), or let them go."""
-        part = self.part
-        with contextlib.suppress(DownloadError):
-            if keep:
-                await self.ctx.lane.run(part.keep, self.record())
-            elif self.locks or part.unique:  # ours to remove: we are the file's writer
-                await self.ctx.lane.run(part.discard)
-
-    async def _unlock(self) -> None:
-        locks, self.locks = self.locks, []
-        if self.part.fd is not None:  # an error nobody expected: still no descriptor leaks
-            with contextlib.suppress(DownloadError):
-                await self.ctx.lane.run(self.part.close)
-        for path, fd, base in reversed(locks):
-            with contextlib.suppress(OSError):
-                await self.ctx.lane.run(files.unlock, path, fd, base)
+        skip = await self.dest.rename(name, overwrite=self.ctx.options.overwrite)
+        if skip is not None:
+            raise _Present(skip)
