@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ from server import FAST, Server, Spec, of_type, requested_range, run_manager, se
 
 import rheo_nb
 from rheo_nb import File, Status, files, testing
-from rheo_nb.events import Retrying, Started
+from rheo_nb.display import TextProgress
+from rheo_nb.events import Restarted, Retrying, Started
 from rheo_nb.segments import MIN_SEGMENT
 
 SIZE = 100_000
@@ -327,3 +329,38 @@ async def test_a_segmented_partial_with_an_inconsistent_sidecar_is_restarted(
     assert res[0].status is Status.COMPLETED
     assert (dest / "odd.bin").read_bytes() == server.content("odd.bin", BIG)
     assert ranges_asked(server, "odd.bin")[0] is None
+
+
+async def test_a_partial_the_server_cannot_resume_is_announced_then_fetched_anew(
+    server: Server, dest: Path
+) -> None:
+    # A rerun after an interrupt, against a server that ignores Range: the file restarts
+    # from zero, and the core says so, as an event and on the text display.
+    size = 300_000
+    url = server.route_url("noranges", "again.bin", size)
+    plant_partial(
+        dest,
+        "again.bin",
+        url,
+        server.content("again.bin", size)[:100_000],
+        validator=server.etag("again.bin", size),
+        total=size,
+    )
+    log = io.StringIO()
+    res, seen = await run_manager(dest, [url])
+    assert res[0].status is Status.COMPLETED
+    assert (dest / "again.bin").read_bytes() == server.content("again.bin", size)
+    (restarted,) = of_type(seen, Restarted)
+    assert restarted.discarded == 100_000
+    assert restarted.reason == "the server does not support resume"
+    plant_partial(
+        dest,
+        "again.bin",
+        url,
+        server.content("again.bin", size)[:100_000],
+        validator=server.etag("again.bin", size),
+        total=size,
+    )
+    (dest / "again.bin").unlink()
+    await fetch([url], dest, progress=TextProgress(log))
+    assert "restarting again.bin: the server does not support resume" in log.getvalue()
