@@ -30,7 +30,7 @@ from .events import (
     Status,
     Subscription,
 )
-from .items import File, Items, Planned, as_files, describe, plan
+from .items import File, Items, Planned, describe, iter_files, plan
 from .options import Options
 from .queue import PriorityQueue
 from .results import Outcome, Results
@@ -38,6 +38,9 @@ from .runner import ThreadLane
 from .tracker import DownloadInfo, Stats, Tracker
 
 log = logging.getLogger("rheo_nb")
+
+#: Items queued by :meth:`DownloadManager.add` between two yields to the event loop.
+ADD_BATCH = 1024
 
 
 class DownloadManager:
@@ -193,10 +196,16 @@ class DownloadManager:
         An item that cannot be downloaded as given (bad URL, unsafe path, bad hash spec,
         a path another item already uses) is reported as failed at once; the others go on.
         The same URL to the same path queued again is one download.
+
+        ``items`` is read lazily (a Parquet manifest is never all in memory at once here);
+        during a long add the loop is given back every ``ADD_BATCH`` items, so downloads
+        start and displays redraw while the rest is queued.
         """
         self._require_open()
         ids = []
-        for file in as_files(items):
+        for n, file in enumerate(iter_files(items), 1):
+            if n % ADD_BATCH == 0:
+                await asyncio.sleep(0)
             try:
                 planned = plan(
                     file, self.dest, self.options.headers, auth.secret_params(self.options.auth)
