@@ -17,10 +17,12 @@ import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 import textwrap
 import threading
 import time
 import tracemalloc
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -28,6 +30,8 @@ from typing import Any
 
 import pytest
 import zstandard
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from rheo_nb import DownloadError, ExtractError, RheoNbError
 from rheo_nb.extract import (
@@ -121,7 +125,8 @@ _ZIP_TYPES = {"sym": stat.S_IFLNK, "chr": stat.S_IFCHR, "blk": stat.S_IFBLK, "fi
 
 def make_zip(path: Path, members: Iterable[Member]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        warnings.filterwarnings("ignore", "Duplicate name", UserWarning)  # hostile on purpose
         for kind, name, data, mode in members:
             info = zipfile.ZipInfo(name + ("/" if kind == "dir" else ""), (2024, 1, 2, 3, 4, 6))
             info.create_system = 3
@@ -291,6 +296,7 @@ HOSTILE_TAR = [
     pytest.param([hard("h", "../outside/x")], "h", "hard link", id="hardlink-up"),
     pytest.param([hard("h", "ABS/x")], "h", "absolute", id="hardlink-absolute"),
     pytest.param([hard("h", "missing")], "h", "not a file extracted before it", id="hardlink-nx"),
+    pytest.param([d("dir"), hard("h", "dir")], "h", "not a file extracted", id="hardlink-dir"),
     pytest.param([sym("a", "."), f("a/x", b"x")], "a/x", "inside the symbolic link", id="via-link"),
     pytest.param([sym("a", "."), sym("b", "a/..")], "b", "outside the target", id="link-chain"),
     pytest.param([sym("a", "."), sym("a/b", "..")], "a/b", "inside the symbolic link", id="nest"),
@@ -547,12 +553,13 @@ def test_a_1000_to_1_bomb_stops_at_the_cap_with_flat_memory(
 
 
 def test_a_declared_size_over_the_cap_fails_before_writing(tmp_path: Path) -> None:
-    archive = make_tar(tmp_path / "big.tar", [f("small", b"x" * 10), f("big", b"y" * 5000)])
+    members = [f("small", b"x" * 10), f("big", bytes(40 << 20))]
+    archive = make_tar(tmp_path / "big.tar.gz", members, "gz")
     seen: list[ExtractProgress] = []
     with pytest.raises(ExtractError, match="max_extract_size") as info:
-        extract(archive, max_size=1000, progress=seen.append)
+        extract(archive, max_size=20 << 20, progress=seen.append)
     assert info.value.member == "big"
-    assert max(p.bytes for p in seen) == 10
+    assert max(p.bytes for p in seen) == 10  # streaming to the cap would report 16 MiB
 
 
 def test_a_zip_that_lies_about_its_sizes_fails(tmp_path: Path) -> None:
@@ -590,6 +597,19 @@ def test_a_tar_header_over_a_mib_is_refused_with_flat_memory(tmp_path: Path) -> 
     assert isinstance(error, ExtractError)
     assert "header over 1 MiB" in str(error)
     assert peak < 6 << 20
+
+
+def test_memory_stays_flat_as_tar_members_grow(tmp_path: Path) -> None:
+    """tarfile remembers every header it reads; extraction must not keep them."""
+
+    def peak(n: int) -> int:
+        archive = make_tar(tmp_path / f"many{n}.tar.gz", [f(f"f{i}") for i in range(n)], "gz")
+        error, peak = measure(lambda: extract(archive))
+        assert error is None
+        return peak
+
+    small, large = peak(400), peak(2400)
+    assert large - small < 300 << 10  # keeping 2000 more headers would cost about 1 MiB
 
 
 @pytest.mark.slow
@@ -787,3 +807,69 @@ def test_zstd_without_the_package_says_how_to_get_it(
 def test_a_missing_archive_is_an_extract_error(tmp_path: Path) -> None:
     with pytest.raises(ExtractError, match="No such file"):
         extract(tmp_path / "nope.zip", label="https://example.org/nope.zip")
+
+
+# --- property: nothing lands outside the target, whatever the members ------------------------
+
+_names = st.lists(st.sampled_from(["a", "b", "..", ".", "ABS"]), min_size=1, max_size=4).flatmap(
+    lambda parts: st.sampled_from(["/", "/", "/", "\\"]).map(lambda sep: sep.join(parts))
+)
+_members = st.lists(
+    st.tuples(st.sampled_from(["file", "dir", "sym", "sym", "hard"]), _names, _names),
+    min_size=1,
+    max_size=6,
+)
+
+
+def _outside_entries(sandbox: Path, archive: Path, target: Path) -> list[str]:
+    """Paths in the sandbox other than the archive, the target and the record and lock
+    of the extraction."""
+    bad = [str(p) for p in (sandbox / "outside").iterdir()]
+    work = archive.parent / WORK_DIR
+    for dirpath, dirnames, filenames in os.walk(sandbox / "data"):
+        for name in dirnames + filenames:
+            p = Path(dirpath, name)
+            if p in (archive, work) or p == target or target in p.parents:
+                continue
+            if p.parent == work and p.suffix in (".json", ".lock"):
+                continue
+            bad.append(str(p))
+    return bad
+
+
+@given(members=_members, kind=st.sampled_from(["tar", "zip"]))
+def test_extraction_never_writes_outside_the_target(
+    members: list[tuple[str, str, str]], kind: str
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        sandbox = Path(tmp)
+        (sandbox / "outside").mkdir()
+        out = str(sandbox / "outside")
+        built: list[Member] = []
+        for mkind, name, link in members:
+            name = name.replace("ABS", out)
+            if mkind in ("sym", "hard"):
+                if kind == "zip" and mkind == "hard":
+                    mkind = "file"
+                built.append((mkind, name, link.replace("ABS", out), 0o644))
+            else:
+                built.append((mkind, name, b"x", 0o644))
+        maker = make_tar if kind == "tar" else make_zip
+        try:
+            archive = maker(sandbox / "data" / f"archive.{kind}", built)
+        except (ValueError, OSError, tarfile.TarError):
+            assume(False)  # an archive the library will not even write
+            return
+        target = sandbox / "data" / "archive"
+        try:
+            extract(archive)
+        except ExtractError:
+            assert not target.exists()
+        assert _outside_entries(sandbox, archive, target) == []
+        assert leftovers(archive.parent) == []
+        if target.exists():
+            root = os.path.realpath(target)
+            for dirpath, dirnames, filenames in os.walk(target):
+                for name in dirnames + filenames:
+                    real = os.path.realpath(os.path.join(dirpath, name))
+                    assert real == root or real.startswith(root + os.sep), (name, real)
