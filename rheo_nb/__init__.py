@@ -43,6 +43,7 @@ from .events import (
 )
 from .items import File
 from .manager import DownloadManager
+from .manifest import read_manifest
 from .options import Options
 from .results import Outcome, Results
 from .tracker import DownloadInfo, Stats
@@ -104,5 +105,6 @@ __all__ = [
     "__version__",
     "fetch",
     "fetch_sync",
+    "read_manifest",
     "start",
 ]

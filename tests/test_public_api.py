@@ -55,6 +55,7 @@ EXPECTED = [
     "__version__",
     "fetch",
     "fetch_sync",
+    "read_manifest",
     "start",
 ]
 
