@@ -9,7 +9,8 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from itertools import islice
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -197,48 +198,46 @@ class DownloadManager:
         a path another item already uses) is reported as failed at once; the others go on.
         The same URL to the same path queued again is one download.
 
-        ``items`` is read lazily (a Parquet manifest is never all in memory at once here);
-        during a long add the loop is given back every ``ADD_BATCH`` items, so downloads
-        start and displays redraw while the rest is queued.
+        ``items`` is read lazily, ``ADD_BATCH`` at a time, and the loop is given back
+        between batches, so downloads start and displays redraw while the rest is queued.
+        A lazy source (a generator, a Parquet manifest) is read on a worker thread: reading
+        it may block. A million-row manifest is never a million items at once here.
         """
         self._require_open()
-        ids = []
-        for n, file in enumerate(iter_files(items), 1):
-            if n % ADD_BATCH == 0:
-                await asyncio.sleep(0)
-            try:
-                planned = plan(
-                    file, self.dest, self.options.headers, auth.secret_params(self.options.auth)
-                )
-            except InvalidItemError as exc:
-                ids.append(self._reject(file, str(exc)))
-                continue
-            did = planned.download_id
-            if did in self._plans:
-                ids.append(did)
-                continue
-            owner = self._by_path.get(planned.final)
-            if owner is not None:
-                ids.append(
-                    self._reject(
-                        file,
-                        f"{planned.display_url}: {planned.relpath} is already the path of "
-                        f"{self._plans[owner].display_url} in this call; give one of them "
-                        "another path with File(url, path=...)",
-                        planned,
-                    )
-                )
-                continue
-            ids.append(did)
-            self._plans[did] = planned
-            self._by_path[planned.final] = did
-            self._order.append(did)
-            self._unfinished += 1
-            assert self._idle is not None
-            self._idle.clear()
-            self._emit(Queued(did, planned.display_url, planned.final, file.priority))
-            self._queue.put(did, planned, file.priority)
+        ids: list[str] = []
+        async for batch in _batches(items):
+            ids.extend(self._queue_one(file) for file in batch)
+            await asyncio.sleep(0)
         return ids
+
+    def _queue_one(self, file: File) -> str:
+        try:
+            planned = plan(
+                file, self.dest, self.options.headers, auth.secret_params(self.options.auth)
+            )
+        except InvalidItemError as exc:
+            return self._reject(file, str(exc))
+        did = planned.download_id
+        if did in self._plans:
+            return did
+        owner = self._by_path.get(planned.final)
+        if owner is not None:
+            return self._reject(
+                file,
+                f"{planned.display_url}: {planned.relpath} is already the path of "
+                f"{self._plans[owner].display_url} in this call; give one of them "
+                "another path with File(url, path=...)",
+                planned,
+            )
+        self._plans[did] = planned
+        self._by_path[planned.final] = did
+        self._order.append(did)
+        self._unfinished += 1
+        assert self._idle is not None
+        self._idle.clear()
+        self._emit(Queued(did, planned.display_url, planned.final, file.priority))
+        self._queue.put(did, planned, file.priority)
+        return did
 
     async def wait(self) -> Results:
         """Wait until every download added so far has finished; return all their outcomes."""
@@ -372,6 +371,20 @@ class DownloadManager:
         else:
             outcome = task.result()
         self._done(did, outcome)
+
+
+async def _batches(items: Items) -> AsyncIterator[list[File]]:
+    """``items`` as Files, ``ADD_BATCH`` at a time; a lazy source is read on a thread."""
+    files = iter_files(items)
+    in_memory = isinstance(items, list | tuple | str | File | Mapping)
+    while True:
+        if in_memory:
+            batch = list(islice(files, ADD_BATCH))
+        else:
+            batch = await asyncio.to_thread(lambda: list(islice(files, ADD_BATCH)))
+        if not batch:
+            return
+        yield batch
 
 
 def _prepare_dest(dest: Path) -> Path:

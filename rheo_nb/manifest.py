@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import gzip
 import io
 import json
@@ -344,6 +345,9 @@ class _Context:
     unit: str = "line"
     #: aria2 options seen and ignored, for the one warning.
     ignored: set[str] = field(default_factory=set)
+    #: False for entries already checked (a Parquet table read again, unchanged): only
+    #: built. Planning checks every item once more, so nothing unchecked is downloaded.
+    check: bool = True
 
     def bad(self, line: int, reason: str, url: object = "") -> BadRow:
         """A bad entry: raised, or (``errors="skip"``) kept as an item that fails."""
@@ -374,6 +378,9 @@ class _Context:
         name: bool = False,
     ) -> File:
         """One checked File, or a bad entry (the same checks as planning does)."""
+        if not self.check:
+            more = tuple(self.url(m) for m in _mirror_list(mirrors))
+            return File(self.url(str(url).strip()), path or None, hash=hash or None, mirrors=more)  # type: ignore[arg-type]
         try:
             for label, value in (("path", path), ("hash", hash)):
                 if value is not None and not isinstance(value, str):
@@ -611,9 +618,11 @@ class ParquetManifest(Sequence[File]):
         self._names = {k: v for k, v in names.items() if v in found}
         self._groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
         self._rows = int(meta.num_rows)
+        self._checked: tuple[int, int] | None = None
         if not ctx.skip:
             for _ in self:  # every row is checked now, before any download
                 pass
+            self._checked = _stamp(path)
 
     def owns(self, folder: Path) -> None:
         """Remove ``folder`` (a downloaded copy) once this sequence is gone."""
@@ -634,6 +643,9 @@ class ParquetManifest(Sequence[File]):
             n += batch.num_rows
 
     def _files(self, batch: Any, first: int) -> Iterator[File]:
+        ctx = self._ctx
+        if self._checked is not None and self._checked == _stamp(self._path):
+            ctx = dataclasses.replace(ctx, check=False)  # checked once is enough
         data = {name: batch.column(name).to_pylist() for name in batch.schema.names}
         names = self._names
         get = {field: data[column] for field, column in names.items()}
@@ -648,7 +660,7 @@ class ParquetManifest(Sequence[File]):
             ),
             first + 1,
         ):
-            yield self._ctx.file(
+            yield ctx.file(
                 i,
                 _text(url),
                 path=_text(path) or None,
@@ -675,6 +687,11 @@ class ParquetManifest(Sequence[File]):
         columns = list(dict.fromkeys(self._names.values()))
         table = pq.ParquetFile(self._path).read_row_group(group, columns=columns)
         return next(self._files(table.slice(row - first, 1), row))
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return (st.st_size, st.st_mtime_ns)
 
 
 def _text(value: object) -> object:
