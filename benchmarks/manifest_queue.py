@@ -73,23 +73,17 @@ def measure(step: str, path: Path) -> dict[str, float]:
     checked = time.perf_counter() - t0
     if step == "read":
         count = sum(1 for _ in files)
-        return {
-            "rows": count,
-            "read_s": checked,
-            "total_s": time.perf_counter() - t0,
-            "base_mib": base,
-            "peak_mib": rss_mib(),
-        }
-    items = list(files) if step == "queue-list" else files
+    else:
+        items = list(files) if step == "queue-list" else files
 
-    async def queue() -> int:
-        with tempfile.TemporaryDirectory() as dest:
-            async with rheo_nb.DownloadManager(dest, concurrency=8) as m:
-                ids = await m.add(items)
-                await m.cancel_all()
-                return len(ids)
+        async def queue() -> int:
+            with tempfile.TemporaryDirectory() as dest:
+                async with rheo_nb.DownloadManager(dest, concurrency=8) as m:
+                    ids = await m.add(items)
+                    await m.cancel_all()
+                    return len(ids)
 
-    count = asyncio.run(queue())
+        count = asyncio.run(queue())
     return {
         "rows": count,
         "read_s": checked,
