@@ -49,17 +49,13 @@ def scenarios(quick: bool) -> dict[str, Scenario]:
         return {
             "A": Scenario("A", "many small: 500 x 32 KiB", small[:500], "plain"),
             "B": Scenario("B", "few large: 2 x 256 MiB", large[:2], "plain"),
-            "C": Scenario(
-                "C", "one capped: 1 x 256 MiB at 25 MiB/s per connection", large[:1], "capped"
-            ),
+            "C": Scenario("C", "one capped: 1 x 256 MiB at 25 MiB/s per connection", large[:1], "capped"),
             "D": Scenario("D", "latency: 40 x 32 KiB, +50 ms per response", small[:40], "delayed"),
         }
     return {
         "A": Scenario("A", "many small: 2000 x 32 KiB", small, "plain"),
         "B": Scenario("B", "few large: 8 x 256 MiB", large, "plain"),
-        "C": Scenario(
-            "C", "one capped: 1 x 1 GiB at 25 MiB/s per connection", [("C/big.bin", GiB)], "capped"
-        ),
+        "C": Scenario("C", "one capped: 1 x 1 GiB at 25 MiB/s per connection", [("C/big.bin", GiB)], "capped"),
         "D": Scenario("D", "latency: 100 x 32 KiB, +50 ms per response", small[:100], "delayed"),
     }
 
@@ -168,9 +164,7 @@ def run_once(cmd: list[str], out: Path, expected: dict[str, str], timeout: float
     t0 = time.perf_counter()
     try:
         # The display writes to a pipe, as in a CI log.
-        proc = subprocess.run(
-            timed, cwd=out, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout
-        )
+        proc = subprocess.run(timed, cwd=out, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout)
     except subprocess.TimeoutExpired:
         return Run(time.perf_counter() - t0, 0, 0, False, "timeout")
     wall = time.perf_counter() - t0
@@ -202,25 +196,13 @@ def commands(client: str, urls_file: Path, out: Path, conc: int, scenario: str) 
         return ["curl", "-sS", "--fail", "--parallel", "--parallel-max", str(conc), "-K", str(cfg)]
     if client == "aria2c":
         split = ["-x16", "-s16"] if scenario == "C" else [f"-j{conc}"]
-        return [
-            "aria2c",
-            "-q",
-            *split,
-            "-i",
-            str(urls_file),
-            "-d",
-            str(out),
-            "--allow-overwrite=true",
-            "--auto-file-renaming=false",
-            "--file-allocation=none",
-        ]
+        return ["aria2c", "-q", *split, "-i", str(urls_file), "-d", str(out),
+                "--allow-overwrite=true", "--auto-file-renaming=false", "--file-allocation=none"]
     raise SystemExit(f"unknown client {client!r}")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--scenarios", default="ABCD")
     parser.add_argument("--runs", type=int, default=3)
@@ -228,14 +210,10 @@ def main() -> int:
     parser.add_argument("--peers", default="", help="also run these, e.g. curl,aria2c")
     parser.add_argument("--tmp", default=os.environ.get("RHEO_BENCH_TMP", "/dev/shm/rheo_nb-bench"))
     parser.add_argument("--timeout", type=float, default=150)
-    parser.add_argument(
-        "--serve", action="store_true", help="only start nginx and wait (for profiling)"
-    )
+    parser.add_argument("--serve", action="store_true", help="only start nginx and wait (for profiling)")
     args = parser.parse_args()
     if not shutil.which("nginx") or not Path(ECHO_MODULE).exists():
-        raise SystemExit(
-            "needs Debian's nginx and libnginx-mod-http-echo (apt-get install nginx libnginx-mod-http-echo)"
-        )
+        raise SystemExit("needs Debian's nginx and libnginx-mod-http-echo (apt-get install nginx libnginx-mod-http-echo)")
 
     tmp = Path(args.tmp)
     data, state = tmp / "data", Path(tempfile.mkdtemp(prefix="rheo_nb-bench-"))
@@ -245,10 +223,7 @@ def main() -> int:
     digests = make_data(data, wanted)
     nginx, ports = start_nginx(state, data)
     if args.serve:
-        print(
-            f"serving {data}: " + ", ".join(f"{k} http://127.0.0.1:{p}/" for k, p in ports.items()),
-            flush=True,
-        )
+        print(f"serving {data}: " + ", ".join(f"{k} http://127.0.0.1:{p}/" for k, p in ports.items()), flush=True)
         try:
             nginx.wait()
         finally:
@@ -259,13 +234,11 @@ def main() -> int:
     try:
         for sc in chosen:
             urls = state / f"urls-{sc.key}.txt"
-            urls.write_text(
-                "".join(f"http://127.0.0.1:{ports[sc.server]}/{rel}\n" for rel, _ in sc.files)
-            )
+            urls.write_text("".join(f"http://127.0.0.1:{ports[sc.server]}/{rel}\n" for rel, _ in sc.files))
             expected = {Path(rel).name: digests[rel] for rel, _ in sc.files}
             results: dict[str, list[Run]] = {c: [] for c in clients}
             for i in range(args.runs):
-                order = clients[i % len(clients) :] + clients[: i % len(clients)]
+                order = clients[i % len(clients):] + clients[: i % len(clients)]
                 for client in order:
                     out = tmp / "out" / client
                     cmd = commands(client, urls, out, args.conc, sc.key)
@@ -290,19 +263,13 @@ def main() -> int:
         shutil.rmtree(state, ignore_errors=True)
 
     load = os.getloadavg()
-    print(
-        f"\n## rheo_nb loopback benchmark ({'quick' if args.quick else 'full'}), "
-        f"{time.strftime('%Y-%m-%d %H:%M')}"
-    )
-    print(
-        f"\n{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"load average {load[0]:.2f}; concurrency {args.conc}; median of {args.runs} runs\n"
-    )
+    print(f"\n## rheo_nb loopback benchmark ({'quick' if args.quick else 'full'}), "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"\n{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"load average {load[0]:.2f}; concurrency {args.conc}; median of {args.runs} runs\n")
     for sc in chosen:
         print(f"- {sc.key}: {sc.title}")
-    print(
-        "\n| scen | client | ok | wall med (s) | min-max (s) | MB/s | files/s | CPU (s) | peak RSS (MiB) |"
-    )
+    print("\n| scen | client | ok | wall med (s) | min-max (s) | MB/s | files/s | CPU (s) | peak RSS (MiB) |")
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     return 0 if all("FAIL" not in r for r in rows) else 1

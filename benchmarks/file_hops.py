@@ -61,9 +61,7 @@ async def with_aiofiles(folder: Path, n: int, body: bytes, conc: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--size", type=int, default=32 * 1024)
     parser.add_argument("--conc", type=int, default=16)
