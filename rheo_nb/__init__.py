@@ -14,9 +14,11 @@ from .errors import (
     DestinationError,
     DownloadError,
     DownloadsFailed,
+    ExtractError,
     HTTPStatusError,
     IntegrityError,
     InvalidItemError,
+    ManifestError,
     OptionError,
     RedirectError,
     RheoNbError,
@@ -41,6 +43,7 @@ from .events import (
 )
 from .items import File, Outcome
 from .manager import DownloadManager
+from .manifest import read_manifest
 from .options import Options
 from .results import Results
 from .tracker import DownloadInfo, Stats
@@ -70,12 +73,14 @@ __all__ = [
     "DownloadsFailed",
     "Event",
     "EventType",
+    "ExtractError",
     "Failed",
     "File",
     "HTTPStatusError",
     "IntegrityError",
     "InvalidItemError",
     "Job",
+    "ManifestError",
     "NotebookProgress",
     "OAuth2ClientCredentials",
     "OptionError",
@@ -100,5 +105,6 @@ __all__ = [
     "__version__",
     "fetch",
     "fetch_sync",
+    "read_manifest",
     "start",
 ]

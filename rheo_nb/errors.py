@@ -5,13 +5,15 @@ Every exception rheo_nb raises derives from :class:`RheoNbError`::
     RheoNbError
     ├── OptionError             an option has a value rheo_nb cannot use
     ├── InvalidItemError        an item cannot be downloaded as given (URL, path, hash spec)
+    ├── ManifestError           a manifest cannot be read; names the file and the line or row
     ├── DownloadError           one download failed; carries the (masked) URL
     │   ├── HTTPStatusError     the server answered with an error status
     │   ├── TransferError       connection refused or lost, timeout, stalled or too slow
     │   ├── IntegrityError      wrong length or wrong hash: the bytes are not the file
     │   ├── TooLargeError       the body is over ``max_size``
     │   ├── RedirectError       too many redirects, or a redirect to a refused scheme
-    │   └── DestinationError    the destination cannot hold the file (not writable, a directory…)
+    │   ├── DestinationError    the destination cannot hold the file (not writable, a directory…)
+    │   └── ExtractError        an archive was refused (unsafe member, over a cap) or is unreadable
     └── DownloadsFailed         raised by ``Results.raise_for_errors()``; lists every failure
 
 Messages name the URL and the cause. URLs are masked (user info and secret-looking query
@@ -42,6 +44,24 @@ class OptionError(RheoNbError, ValueError):
 
 class InvalidItemError(RheoNbError, ValueError):
     """An item cannot be downloaded as given: bad URL, unsafe path or malformed hash."""
+
+
+class ManifestError(RheoNbError, ValueError):
+    """A manifest (checksum file, registry, aria2 input file, table) cannot be read.
+
+    The message starts with the manifest (its masked URL or its path) and, for a bad entry,
+    the line (text formats) or row (Parquet) where it is: ``"SHA256SUMS, line 3: …"``.
+    ``line`` holds that number (None when the whole file is the problem).
+    """
+
+    def __init__(
+        self, source: str, reason: str, line: int | None = None, *, unit: str = "line"
+    ) -> None:
+        where = f"{source}, {unit} {line}" if line is not None else source
+        super().__init__(f"{where}: {reason}")
+        self.source = source
+        self.line = line
+        self.reason = reason
 
 
 class DownloadError(RheoNbError):
@@ -122,6 +142,19 @@ class DestinationError(DownloadError):
     def __init__(self, url: str = "", cause: str = "", *, transient: bool = False) -> None:
         super().__init__(url, cause)
         self.transient = transient
+
+
+class ExtractError(DownloadError):
+    """An archive was refused or could not be extracted; nothing of it is left in the target.
+
+    ``url`` names the archive (its masked URL, or its path); ``member`` is the member at
+    fault, when one is (``"../etc/passwd"``), and ``reason`` says why.
+    """
+
+    def __init__(self, url: str, reason: str, member: str | None = None) -> None:
+        super().__init__(url, f"member {member!r}: {reason}" if member is not None else reason)
+        self.member = member
+        self.reason = reason
 
 
 class DownloadsFailed(RheoNbError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -32,6 +32,12 @@ class File:
     taken from the URL's path. ``hash`` is ``"<algorithm>:<hex>"`` with md5, sha1, sha256
     or sha512. Higher ``priority`` starts earlier. ``headers`` are sent with this file's
     requests only (and never to another origin after a redirect).
+
+    ``mirrors`` are more URLs of the same file, tried in order after ``url``.
+    ``extract=True`` unpacks the file once it is complete, into a folder beside it named
+    after it (``data/train.tar.gz`` → ``data/train/``); a string names that folder
+    instead, relative to ``dest``. ``extract_remove`` deletes the archive after a
+    successful extraction (None: as the call's ``extract_remove`` option says).
     """
 
     url: str
@@ -40,9 +46,20 @@ class File:
     hash: str | None = None
     priority: int = 0
     headers: Mapping[str, str] | None = field(default=None, repr=False)
+    mirrors: Sequence[str] = ()
+    extract: bool | str | os.PathLike[str] = False
+    extract_remove: bool | None = None
+
+    def __post_init__(self) -> None:
+        # A list would make the File unhashable; anything else is judged when planned.
+        if isinstance(self.mirrors, list):
+            object.__setattr__(self, "mirrors", tuple(self.mirrors))
 
     def __repr__(self) -> str:
-        parts = [repr(format.mask_url(self.url))]
+        return f"{type(self).__name__}({', '.join(self._repr_parts())})"
+
+    def _repr_parts(self) -> list[str]:
+        parts = [repr(format.mask_url(self.url)) if isinstance(self.url, str) else "<not text>"]
         if self.path is not None:
             parts.append(f"path={os.fspath(self.path)!r}")
         if self.hash is not None:
@@ -51,7 +68,29 @@ class File:
             parts.append(f"priority={self.priority}")
         if self.headers:
             parts.append(f"headers=<{len(self.headers)} hidden>")
-        return f"File({', '.join(parts)})"
+        if self.mirrors:
+            shown = [
+                format.mask_url(m) if isinstance(m, str) else "<not text>" for m in self.mirrors
+            ]
+            parts.append(f"mirrors={shown!r}")
+        if self.extract:
+            parts.append(f"extract={self.extract!r}")
+        if self.extract_remove is not None:
+            parts.append(f"extract_remove={self.extract_remove!r}")
+        return parts
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class BadRow(File):
+    """A manifest entry that could not be read, kept as an item when the manifest was read
+    with ``errors="skip"``: a download reports it failed with ``error`` and the others go
+    on. ``url`` is the entry's URL text, as far as there was one."""
+
+    _: KW_ONLY
+    error: str = ""
+
+    def _repr_parts(self) -> list[str]:
+        return [*File._repr_parts(self), f"error={self.error!r}"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,27 +115,35 @@ class Outcome:
 Items = File | Iterable["str | File | Outcome"] | Mapping[str, "str | None"]
 
 
-def as_files(items: Items) -> list[File]:
-    """Normalise ``items``: URL strings, :class:`File` objects, outcomes of an earlier call
-    (``results.failed`` re-runs just those), or a mapping ``{url: hash}``."""
+def iter_files(items: Items) -> Iterator[File]:
+    """Normalise ``items`` one at a time: URL strings, :class:`File` objects, outcomes of an
+    earlier call (``results.failed`` re-runs just those), or a mapping ``{url: hash}``.
+
+    Lazy, so that a manifest of a million rows is never a million objects at once here.
+    """
     if isinstance(items, str | File):
         items = [items]
     if isinstance(items, Mapping):
-        return [File(url, hash=h) for url, h in items.items()]
-    out: list[File] = []
+        for url, h in items.items():
+            yield File(url, hash=h)
+        return
     for item in items:
         if isinstance(item, File):
-            out.append(item)
+            yield item
         elif isinstance(item, str):
-            out.append(File(item))
+            yield File(item)
         elif isinstance(item, Outcome):
-            out.append(item.file)
+            yield item.file
         else:
             raise TypeError(
                 f"cannot download a {type(item).__name__}: give URL strings, rheo_nb.File "
                 "objects, or a mapping of URL to hash"
             )
-    return out
+
+
+def as_files(items: Items) -> list[File]:
+    """:func:`iter_files` as a list."""
+    return list(iter_files(items))
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +160,10 @@ class Planned:
     headers: dict[str, str] = field(repr=False)
     #: ``scheme://host:port``: what connection limits count by.
     host: str = ""
+    #: More URLs of the file, checked like ``url``.
+    mirrors: tuple[str, ...] = field(default=(), repr=False)
+    #: ``False``, ``True`` (beside the file) or a folder relative to ``dest``.
+    extract: bool | PurePosixPath = False
 
 
 def host_key(url: str) -> str:
@@ -183,6 +234,8 @@ def plan(
 
     :raises InvalidItemError: with a message naming the (masked) URL and the problem.
     """
+    if isinstance(file, BadRow):
+        raise InvalidItemError(file.error)
     url = check_url(file.url, secret_params)
     relpath = (
         files.relative_path(file.path)
@@ -193,6 +246,12 @@ def plan(
     if not isinstance(file.priority, int):
         raise InvalidItemError(f"priority must be an int, not {type(file.priority).__name__}")
     headers = {**check_headers(base_headers), **check_headers(file.headers)}
+    mirrors = check_mirrors(file.mirrors, secret_params)
+    extract = check_extract(file.extract)
+    if file.extract_remove is not None and not isinstance(file.extract_remove, bool):
+        raise InvalidItemError(
+            f"extract_remove must be True, False or None, not {type(file.extract_remove).__name__}"
+        )
     return Planned(
         download_id=download_id(url, relpath),
         file=file,
@@ -203,7 +262,34 @@ def plan(
         expected=expected,
         headers=headers,
         host=host_key(url),
+        mirrors=mirrors,
+        extract=extract,
     )
+
+
+def check_mirrors(
+    mirrors: Sequence[str], secret_params: frozenset[str] = frozenset()
+) -> tuple[str, ...]:
+    if isinstance(mirrors, str) or not isinstance(mirrors, Sequence):
+        raise InvalidItemError(
+            f"mirrors must be a list or tuple of URLs, not {type(mirrors).__name__}"
+        )
+    return tuple(check_url(m, secret_params) for m in mirrors)
+
+
+def check_extract(extract: bool | str | os.PathLike[str]) -> bool | PurePosixPath:
+    """``True``/``False``, or the folder (relative to ``dest``) to extract into."""
+    if isinstance(extract, bool):
+        return extract
+    if not isinstance(extract, str | os.PathLike):
+        raise InvalidItemError(
+            f"extract must be True, False or a folder relative to dest, "
+            f"not {type(extract).__name__}"
+        )
+    try:
+        return files.relative_path(extract)
+    except InvalidItemError as exc:
+        raise InvalidItemError(f"extract folder: {exc}") from None
 
 
 def describe(item: Any, secret_params: frozenset[str] = frozenset()) -> str:

@@ -10,7 +10,8 @@ import os
 import resource
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from itertools import islice
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -32,7 +33,7 @@ from .events import (
     Subscription,
 )
 from .http import Client
-from .items import File, Items, Outcome, Planned, as_files, describe, plan
+from .items import File, Items, Outcome, Planned, describe, iter_files, plan
 from .options import Options, check_names
 from .queue import PriorityQueue
 from .results import Results
@@ -41,6 +42,9 @@ from .runner import ThreadLane
 from .tracker import DownloadInfo, Stats, Tracker
 
 log = logging.getLogger("rheo_nb")
+
+#: Items queued by :meth:`DownloadManager.add` between two yields to the event loop.
+ADD_BATCH = 1024
 
 
 class DownloadManager:
@@ -212,52 +216,56 @@ class DownloadManager:
         An item that cannot be downloaded as given (bad URL, unsafe path, bad hash spec,
         a path another item already uses) is reported as failed at once; the others go on.
         The same item queued again is one download; the same URL and path with another
-        hash or other headers is refused, since only one of them could be honoured.
+        hash, other headers or other mirrors is refused, since only one of them could be
+        honoured.
+
+        ``items`` is read lazily, ``ADD_BATCH`` at a time, and the loop is given back
+        between batches, so downloads start and displays redraw while the rest is queued.
+        A lazy source (a generator, a Parquet manifest) is read on a worker thread: reading
+        it may block.
         """
         self._require_open()
-        ids = []
-        for file in as_files(items):
-            try:
-                planned = plan(
-                    file, self.dest, self.options.headers, auth.secret_params(self.options.auth)
-                )
-            except InvalidItemError as exc:
-                ids.append(self._reject(file, str(exc)))
-                continue
-            did = planned.download_id
-            if did in self._plans:
-                differs = _differs(self._plans[did], planned)
-                if differs:
-                    error = (
-                        f"{planned.display_url}: given twice with {differs}; give it once, "
-                        "or give the copies different paths with File(url, path=...)"
-                    )
-                    ids.append(self._reject(file, error, planned))
-                else:
-                    ids.append(did)
-                continue
-            owner = self._by_path.get(planned.final)
-            if owner is not None:
-                ids.append(
-                    self._reject(
-                        file,
-                        f"{planned.display_url}: {planned.relpath} is already the path of "
-                        f"{self._plans[owner].display_url} in this call; give one of them "
-                        "another path with File(url, path=...)",
-                        planned,
-                    )
-                )
-                continue
-            ids.append(did)
-            self._plans[did] = planned
-            self._by_path[planned.final] = did
-            self._order.append(did)
-            self._unfinished += 1
-            assert self._idle is not None
-            self._idle.clear()
-            self._emit(Queued(did, planned.display_url, planned.final, file.priority))
-            self._queue.put(did, planned, file.priority)
+        ids: list[str] = []
+        async for batch in _batches(items):
+            ids.extend(self._queue_one(file) for file in batch)
+            await asyncio.sleep(0)
         return ids
+
+    def _queue_one(self, file: File) -> str:
+        try:
+            planned = plan(
+                file, self.dest, self.options.headers, auth.secret_params(self.options.auth)
+            )
+        except InvalidItemError as exc:
+            return self._reject(file, str(exc))
+        did = planned.download_id
+        if did in self._plans:
+            differs = _differs(self._plans[did], planned)
+            if not differs:
+                return did
+            error = (
+                f"{planned.display_url}: given twice with {differs}; give it once, or give "
+                "the copies different paths with File(url, path=...)"
+            )
+            return self._reject(file, error, planned)
+        owner = self._by_path.get(planned.final)
+        if owner is not None:
+            return self._reject(
+                file,
+                f"{planned.display_url}: {planned.relpath} is already the path of "
+                f"{self._plans[owner].display_url} in this call; give one of them "
+                "another path with File(url, path=...)",
+                planned,
+            )
+        self._plans[did] = planned
+        self._by_path[planned.final] = did
+        self._order.append(did)
+        self._unfinished += 1
+        assert self._idle is not None
+        self._idle.clear()
+        self._emit(Queued(did, planned.display_url, planned.final, file.priority))
+        self._queue.put(did, planned, file.priority)
+        return did
 
     async def wait(self) -> Results:
         """Wait until every download added so far has finished; return all their outcomes."""
@@ -400,12 +408,30 @@ class DownloadManager:
         self._done(did, outcome)
 
 
+async def _batches(items: Items) -> AsyncIterator[list[File]]:
+    """``items`` as Files, ``ADD_BATCH`` at a time; a lazy source is read on a thread."""
+    files = iter_files(items)
+    in_memory = isinstance(items, list | tuple | str | File | Mapping)
+    while True:
+        if in_memory:
+            batch = list(islice(files, ADD_BATCH))
+        else:
+            batch = await asyncio.to_thread(lambda: list(islice(files, ADD_BATCH)))
+        if not batch:
+            return
+        yield batch
+
+
 def _differs(first: Planned, again: Planned) -> str:
     """What two items for the same URL and path disagree on (``""``: nothing)."""
     if first.expected != again.expected:
         return "different hashes"
     if first.headers != again.headers:
         return "different headers"
+    if first.mirrors != again.mirrors:
+        return "different mirrors"
+    if first.extract != again.extract:
+        return "different extract= settings"
     return ""
 
 

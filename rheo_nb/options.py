@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from .auth import Auth, check_cookies, coerce
 from .errors import OptionError
+from .extract import MAX_FILES
 from .format import MASK
 
 MiB = 1 << 20
@@ -103,6 +104,13 @@ class Options:
     #: Options of an object-storage destination (``s3://…``), in the fsspec convention;
     #: without them the standard credential chains apply. Secrets are masked in reprs.
     storage_options: Mapping[str, Any] = field(default_factory=StorageOptions)
+    #: Refuse an archive that expands to more than this many bytes (None: 100 times the
+    #: archive's size, and at least 1 GiB: see :func:`rheo_nb.extract.size_limit`).
+    max_extract_size: int | None = None
+    #: Refuse an archive with more members (files, folders and links) than this.
+    max_extract_files: int = MAX_FILES
+    #: Delete an archive once it is extracted (a ``File``'s ``extract_remove`` wins).
+    extract_remove: bool = False
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -117,6 +125,8 @@ class Options:
             "max_redirects",
             "chunk_size",
             "segments",
+            "max_extract_size",
+            "max_extract_files",
         ):
             need(not isinstance(getattr(self, name), bool), f"{name} must be a number, not a bool")
 
@@ -162,6 +172,16 @@ class Options:
             self.segments == "auto" or (isinstance(self.segments, int) and self.segments >= 1),
             "segments must be 'auto' or an int >= 1",
         )
+        need(
+            self.max_extract_size is None
+            or (isinstance(self.max_extract_size, int) and self.max_extract_size >= 1),
+            "max_extract_size must be an int >= 1 (bytes) or None",
+        )
+        need(
+            isinstance(self.max_extract_files, int) and self.max_extract_files >= 1,
+            "max_extract_files must be an int >= 1",
+        )
+        need(isinstance(self.extract_remove, bool), "extract_remove must be True or False")
         need(isinstance(self.headers, Mapping), "headers must be a mapping of names to values")
         object.__setattr__(self, "headers", dict(self.headers))
         object.__setattr__(self, "auth", coerce(self.auth))
@@ -183,7 +203,7 @@ class Options:
         return cls(**{**current, **changes})
 
 
-_NULLABLE = frozenset({"max_size", "total_timeout"})
+_NULLABLE = frozenset({"max_size", "total_timeout", "max_extract_size"})
 
 
 def check_names(given: Iterable[str], known: Iterable[str], where: str) -> None:

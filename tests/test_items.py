@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pytest
 
 from rheo_nb import File, InvalidItemError
 from rheo_nb.events import Status
 from rheo_nb.hashing import ExpectedHash
-from rheo_nb.items import Outcome, as_files, check_headers, check_url, describe, download_id, plan
+from rheo_nb.items import (
+    BadRow,
+    Outcome,
+    as_files,
+    check_headers,
+    check_url,
+    describe,
+    download_id,
+    iter_files,
+    plan,
+)
 
 DEST = Path("/data")
 URL = "https://example.org/sets/train.csv"
@@ -146,3 +158,78 @@ def test_download_id_depends_on_url_and_path() -> None:
 def test_describe_is_safe_for_anything() -> None:
     assert describe(File("https://example.org/a?token=x")) == "https://example.org/a?token=***"
     assert describe(File(42)) == "'int'"  # type: ignore[arg-type]
+
+
+def test_iter_files_is_lazy() -> None:
+    taken: list[int] = []
+
+    def rows() -> Iterator[str]:
+        for i in range(1_000_000):
+            taken.append(i)
+            yield f"{URL}?n={i}"
+
+    files = iter_files(rows())
+    assert [next(files).url for _ in range(3)] == [f"{URL}?n={i}" for i in range(3)]
+    assert taken == [0, 1, 2]
+
+
+def test_mirrors_and_extract_are_planned_and_checked() -> None:
+    p = plan(
+        File(URL, mirrors=["https://m1.example/t.csv", "http://m2.example/t.csv"], extract=True),
+        DEST,
+        {},
+    )
+    assert p.mirrors == ("https://m1.example/t.csv", "http://m2.example/t.csv")
+    assert p.extract is True
+    assert plan(File(URL, extract="models/bert"), DEST, {}).extract == PurePosixPath("models/bert")
+    assert plan(File(URL), DEST, {}).extract is False
+    assert plan(File(URL), DEST, {}).mirrors == ()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"mirrors": "https://m.example/x"}, "mirrors must be a list or tuple of URLs, not str"),
+        ({"mirrors": ["ftp://m.example/x"]}, "unsupported URL scheme ftp:"),
+        ({"mirrors": [None]}, "URL must be a string"),
+        ({"extract": "../up"}, "extract folder: .*outside dest"),
+        ({"extract": "/abs"}, "extract folder: .*absolute"),
+        ({"extract": "."}, "extract folder: .*names no"),
+        ({"extract": 1}, "extract must be True, False or a folder"),
+        ({"extract_remove": "yes"}, "extract_remove must be True, False or None"),
+    ],
+)
+def test_bad_mirrors_or_extract_fail_planning(kwargs: dict[str, Any], words: str) -> None:
+    with pytest.raises(InvalidItemError, match=words):
+        plan(File(URL, **kwargs), DEST, {})
+
+
+def test_a_list_of_mirrors_keeps_the_file_hashable() -> None:
+    f = File(URL, mirrors=["https://m.example/x"])
+    assert f.mirrors == ("https://m.example/x",)
+    assert len({f, File(URL, mirrors=("https://m.example/x",))}) == 1
+
+
+def test_repr_masks_mirrors_and_shows_extraction() -> None:
+    f = File(
+        URL,
+        mirrors=["https://u:pw@m.example/x?token=abc"],
+        extract="models",
+        extract_remove=True,
+    )
+    text = repr(f)
+    assert "pw" not in text
+    assert "abc" not in text
+    assert "mirrors=['https://u:***@m.example/x?token=***']" in text
+    assert "extract='models'" in text
+    assert "extract_remove=True" in text
+
+
+def test_a_bad_row_fails_planning_with_its_message() -> None:
+    row = BadRow("https://example.org/x?token=abc", error="list.csv, line 4: no url")
+    assert isinstance(row, File)
+    with pytest.raises(InvalidItemError, match=r"^list\.csv, line 4: no url$"):
+        plan(row, DEST, {})
+    assert "abc" not in repr(row)
+    assert "error='list.csv, line 4: no url'" in repr(row)
+    assert as_files([row]) == [row]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from rheo_nb import (
     transfer,
 )
 from rheo_nb.files import working_path
+from rheo_nb.items import BadRow
+from rheo_nb.manager import ADD_BATCH
 
 SIZE = DEFAULT_SIZE
 
@@ -408,6 +411,51 @@ async def test_items_that_cannot_be_planned_fail_alone(server: Server, dest: Pat
     assert server.count() == 1  # only the good one was requested
     assert len(of_type(events, Failed)) == 6
     assert listing(dest) == ["good.bin"]
+
+
+async def test_bad_manifest_rows_fail_alone_and_rerun_as_failures(
+    server: Server, dest: Path
+) -> None:
+    items: list[str | File] = [
+        BadRow("", error="list.csv, line 2: no url"),
+        server.url("good.bin"),
+        File(server.url("m.bin"), mirrors=["ftp://m.example/m.bin"]),
+    ]
+    res, _ = await run_manager(dest, items)
+    assert [o.status for o in res] == [Status.FAILED, Status.COMPLETED, Status.FAILED]
+    assert res[0].error == "list.csv, line 2: no url"
+    assert "unsupported URL scheme" in (res[2].error or "")
+    again, _ = await run_manager(dest, res.failed)
+    assert [o.error for o in again] == [o.error for o in res.failed]
+
+
+async def test_add_takes_items_lazily_and_lets_the_loop_run(dest: Path) -> None:
+    """A long add gives the loop back: other tasks run while items are still being read."""
+    ticks = 0
+    read = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    def rows() -> Iterator[File]:
+        nonlocal read
+        for i in range(3 * ADD_BATCH):
+            read += 1
+            yield File(f"http://127.0.0.1:9/{i}.bin")
+
+    async with manager(dest, concurrency=1) as m:
+        await m.cancel_all()
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        start = ticks
+        ids = await m.add(rows())
+        task.cancel()
+        await m.cancel_all()
+    assert len(ids) == read == 3 * ADD_BATCH
+    assert ticks - start >= 3
 
 
 async def test_every_failure_is_reported_with_its_url_and_cause(server: Server, dest: Path) -> None:

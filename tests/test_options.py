@@ -17,6 +17,7 @@ def test_defaults() -> None:
     assert o.max_size is None
     assert o.headers == {}
     assert o.segments == "auto"
+    assert (o.max_extract_size, o.max_extract_files, o.extract_remove) == (None, 1_000_000, False)
 
 
 def test_options_are_frozen() -> None:
@@ -56,6 +57,12 @@ def test_options_are_frozen() -> None:
         ({"segments": "many"}, "segments"),
         ({"headers": None}, "headers"),
         ({"headers": [("a", "b")]}, "headers"),
+        ({"max_extract_size": 0}, "max_extract_size"),
+        ({"max_extract_size": "1G"}, "max_extract_size"),
+        ({"max_extract_files": 0}, "max_extract_files"),
+        ({"max_extract_files": None}, "max_extract_files"),
+        ({"extract_remove": "yes"}, "extract_remove"),
+        ({"extract_remove": None}, "extract_remove"),
     ],
 )
 def test_bad_values_are_an_option_error(changes: dict[str, Any], words: str) -> None:
@@ -93,18 +100,29 @@ def test_build_on_a_base_keeps_its_values() -> None:
 
 
 def test_build_treats_none_as_default_except_for_nullable_options() -> None:
-    base = Options(retries=7, max_size=10, total_timeout=5.0)
-    o = Options.build(base, retries=None, max_size=None, total_timeout=None)
+    base = Options(retries=7, max_size=10, total_timeout=5.0, max_extract_size=10)
+    o = Options.build(base, retries=None, max_size=None, total_timeout=None, max_extract_size=None)
     assert o.retries == 7
     assert o.max_size is None
     assert o.total_timeout is None
+    assert o.max_extract_size is None
 
 
 def test_names() -> None:
     assert {"concurrency", "retries", "timeout", "overwrite", "headers"} <= Options.names()
 
 
-@pytest.mark.parametrize("name", ["concurrency", "retries", "max_redirects", "segments"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "concurrency",
+        "retries",
+        "max_redirects",
+        "segments",
+        "max_extract_size",
+        "max_extract_files",
+    ],
+)
 def test_a_bool_is_not_taken_for_a_count(name: str) -> None:
     changes: dict[str, Any] = {name: True}
     with pytest.raises(OptionError, match="not a bool"):

@@ -23,12 +23,14 @@ EXPECTED = [
     "DownloadsFailed",
     "Event",
     "EventType",
+    "ExtractError",
     "Failed",
     "File",
     "HTTPStatusError",
     "IntegrityError",
     "InvalidItemError",
     "Job",
+    "ManifestError",
     "NotebookProgress",
     "OAuth2ClientCredentials",
     "OptionError",
@@ -53,6 +55,7 @@ EXPECTED = [
     "__version__",
     "fetch",
     "fetch_sync",
+    "read_manifest",
     "start",
 ]
 
