@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from . import files, segments
-from .errors import DownloadError
+from . import extract, files, segments
+from .errors import DownloadError, ExtractError
 from .hashing import ExpectedHash, hash_file
 from .http import Answer, Decision, Restart
 from .partfile import PartFile, Partial, Record, destination_error, destination_errors, url_key
@@ -39,6 +42,19 @@ class Skip:
 
     nbytes: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unpacking:
+    """How to extract an archive (see :func:`rheo_nb.extract.extract`), and where to
+    report how far it got (called on the loop, at most ten times a second)."""
+
+    explicit: bool
+    remove: bool
+    max_size: int | None
+    max_files: int
+    progress: Callable[[int, int | None], None]
+    label: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +84,11 @@ class Destination(Protocol):
         """Become the one writer and look: a complete file to keep, else None."""
         ...
 
-    async def resumable(self, url: str, *, no_split: bool) -> Resume | None:
-        """What an earlier attempt or run left that this attempt may continue.
+    async def resumable(
+        self, url: str, sources: tuple[str, ...], *, no_split: bool
+    ) -> Resume | None:
+        """What an earlier attempt or run left that this attempt, from ``url`` (one of the
+        file's ``sources``), may continue.
 
         :raises Restart: something is there that cannot be trusted.
         """
@@ -110,6 +129,21 @@ class Destination(Protocol):
     async def stop(self, *, keep: bool) -> None:
         """An early end (failure or cancel): keep the bytes for a resume, or drop them;
         in both cases let go of the file."""
+        ...
+
+    async def extracted(self, folder: PurePosixPath | None) -> tuple[Skip, Path] | None:
+        """The file is gone because its extraction removed it, and that extraction is
+        still in place: skip it (and where it went), letting go of the file as
+        :meth:`claim` does. ``folder`` as for :meth:`extract`."""
+        ...
+
+    async def extract(self, folder: PurePosixPath | None, how: Unpacking) -> Path | None:
+        """Unpack the file, now complete at :attr:`path`, into ``folder`` (relative to the
+        call's destination; None: beside it, named after it). None when it is no archive
+        and extraction was not asked of this file in particular (``how.explicit``).
+
+        :raises ExtractError: the archive is refused (a member and the reason).
+        """
         ...
 
 
@@ -203,13 +237,15 @@ class LocalDestination:
 
     # --- what is kept ----------------------------------------------------------------
 
-    async def resumable(self, url: str, *, no_split: bool) -> Resume | None:
+    async def resumable(
+        self, url: str, sources: tuple[str, ...], *, no_split: bool
+    ) -> Resume | None:
         partial, self.partial = self.partial, None
         if partial is None and self.part.touched:  # an earlier attempt wrote some
             partial = await self.lane.run(self.part.read)
         if partial is None:
             return None
-        record = partial.usable_for(url)
+        record = partial.usable_for(url, sources, hashed=self.expected is not None)
         if record is None or record.validator is None:
             if partial.size:
                 raise Restart("the partial file cannot be trusted")
@@ -305,6 +341,61 @@ class LocalDestination:
         finally:
             self._unlock()
 
+    # --- extraction ----------------------------------------------------------------------
+
+    def _target(self, folder: PurePosixPath | None) -> Path | None:
+        return self.dest.joinpath(*folder.parts) if folder is not None else None
+
+    async def extracted(self, folder: PurePosixPath | None) -> tuple[Skip, Path] | None:
+        found = await self.lane.run(
+            destination_errors(extract.recorded), self.final, self._target(folder)
+        )
+        if found is None:
+            return None
+        target, nbytes, sha256 = found
+        expected = self.expected
+        if expected is not None and (expected.algorithm, expected.hexdigest) != ("sha256", sha256):
+            return None
+        reason = "already downloaded and extracted" + (", sha256 verified" if expected else "")
+        await self.release()
+        return Skip(nbytes, reason), target
+
+    async def extract(self, folder: PurePosixPath | None, how: Unpacking) -> Path | None:
+        archive, target = self.path, self._target(folder)
+        kind = await self.lane.run(destination_errors(extract.archive_kind), archive)
+        if kind is None:
+            if how.explicit:
+                raise ExtractError(how.label, "not an archive rheo_nb extracts (zip, tar, gz…)")
+            return None
+        if target is not None:
+            await self.lane.run(destination_errors(files.ensure_parent), self.dest, target)
+        loop = asyncio.get_running_loop()
+
+        def unpack(stop: threading.Event) -> Path:
+            last = 0.0
+
+            def report(done: extract.ExtractProgress) -> None:
+                nonlocal last
+                if stop.is_set():
+                    raise _Stopped  # extract() removes what it wrote, then lets it through
+                now = time.monotonic()
+                if now - last >= 0.1:
+                    last = now
+                    loop.call_soon_threadsafe(how.progress, done.members, done.total)
+
+            result = extract.extract(
+                archive,
+                target,
+                max_size=how.max_size,
+                max_files=how.max_files,
+                remove=how.remove,
+                progress=report,
+                label=how.label,
+            )
+            return result.target
+
+        return await self.lane.run_interruptible(unpack)
+
     def _unlock(self) -> None:
         locks, self.locks = self.locks, []
         for path, fd, base in reversed(locks):
@@ -312,6 +403,10 @@ class LocalDestination:
                 files.unlock(path, fd, base)
             except OSError:
                 pass  # the kernel frees a lock with its descriptor; the file is harmless
+
+
+class _Stopped(Exception):
+    """The download was cancelled while its archive was being extracted."""
 
 
 class _Append:

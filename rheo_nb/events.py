@@ -44,6 +44,7 @@ class EventType(StrEnum):
     RETRYING = "retrying"
     RESTARTED = "restarted"
     VALIDATING = "validating"
+    EXTRACTING = "extracting"
     COMPLETED = "completed"
     FAILED = "failed"
     SKIPPED = "skipped"
@@ -116,6 +117,18 @@ class Validating:
 
 
 @dataclass(frozen=True, slots=True)
+class Extracting:
+    """An archive is being unpacked: ``members`` done of ``total`` (None while unknown:
+    a tar is read once, front to back). Throttled like progress."""
+
+    type: ClassVar[EventType] = EventType.EXTRACTING
+    download_id: str
+    url: str
+    members: int
+    total: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Completed:
     type: ClassVar[EventType] = EventType.COMPLETED
     download_id: str
@@ -161,6 +174,7 @@ Event = (
     | Retrying
     | Restarted
     | Validating
+    | Extracting
     | Completed
     | Skipped
     | Failed

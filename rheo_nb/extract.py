@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import ExtractError
+from .files import WORKDIR
 
 #: The default cap on bytes written is this many times the archive's size…
 SIZE_RATIO = 100
@@ -64,7 +65,7 @@ SIZE_FLOOR = 1 << 30
 #: The default cap on members (files, folders and links).
 MAX_FILES = 1_000_000
 #: The hidden folder, in each destination folder, that holds rheo_nb's working files.
-WORK_DIR = ".rheo_nb"
+WORK_DIR = WORKDIR
 
 _CHUNK = 1 << 20
 _REPORT_EVERY = 16 << 20
@@ -850,6 +851,32 @@ def _extract(
         if remove:
             os.unlink(archive)
     return result
+
+
+def recorded(
+    archive: str | os.PathLike[str], target: str | os.PathLike[str] | None = None
+) -> tuple[Path, int, str] | None:
+    """Where ``archive`` was extracted, with its size and sha256, when that folder still
+    holds the extraction: what a rerun needs to skip an archive removed after extracting
+    it (``remove=True``). ``target`` as for :func:`extract`. Blocking.
+
+    >>> recorded("data/train.tar.gz")          # doctest: +SKIP
+    (PosixPath('data/train'), 52428800, '9f86d0…')
+    """
+    if target is not None:
+        candidates = [Path(target)]
+    else:
+        candidates = sorted({default_target(archive, kind) for kind in KINDS})
+    for where in candidates:
+        digest = hashlib.sha256(os.fsencode(where.name)).hexdigest()[:16]
+        record = _read_record(where.parent / WORK_DIR / f"extract-{digest}.json")
+        try:
+            current = _identity(where)
+        except _Refused:
+            continue
+        if record is not None and current is not None and current == record.target:
+            return where, record.size, record.sha256
+    return None
 
 
 def _ident(path: Path) -> tuple[int, int]:

@@ -422,7 +422,8 @@ def _partial_content(
     start, end, total = rng if rng is not None else (-1, -1, None)
     if total is not None:
         exact = start == first and end == (total - 1 if last is None else last)
-        if exact and known_total in (None, total) and got in (None, sent):
+        # With no If-Range sent (a hash will check the bytes), any validator will do.
+        if exact and known_total in (None, total) and (sent is None or got in (None, sent)):
             return Answer(Decision.APPEND, total, validator=got or sent)
     return Answer(Decision.RESTART, reason="the answer to a range request does not match it")
 
@@ -437,7 +438,7 @@ def _not_satisfiable(
     rng = parse_content_range(headers.get("Content-Range"))
     first, last = asked
     # "Nothing after byte N" confirms the partial is whole only if it is still this file.
-    confirmed = (got is not None and got == sent) or (got is None and verifiable)
+    confirmed = (got is not None and got == sent) or ((got is None or sent is None) and verifiable)
     if rng is not None and last is None and rng[2] == first and confirmed:
         return Answer(Decision.COMPLETE, first, validator=got or sent)
     return Answer(Decision.RESTART, reason="the server cannot confirm the partial file")
@@ -445,6 +446,10 @@ def _not_satisfiable(
 
 def range_headers(asked: tuple[int, int | None], validator: str) -> dict[str, str]:
     """``Range`` for ``asked`` (``(first, last)``, last None: to the end) and its
-    ``If-Range``, so a changed file answers with all of its new bytes instead."""
+    ``If-Range`` (when ``validator`` is given), so a changed file answers with all of its
+    new bytes instead."""
     first, last = asked
-    return {"Range": f"bytes={first}-{'' if last is None else last}", "If-Range": validator}
+    headers = {"Range": f"bytes={first}-{'' if last is None else last}"}
+    if validator:  # none: the bytes kept came from another source; a hash will check them
+        headers["If-Range"] = validator
+    return headers

@@ -96,7 +96,9 @@ class BadRow(File):
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What happened to one file. ``url`` is masked (safe to show); ``error`` is None
-    unless the download failed or was cancelled."""
+    unless the download failed or was cancelled. ``source_url`` is the (masked) URL that
+    served the file when a mirror did; ``extracted`` the folder an archive was unpacked
+    into (None when nothing was extracted)."""
 
     url: str
     path: Path
@@ -106,6 +108,8 @@ class Outcome:
     error: str | None = None
     download_id: str = ""
     file: File = field(default_factory=lambda: File(""), repr=False, compare=False)
+    source_url: str | None = None
+    extracted: Path | None = None
 
     @property
     def ok(self) -> bool:

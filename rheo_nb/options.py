@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -111,6 +112,14 @@ class Options:
     max_extract_files: int = MAX_FILES
     #: Delete an archive once it is extracted (a ``File``'s ``extract_remove`` wins).
     extract_remove: bool = False
+    #: Unpack every archive of the call once it is complete, into a folder beside it
+    #: (``data/train.tar.gz`` → ``data/train/``); files that are not archives are left as
+    #: they are. A ``File``'s own ``extract=`` wins.
+    extract: bool = False
+    #: Send no request at all: complete files are reported skipped (checked against their
+    #: hash when one is given), the others fail with "offline: not downloaded". None: as
+    #: the ``RHEO_NB_OFFLINE`` environment variable says (``1``: offline).
+    offline: bool | None = None
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -182,6 +191,17 @@ class Options:
             "max_extract_files must be an int >= 1",
         )
         need(isinstance(self.extract_remove, bool), "extract_remove must be True or False")
+        need(
+            isinstance(self.extract, bool), "extract must be True or False (a File takes a folder)"
+        )
+        need(
+            self.offline is None or isinstance(self.offline, bool),
+            "offline must be True, False or None",
+        )
+        if self.offline is None:
+            object.__setattr__(
+                self, "offline", os.environ.get("RHEO_NB_OFFLINE", "").strip() not in ("", "0")
+            )
         need(isinstance(self.headers, Mapping), "headers must be a mapping of names to values")
         object.__setattr__(self, "headers", dict(self.headers))
         object.__setattr__(self, "auth", coerce(self.auth))

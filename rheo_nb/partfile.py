@@ -108,12 +108,25 @@ class Partial:
     size: int
     record: Record | None = None
 
-    def usable_for(self, url: str) -> Record | None:
-        """The record when these bytes may be continued for ``url``."""
+    def usable_for(
+        self, url: str, sources: tuple[str, ...] = (), *, hashed: bool = False
+    ) -> Record | None:
+        """The record when these bytes may be continued from ``url``.
+
+        Bytes from another of the file's ``sources`` (a mirror) carry over only when a hash
+        will check the result (``hashed``; the record's validator is then not sent), or
+        when their validator is a strong ETag, which the new source must then match.
+        """
         r = self.record
-        if self.size > 0 and r is not None and r.url == url_key(url) and r.validator:
+        if self.size <= 0 or r is None or not r.validator:
+            return None
+        if r.url == url_key(url):
             return r
-        return None
+        if r.url not in {url_key(s) for s in sources}:
+            return None
+        if hashed:
+            return Record(r.url, "", r.total, r.segments)
+        return r if r.validator.startswith('"') else None
 
 
 class PartFile:

@@ -207,7 +207,7 @@ async def download(job: Download, split: Split, first: aiohttp.ClientResponse) -
     ctx = job.ctx
     await job.dest.open_split(split)
     job.started(split.total, split.done)
-    with ctx.limiter.splitting(job.planned.host):
+    with ctx.limiter.splitting(job.host):
         await _coordinate(job, split, first)
     if split.done != split.total:
         raise IntegrityError(
@@ -219,7 +219,7 @@ async def download(job: Download, split: Split, first: aiohttp.ClientResponse) -
 
 
 async def _coordinate(job: Download, split: Split, first: aiohttp.ClientResponse) -> None:
-    ctx, host = job.ctx, job.planned.host
+    ctx, host = job.ctx, job.host
     workers: dict[asyncio.Task[None], Segment] = {}
     borrowed = 0  # connections beyond the download's own
 
@@ -328,10 +328,15 @@ async def _open_range(
     None when a probe is refused: the server does not take ranges for this file."""
     asked = (seg.position, seg.end - 1)
     headers = {**job.headers, **range_headers(asked, split.validator)}
-    resp = await job.ctx.http.get(job.planned.url, headers)
+    resp = await job.ctx.http.get(job.url, headers)
     try:
         answer = decide(
-            resp.status, resp.reason or "", resp.headers, asked, split.validator, split.total
+            resp.status,
+            resp.reason or "",
+            resp.headers,
+            asked,
+            split.validator or None,
+            split.total,
         )
     except BaseException:
         resp.close()

@@ -15,20 +15,20 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import aiohttp
 
 from . import events, segments
 from .client import HostLimiter
-from .destination import Destination, LocalDestination, Resume, Skip
-from .errors import DownloadError, IntegrityError, TooLargeError
+from .destination import Destination, LocalDestination, Resume, Skip, Unpacking
+from .errors import DestinationError, DownloadError, IntegrityError, TooLargeError
 from .events import Status
 from .files import name_from_disposition
-from .format import size
+from .format import mask_url, size
 from .http import Answer, Client, Decision, Restart, decide, range_headers
-from .items import Outcome, Planned
+from .items import Outcome, Planned, host_key
 from .options import Options
 from .retry import RetryPolicy, is_transient
 from .runner import ThreadLane
@@ -74,6 +74,10 @@ async def download(ctx: Context, p: Planned) -> Outcome:
     return await Download(ctx, p).run()
 
 
+class _Offline(DownloadError):
+    """Offline mode, and the file is not complete here (what is kept stays kept)."""
+
+
 class _Present(Exception):
     """The file the server named (Content-Disposition) is already complete: skip it."""
 
@@ -97,8 +101,11 @@ class Download:
             max_size=ctx.options.max_size,
         )
         self.headers = {"Accept-Encoding": "identity", **p.headers}
+        self.sources = (p.url, *p.mirrors)
+        self.url, self.host = p.url, p.host  # the source being tried (a mirror, maybe)
         self.resumed = False  # this attempt continues an earlier partial
         self.no_split = False  # ranges failed once: one stream from now on
+        self.extracted: Path | None = None
 
     # --- events --------------------------------------------------------------------------
 
@@ -116,8 +123,22 @@ class Download:
     def _outcome(self, status: Status, nbytes: int, t0: float, error: str | None = None) -> Outcome:
         p = self.planned
         elapsed = self.ctx.clock() - t0
-        path = self.dest.path
-        return Outcome(p.display_url, path, status, nbytes, elapsed, error, p.download_id, p.file)
+        source = None if self.url == p.url else self._shown(self.url)
+        return Outcome(
+            p.display_url,
+            self.dest.path,
+            status,
+            nbytes,
+            elapsed,
+            error,
+            p.download_id,
+            p.file,
+            source,
+            self.extracted,
+        )
+
+    def _shown(self, url: str) -> str:
+        return mask_url(url, self.ctx.http.secret_params)
 
     # --- the story -----------------------------------------------------------------------
 
@@ -126,12 +147,18 @@ class Download:
         t0 = ctx.clock()
         try:
             skip = await self.dest.claim(overwrite=ctx.options.overwrite)
+            unpack = self._unpacking()
+            if skip is None and unpack is not None and unpack.remove:
+                found = await self.dest.extracted(self._folder())
+                if found is not None:
+                    skip, self.extracted = found
+                    unpack = None
             if skip is None:
-                await ctx.limiter.acquire(p.host)
-                try:
-                    nbytes = await self._attempts()
-                finally:
-                    ctx.limiter.release(p.host)
+                if ctx.options.offline:
+                    raise _Offline(cause="offline: not downloaded")
+                nbytes = await self._sources()
+            if unpack is not None:
+                self.extracted = await self.dest.extract(self._folder(), unpack)
         except _Present as present:
             skip = present.skip
             await self.dest.stop(keep=False)
@@ -141,7 +168,7 @@ class Download:
             raise
         except DownloadError as exc:
             exc.attach(p.display_url)
-            await self.dest.stop(keep=is_transient(exc))
+            await self.dest.stop(keep=is_transient(exc) or isinstance(exc, _Offline))
             self.emit(events.Failed, p.final, str(exc), ctx.clock() - t0)
             return self._outcome(Status.FAILED, self.meter.received, t0, str(exc))
         except BaseException:
@@ -153,7 +180,50 @@ class Download:
         self.emit(events.Completed, self.dest.path, nbytes, ctx.clock() - t0)
         return self._outcome(Status.COMPLETED, nbytes, t0)
 
+    async def _sources(self) -> int:
+        """The file from its URL, else from each mirror in turn: a source is left when it
+        fails for good (a 404, 403, a wrong hash…) or runs out of retries."""
+        p, limiter = self.planned, self.ctx.limiter
+        sources = self.sources
+        failures: list[str] = []
+        for number, url in enumerate(sources, 1):
+            self.url, self.host = url, host_key(url)
+            await limiter.acquire(self.host)
+            try:
+                return await self._attempts()
+            except DownloadError as exc:
+                if len(sources) == 1 or isinstance(exc, DestinationError | TooLargeError):
+                    raise
+                failures.append(f"{self._shown(url)}: {exc.cause}")
+                if number < len(sources):
+                    cause = f"{exc.cause}; trying source {number + 1} of {len(sources)}"
+                    self.emit(events.Retrying, 0, 0.0, cause)
+            finally:
+                limiter.release(self.host)
+        self.url = p.url
+        raise DownloadError(cause=f"all {len(sources)} sources failed: " + "; ".join(failures))
+
+    def _unpacking(self) -> Unpacking | None:
+        """How to extract this file, when a ``File``'s or the call's ``extract`` asks."""
+        p, opts = self.planned, self.ctx.options
+        if not (p.extract or opts.extract):
+            return None
+        remove = p.file.extract_remove
+        return Unpacking(
+            explicit=bool(p.extract),
+            remove=opts.extract_remove if remove is None else remove,
+            max_size=opts.max_extract_size,
+            max_files=opts.max_extract_files,
+            progress=lambda members, total: self.emit(events.Extracting, members, total),
+            label=p.display_url,
+        )
+
+    def _folder(self) -> PurePosixPath | None:
+        extract = self.planned.extract
+        return extract if isinstance(extract, PurePosixPath) else None
+
     async def _attempts(self) -> int:
+        """The current source, retried as the call's policy says."""
         attempt = 0
         refetched = False
         while True:
@@ -182,16 +252,16 @@ class Download:
             self.emit(events.Restarted, dropped, reason)
 
     async def _attempt(self) -> int:
-        ctx, p = self.ctx, self.planned
+        ctx = self.ctx
         self.resumed = False
-        resume = await self.dest.resumable(p.url, no_split=self.no_split)
+        resume = await self.dest.resumable(self.url, self.sources, no_split=self.no_split)
         headers = self.headers
         if resume is not None:
             headers = {**headers, **range_headers(resume.asked, resume.validator)}
         opts = ctx.options
         async with Watchdog(opts.low_speed_limit, opts.low_speed_time) as dog:
             with ctx.http.errors(self.received):
-                resp = await ctx.http.get(p.url, headers)
+                resp = await ctx.http.get(self.url, headers)
                 try:
                     answer, split = await self._receive(resp, resume)
                     if split is None:
@@ -215,7 +285,7 @@ class Download:
             resp.reason or "",
             resp.headers,
             resume.asked if resume is not None else None,
-            resume.validator if resume is not None else None,
+            resume.validator or None if resume is not None else None,
             resume.total if resume is not None else None,
             verifiable=p.expected is not None,
         )
@@ -234,12 +304,12 @@ class Download:
         if answer.decision is not Decision.FULL or self.no_split:
             return answer, None
         ranges = resp.headers.get("Accept-Ranges", "")
-        return answer, segments.plan(total, answer.validator, p.url, ranges, opts.segments)
+        return answer, segments.plan(total, answer.validator, self.url, ranges, opts.segments)
 
     async def _stream(self, resp: aiohttp.ClientResponse, answer: Answer, dog: Watchdog) -> int:
         """The body (or the rest of it) on one connection, then verify and commit."""
         ctx, p = self.ctx, self.planned
-        sink = await self.dest.stream(p.url, answer)
+        sink = await self.dest.stream(self.url, answer)
         offset = self.dest.size
         self.resumed = offset > 0
         total = offset if answer.decision is Decision.COMPLETE else answer.total

@@ -24,6 +24,7 @@ EXPECTED = [
     "Event",
     "EventType",
     "ExtractError",
+    "Extracting",
     "Failed",
     "File",
     "HTTPStatusError",
