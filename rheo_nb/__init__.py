@@ -37,6 +37,7 @@ from .events import (
     Started,
     Status,
     Subscription,
+    Throttled,
     Validating,
 )
 from .items import File
@@ -94,6 +95,7 @@ __all__ = [
     "Status",
     "Subscription",
     "TextProgress",
+    "Throttled",
     "TooLargeError",
     "TransferError",
     "Validating",

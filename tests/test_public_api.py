@@ -47,6 +47,7 @@ EXPECTED = [
     "Status",
     "Subscription",
     "TextProgress",
+    "Throttled",
     "TooLargeError",
     "TransferError",
     "Validating",
