@@ -8,8 +8,8 @@ One :class:`Traffic` per call holds it all, per origin (scheme, host and port):
 * :class:`Pacer`: evenly spaced request starts to one origin (``requests_per_second``);
 * :class:`AdaptiveLimit`: the connections an origin is allowed, halved when it answers
   429 or 503 and grown back by one after a run of successes (AIMD);
-* :func:`quota_wait`: how long the ``RateLimit`` headers (the IETF draft, its older forms
-  and GitHub's ``X-RateLimit-*``) ask every request to wait once the quota is spent.
+* :func:`read_quota`: what the ``RateLimit`` headers (the IETF draft, its older forms and
+  GitHub's ``X-RateLimit-*``) say is left of the quota, and when it is back.
 
 A transfer meets it at three points::
 
@@ -428,11 +428,12 @@ def _number(value: object) -> float | None:
     return None
 
 
-def quota_wait(headers: Headers, now: float | None = None) -> float | None:
-    """Seconds every request should wait because the server says the quota is spent.
+def read_quota(headers: Headers, now: float | None = None) -> tuple[int, float] | None:
+    """``(remaining, reset)``: requests the server still allows, and the seconds until its
+    quota is back, from the most restrictive RateLimit header of the response.
 
-    None when no header says the remaining quota is 0 (or says when it resets), and for
-    malformed fields, which are ignored. ``now`` is the wall clock (for tests). Read:
+    None without one that says both, and for malformed fields, which are ignored.
+    ``now`` is the wall clock (for tests). Read:
 
     * ``RateLimit: "default";r=0;t=30`` (the IETF httpapi draft: a structured list of
       policies; ``t`` the seconds until the quota is back, else the window ``w`` that
@@ -443,47 +444,40 @@ def quota_wait(headers: Headers, now: float | None = None) -> float | None:
       Unix time (10**12 or more, in milliseconds), measured against the response's
       ``Date`` when it has one; smaller values are seconds from now.
 
-    >>> quota_wait({"RateLimit": '"default";r=0;t=30'})
-    30.0
+    >>> read_quota({"RateLimit": '"default";r=0;t=30'})
+    (0, 30.0)
     """
-    waits = [
-        wait
-        for wait in (
-            _ietf_wait(headers),
-            _pair_wait(headers, "RateLimit-", now),
-            _pair_wait(headers, "X-RateLimit-", now),
-        )
-        if wait is not None
+    found = [
+        *_ietf_quotas(headers),
+        *_pair_quota(headers, "RateLimit-", now),
+        *_pair_quota(headers, "X-RateLimit-", now),
     ]
-    return max(waits) if waits else None
+    # The fewest requests left binds; of equals, the later reset.
+    return min(found, key=lambda q: (q[0], -q[1])) if found else None
 
 
-def _ietf_wait(headers: Headers) -> float | None:
+def _ietf_quotas(headers: Headers) -> list[tuple[int, float]]:
     value = _field(headers, "RateLimit")
     if value is None:
-        return None
+        return []
     try:
         items = _Fields(value).items()
     except ValueError:
         try:  # the dictionary of draft 07 and before: limit=10, remaining=0, reset=30
             members = _Fields(value).dictionary()
         except ValueError:
-            return None
-        remaining, reset = members.get("remaining"), members.get("reset")
-        if remaining is None or reset is None or _number(remaining[0]) != 0:
-            return None
-        return _number(reset[0])
+            return []
+        left, reset = (_number(members.get(k, (None,))[0]) for k in ("remaining", "reset"))
+        return [] if left is None or reset is None else [(int(left), reset)]
     windows = _policy_windows(headers)
-    waits: list[float] = []
+    found = []
     for name, params in items:
-        if _number(params.get("r")) != 0:
-            continue
-        wait = _number(params.get("t"))
-        if wait is None and isinstance(name, str):
-            wait = windows.get(name)
-        if wait is not None:
-            waits.append(wait)
-    return max(waits) if waits else None
+        left, reset = _number(params.get("r")), _number(params.get("t"))
+        if reset is None and isinstance(name, str):
+            reset = windows.get(name)
+        if left is not None and reset is not None:
+            found.append((int(left), reset))
+    return found
 
 
 def _policy_windows(headers: Headers) -> dict[str, float]:
@@ -499,24 +493,24 @@ def _policy_windows(headers: Headers) -> dict[str, float]:
     }
 
 
-def _pair_wait(headers: Headers, prefix: str, now: float | None) -> float | None:
+def _pair_quota(headers: Headers, prefix: str, now: float | None) -> list[tuple[int, float]]:
     try:
-        remaining = float(_field(headers, prefix + "Remaining") or "x")
+        left = float(_field(headers, prefix + "Remaining") or "x")
         reset = float(_field(headers, prefix + "Reset") or "x")
     except ValueError:
-        return None
-    if remaining != 0 or not math.isfinite(reset) or reset < 0:
-        return None
-    if reset < 1e9:
-        return reset
-    if reset >= 1e12:
-        reset /= 1000
-    # Against the server's own clock when it says what time it is: a client clock that
-    # is off by minutes would otherwise wait minutes too long, or not at all.
-    base = _server_time(headers)
-    if base is None:
-        base = time.time() if now is None else now
-    return max(0.0, reset - base)
+        return []
+    if not (math.isfinite(left) and left >= 0 and math.isfinite(reset) and reset >= 0):
+        return []
+    if reset >= 1e9:
+        if reset >= 1e12:
+            reset /= 1000
+        # Against the server's own clock when it says what time it is: a client clock
+        # that is off by minutes would otherwise wait minutes too long, or not at all.
+        base = _server_time(headers)
+        if base is None:
+            base = time.time() if now is None else now
+        reset = max(0.0, reset - base)
+    return [(int(left), reset)]
 
 
 def _server_time(headers: Headers) -> float | None:
@@ -552,10 +546,22 @@ class Ticket:
     sent: float
     download_id: str
     url: str  # masked, for events and messages
+    number: int = 0  # of the requests sent to the origin, this one included
 
 
 class _Origin:
-    __slots__ = ("asked_until", "bucket", "limit", "pacer", "paused_until", "reason", "status")
+    __slots__ = (
+        "asked_until",
+        "bucket",
+        "limit",
+        "pacer",
+        "paused_until",
+        "quota_left",
+        "quota_until",
+        "reason",
+        "sent",
+        "status",
+    )
 
     def __init__(self, bucket: TokenBucket | None, pacer: Pacer | None, ceiling: int) -> None:
         self.bucket = bucket
@@ -567,6 +573,12 @@ class _Origin:
         self.asked_until = -math.inf
         self.status = 429
         self.reason = ""
+        #: Requests the server's quota still allows until ``quota_until`` (None: no quota
+        #: known), counting those sent since the answer that told it.
+        self.quota_left: int | None = None
+        self.quota_until = -math.inf
+        #: Requests sent to the origin so far.
+        self.sent = 0
 
 
 class Traffic:
@@ -637,20 +649,37 @@ class Traffic:
                 continue
             if o.pacer is not None and (delay := o.pacer.reserve()) > 0:
                 await self._sleep(delay)
-            if o.paused_until <= self._clock():  # no pause began while it waited its pace
-                return Ticket(key, self._clock(), download_id, display_url)
+            now = self._clock()
+            if o.paused_until <= now:  # no pause began while it waited its pace
+                break
+        o.sent += 1
+        ticket = Ticket(key, now, download_id, display_url, o.sent)
+        if o.quota_left is not None:
+            if now >= o.quota_until:
+                o.quota_left = None  # that window is over: the next answer tells the new one
+            else:
+                o.quota_left -= 1
+                self._spent(o, ticket)
+        return ticket
 
     def after_response(self, ticket: Ticket, status: int, headers: Headers) -> Throttled | None:
         """Learn from an answer; the decision it led to, if any (also emitted)."""
         o = self._origins[ticket.origin]
-        told = self._told_to_wait(status, headers)
-        if told is not None:
-            return self._pause(o, ticket, status, *told)
+        spent = None
+        quota = read_quota(headers)
+        if quota is not None:
+            self._budget(o, ticket, *quota)
+            spent = self._spent(o, ticket)
         if status in THROTTLE_STATUSES:
+            after = retry.parse_retry_after(_field(headers, "Retry-After"))
+            if after is not None:  # the server named the wait: no guessing
+                return self._pause(o, ticket, status, after, f"{status}, Retry-After")
+            if quota is not None and o.quota_left is not None and o.quota_left <= 0:
+                return spent  # a quota, not an overload
             return self._cut(o, ticket, status)
-        if status < 400:
-            return self._grow(o, ticket)
-        return None
+        if spent is not None or status >= 400:
+            return spent
+        return self._grow(o, ticket)
 
     def _origin(self, key: str) -> _Origin:
         o = self._origins.get(key)
@@ -664,14 +693,23 @@ class Traffic:
             o = self._origins[key] = _Origin(bucket, pacer, ceiling)
         return o
 
-    def _told_to_wait(self, status: int, headers: Headers) -> tuple[float, str] | None:
-        """The wait the server named, and which header named it."""
-        if status in THROTTLE_STATUSES:
-            after = retry.parse_retry_after(_field(headers, "Retry-After"))
-            if after is not None:
-                return after, f"{status}, Retry-After"
-        spent = quota_wait(headers)
-        return None if spent is None else (spent, "quota spent")
+    def _budget(self, o: _Origin, ticket: Ticket, left: int, reset: float) -> None:
+        """What the quota still allows: what the answer says is left, less the requests
+        sent after the one it answers (the server had not counted them yet)."""
+        now = self._clock()
+        budget = left - (o.sent - ticket.number)
+        if o.quota_left is None or now >= o.quota_until:
+            o.quota_left, o.quota_until = budget, now + reset
+        else:  # the same window: answers may come out of order, the lowest count holds
+            o.quota_left = min(o.quota_left, budget)
+            o.quota_until = max(o.quota_until, now + reset)
+
+    def _spent(self, o: _Origin, ticket: Ticket) -> Throttled | None:
+        """A pause until the quota is back, when nothing is left of it."""
+        now = self._clock()
+        if o.quota_left is None or o.quota_left > 0 or now >= o.quota_until:
+            return None
+        return self._pause(o, ticket, 429, o.quota_until - now, "quota spent")
 
     def _pause(
         self, o: _Origin, ticket: Ticket, status: int, seconds: float, reason: str

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -27,7 +28,7 @@ from rheo_nb.traffic import (
     Traffic,
     _Fields,
     origin_of,
-    quota_wait,
+    read_quota,
 )
 
 
@@ -373,30 +374,30 @@ def h(*pairs: tuple[str, str]) -> CIMultiDict[str]:
 
 
 @pytest.mark.parametrize(
-    ("headers", "wait"),
+    ("headers", "quota"),
     [
         # The IETF draft: a list of policies, r the quota left, t the seconds until reset.
-        (h(("RateLimit", '"default";r=0;t=30')), 30.0),
-        (h(("RateLimit", '"default";r=5;t=30')), None),
-        (h(("RateLimit", '"burst";r=3;t=1, "daily";r=0;t=3600')), 3600.0),
-        (h(("RateLimit", '"burst";r=3;t=1'), ("RateLimit", '"daily";r=0;t=7')), 7.0),
-        (h(("ratelimit", '"default";r=0;t=30;pk=:cHJvamVjdC0xMjM=:')), 30.0),
+        (h(("RateLimit", '"default";r=0;t=30')), (0, 30.0)),
+        (h(("RateLimit", '"default";r=5;t=30')), (5, 30.0)),
+        (h(("RateLimit", '"burst";r=3;t=1, "daily";r=0;t=3600')), (0, 3600.0)),
+        (h(("RateLimit", '"burst";r=3;t=1'), ("RateLimit", '"daily";r=0;t=7')), (0, 7.0)),
+        (h(("ratelimit", '"default";r=0;t=30;pk=:cHJvamVjdC0xMjM=:')), (0, 30.0)),
         # No t: the window of the same policy in RateLimit-Policy.
         (
             h(
                 ("RateLimit", '"hour";r=0'),
                 ("RateLimit-Policy", '"min";q=10;w=60,"hour";q=99;w=3600'),
             ),
-            3600.0,
+            (0, 3600.0),
         ),
-        (h(("RateLimit", '"hour";r=0')), None),  # no way to know when: not a wait
+        (h(("RateLimit", '"hour";r=0')), None),  # no way to know when: not a quota
         # Draft 07 and before: one dictionary.
-        (h(("RateLimit", "limit=10, remaining=0, reset=12")), 12.0),
-        (h(("RateLimit", "limit=10, remaining=2, reset=12")), None),
+        (h(("RateLimit", "limit=10, remaining=0, reset=12")), (0, 12.0)),
+        (h(("RateLimit", "limit=10, remaining=2, reset=12")), (2, 12.0)),
         # Drafts 00 to 06, and GitHub's X- headers with seconds from now.
-        (h(("RateLimit-Remaining", "0"), ("RateLimit-Reset", "9")), 9.0),
-        (h(("X-RateLimit-Remaining", "0"), ("X-RateLimit-Reset", "2.5")), 2.5),
-        (h(("X-RateLimit-Remaining", "1"), ("X-RateLimit-Reset", "2.5")), None),
+        (h(("RateLimit-Remaining", "0"), ("RateLimit-Reset", "9")), (0, 9.0)),
+        (h(("X-RateLimit-Remaining", "0"), ("X-RateLimit-Reset", "2.5")), (0, 2.5)),
+        (h(("X-RateLimit-Remaining", "1"), ("X-RateLimit-Reset", "2.5")), (1, 2.5)),
         (h(("X-RateLimit-Remaining", "0")), None),
         # Malformed fields are ignored, as the draft says.
         (h(("RateLimit", '"default";r=0;t=30,')), None),
@@ -406,21 +407,22 @@ def h(*pairs: tuple[str, str]) -> CIMultiDict[str]:
         (h(("RateLimit", "remaining=0, reset=soon")), None),
         (h(("X-RateLimit-Remaining", "zero"), ("X-RateLimit-Reset", "5")), None),
         (h(("X-RateLimit-Remaining", "0"), ("X-RateLimit-Reset", "nan")), None),
+        (h(("X-RateLimit-Remaining", "-1"), ("X-RateLimit-Reset", "5")), None),
         (h(), None),
     ],
 )
-def test_quota_wait_reads_every_form_of_the_ratelimit_headers(
-    headers: CIMultiDict[str], wait: float | None
+def test_read_quota_reads_every_form_of_the_ratelimit_headers(
+    headers: CIMultiDict[str], quota: tuple[int, float] | None
 ) -> None:
-    assert quota_wait(headers, now=0.0) == wait
+    assert read_quota(headers, now=0.0) == quota
 
 
 def test_a_reset_of_a_billion_or_more_is_a_unix_time() -> None:
     headers = h(("X-RateLimit-Remaining", "0"), ("X-RateLimit-Reset", "1700000100"))
-    assert quota_wait(headers, now=1_700_000_000.0) == 100.0
-    assert quota_wait(headers, now=1_700_000_500.0) == 0.0  # already past
+    assert read_quota(headers, now=1_700_000_000.0) == (0, 100.0)
+    assert read_quota(headers, now=1_700_000_500.0) == (0, 0.0)  # already past
     ms = h(("X-RateLimit-Remaining", "0"), ("X-RateLimit-Reset", "1700000100000"))
-    assert quota_wait(ms, now=1_700_000_000.0) == 100.0
+    assert read_quota(ms, now=1_700_000_000.0) == (0, 100.0)
 
 
 def test_a_unix_reset_is_read_against_the_servers_date_not_the_clients_clock() -> None:
@@ -430,11 +432,11 @@ def test_a_unix_reset_is_read_against_the_servers_date_not_the_clients_clock() -
         ("Date", "Tue, 14 Nov 2023 22:13:00 GMT"),  # 1699999980
     )
     # The client's clock is ten minutes fast; the server's Date says 120 s are left.
-    assert quota_wait(headers, now=1_700_000_600.0) == 120.0
+    assert read_quota(headers, now=1_700_000_600.0) == (0, 120.0)
 
 
 def test_a_plain_mapping_of_headers_is_read_too() -> None:
-    assert quota_wait({"RateLimit": '"default";r=0;t=4'}) == 4.0
+    assert read_quota({"RateLimit": '"default";r=0;t=4'}) == (0, 4.0)
 
 
 @given(
@@ -464,8 +466,8 @@ def test_structured_lists_read_back_what_was_written(
 @given(st.text(max_size=60))
 def test_any_header_text_is_read_or_ignored_never_a_crash(text: str) -> None:
     headers = h(("RateLimit", text), ("RateLimit-Policy", text), ("X-RateLimit-Remaining", text))
-    wait = quota_wait(headers, now=0.0)
-    assert wait is None or wait >= 0
+    quota = read_quota(headers, now=0.0)
+    assert quota is None or (quota[0] >= 0 and quota[1] >= 0)
 
 
 # --- one call's traffic, on an injected clock ----------------------------------------------
@@ -474,19 +476,26 @@ def test_any_header_text_is_read_or_ignored_never_a_crash(text: str) -> None:
 URL = "https://example.org/data/file.bin"
 
 
-def make(
-    slots: FakeSlots | None = None, **options: Any
-) -> tuple[Traffic, list[Event], VirtualTime]:
+@dataclass
+class Call:
+    """One call's traffic on virtual time, and the events it emitted."""
+
+    traffic: Traffic
+    events: list[Event]
+    clock: VirtualTime
+
+
+def make(slots: FakeSlots | None = None, **options: Any) -> Call:
     events: list[Event] = []
-    time_ = VirtualTime()
+    clock = VirtualTime()
     traffic = Traffic(
         Options.build(backoff=0.5, backoff_max=4.0, **options),
         emit=events.append,
         slots=slots,
-        clock=time_,
-        sleep=time_.sleep,
+        clock=clock,
+        sleep=clock.sleep,
     )
-    return traffic, events, time_
+    return Call(traffic, events, clock)
 
 
 def test_no_cap_means_no_bucket_at_all() -> None:
@@ -509,11 +518,11 @@ def test_one_bucket_for_the_whole_call_and_one_per_origin() -> None:
 
 async def test_a_429_without_retry_after_halves_the_origin_and_backs_off() -> None:
     slots = FakeSlots(8)
-    traffic, events, _clock = make(slots)
-    ticket = await traffic.before_request(URL, "id-1", URL)
-    decision = traffic.after_response(ticket, 429, h())
+    call = make(slots)
+    ticket = await call.traffic.before_request(URL, "id-1", URL)
+    decision = call.traffic.after_response(ticket, 429, h())
     assert isinstance(decision, Throttled)
-    assert events == [decision]
+    assert call.events == [decision]
     assert (decision.origin, decision.concurrency, decision.previous) == (
         "https://example.org",
         4,
@@ -523,104 +532,143 @@ async def test_a_429_without_retry_after_halves_the_origin_and_backs_off() -> No
     assert 0.25 <= decision.delay <= 0.5  # the first backoff step
     assert decision.message.startswith("example.org slowed to 4 connections: 429, waiting")
     assert slots.set == [("https://example.org", 4)]
-    assert traffic.concurrency(URL) == 4
+    assert call.traffic.concurrency(URL) == 4
     # The other answers in flight at the time change nothing.
-    assert traffic.after_response(ticket, 503, h()) is None
-    assert len(events) == 1
+    assert call.traffic.after_response(ticket, 503, h()) is None
+    assert len(call.events) == 1
 
 
 async def test_the_backoff_after_a_cut_holds_every_request_to_the_origin() -> None:
-    traffic, _events, clock = make(FakeSlots(8))
-    ticket = await traffic.before_request(URL, "d", URL)
-    decision = traffic.after_response(ticket, 429, h())
+    call = make(FakeSlots(8))
+    ticket = await call.traffic.before_request(URL, "d", URL)
+    decision = call.traffic.after_response(ticket, 429, h())
     assert decision is not None
-    before = clock.now
-    await traffic.before_request(URL, "d", URL)
-    assert clock.now - before == pytest.approx(decision.delay)
+    before = call.clock.now
+    await call.traffic.before_request(URL, "d", URL)
+    assert call.clock.now - before == pytest.approx(decision.delay)
 
 
 async def test_retry_after_pauses_the_whole_origin_without_a_cut() -> None:
     slots = FakeSlots(8)
-    traffic, _events, clock = make(slots)
-    ticket = await traffic.before_request(URL, "d", URL)
-    decision = traffic.after_response(ticket, 503, h(("Retry-After", "5")))
+    call = make(slots)
+    ticket = await call.traffic.before_request(URL, "d", URL)
+    decision = call.traffic.after_response(ticket, 503, h(("Retry-After", "5")))
     assert decision is not None
     assert (decision.concurrency, decision.previous, decision.delay) == (8, 8, 5.0)
     assert decision.message == "example.org paused for 5.0s: 503, Retry-After"
     assert slots.set == []
-    before = clock.now
-    await traffic.before_request("https://other.example/x", "d3", "x")
-    assert clock.now == before  # another origin goes at once
-    await traffic.before_request(URL + "?2", "d2", URL)
-    assert clock.now - before == pytest.approx(5.0)  # another file of this one waits
+    before = call.clock.now
+    await call.traffic.before_request("https://other.example/x", "d3", "x")
+    assert call.clock.now == before  # another origin goes at once
+    await call.traffic.before_request(URL + "?2", "d2", URL)
+    assert call.clock.now - before == pytest.approx(5.0)  # another file of this one waits
 
 
 async def test_many_answers_asking_the_same_pause_make_one_event() -> None:
-    traffic, events, _clock = make()
-    tickets = [await traffic.before_request(URL, f"d{i}", URL) for i in range(8)]
+    call = make()
+    tickets = [await call.traffic.before_request(URL, f"d{i}", URL) for i in range(8)]
     for ticket in tickets:
-        traffic.after_response(ticket, 429, h(("Retry-After", "10")))
-    assert len(events) == 1
+        call.traffic.after_response(ticket, 429, h(("Retry-After", "10")))
+    assert len(call.events) == 1
 
 
 async def test_retry_after_zero_is_no_pause_and_no_cut() -> None:
-    traffic, events, _clock = make(FakeSlots(8))
-    ticket = await traffic.before_request(URL, "d", URL)
-    assert traffic.after_response(ticket, 503, h(("Retry-After", "0"))) is None
-    assert events == []
-    assert traffic.concurrency(URL) == 8
+    call = make(FakeSlots(8))
+    ticket = await call.traffic.before_request(URL, "d", URL)
+    assert call.traffic.after_response(ticket, 503, h(("Retry-After", "0"))) is None
+    assert call.events == []
+    assert call.traffic.concurrency(URL) == 8
 
 
 async def test_a_spent_quota_pauses_the_origin_until_its_reset() -> None:
-    traffic, _events, clock = make()
-    ticket = await traffic.before_request(URL, "d", URL)
-    decision = traffic.after_response(ticket, 200, h(("RateLimit", '"default";r=0;t=30')))
+    call = make()
+    ticket = await call.traffic.before_request(URL, "d", URL)
+    decision = call.traffic.after_response(ticket, 200, h(("RateLimit", '"default";r=0;t=30')))
     assert decision is not None
     assert (decision.reason, decision.delay) == ("quota spent", 30.0)
-    before = clock.now
-    await traffic.before_request(URL, "d", URL)
-    assert clock.now - before == pytest.approx(30.0)
+    before = call.clock.now
+    await call.traffic.before_request(URL, "d", URL)
+    assert call.clock.now - before == pytest.approx(30.0)
+
+
+async def test_requests_in_flight_count_against_the_quota_an_answer_reports() -> None:
+    call = make()
+    # Four requests left before the first answer came back: it says 3 remain, but the
+    # server has not counted the three sent after it yet. Nothing is left.
+    tickets = [await call.traffic.before_request(URL, f"d{i}", URL) for i in range(4)]
+    decision = call.traffic.after_response(tickets[0], 200, h(("RateLimit", '"q";r=3;t=10')))
+    assert decision is not None
+    assert (decision.reason, decision.delay) == ("quota spent", 10.0)
+    before = call.clock.now
+    await call.traffic.before_request(URL, "d5", URL)
+    assert call.clock.now - before == pytest.approx(10.0)
+    assert len(call.events) == 1
+
+
+async def test_a_quota_left_is_spent_by_the_requests_that_follow() -> None:
+    call = make()
+    ticket = await call.traffic.before_request(URL, "d", URL)
+    assert call.traffic.after_response(ticket, 200, h(("RateLimit", '"q";r=2;t=10'))) is None
+    start = call.clock.now
+    await call.traffic.before_request(URL, "d1", URL)
+    await call.traffic.before_request(URL, "d2", URL)  # the last one the quota allows
+    assert call.clock.now == start
+    [spent] = call.events
+    assert isinstance(spent, Throttled)
+    assert spent.message == "example.org paused for 0:10: quota spent"
+    await call.traffic.before_request(URL, "d3", URL)
+    assert call.clock.now - start == pytest.approx(10.0)
+
+
+async def test_a_429_that_reports_a_spent_quota_is_a_pause_not_a_cut() -> None:
+    slots = FakeSlots(8)
+    call = make(slots)
+    ticket = await call.traffic.before_request(URL, "d", URL)
+    decision = call.traffic.after_response(ticket, 429, h(("RateLimit", '"q";r=0;t=3')))
+    assert decision is not None
+    assert (decision.reason, decision.concurrency, decision.delay) == ("quota spent", 8, 3.0)
+    assert slots.set == []
 
 
 async def test_a_pause_longer_than_retry_after_max_fails_requests_at_once_unsent() -> None:
-    traffic, _events, clock = make(retry_after_max=120)
-    ticket = await traffic.before_request(URL, "d", URL)
-    traffic.after_response(ticket, 429, h(("Retry-After", "3600")))
+    call = make(retry_after_max=120)
+    ticket = await call.traffic.before_request(URL, "d", URL)
+    call.traffic.after_response(ticket, 429, h(("Retry-After", "3600")))
     shown = "https://example.org/data/other.bin"
     with pytest.raises(HTTPStatusError) as info:
-        await asyncio.wait_for(traffic.before_request(URL, "d2", shown), 1.0)
+        await asyncio.wait_for(call.traffic.before_request(URL, "d2", shown), 1.0)
     err = info.value
     assert (err.status, err.url) == (429, shown)
     assert err.retry_after == pytest.approx(3600)
     assert "not sent: example.org asks every request to wait 1:00:00" in str(err)
-    assert clock.now == 1000.0  # and it did not wait at all
-    clock.advance(3600)
-    await traffic.before_request(URL, "d2", shown)
+    assert call.clock.now == 1000.0  # and it did not wait at all
+    call.clock.advance(3600)
+    await call.traffic.before_request(URL, "d2", shown)
 
 
 async def test_a_backoff_is_never_taken_for_a_long_pause_the_server_asked_for() -> None:
     # retry_after_max=0: the user waits for no server. rheo_nb's own backoff still applies.
-    traffic, _events, clock = make(FakeSlots(8), retry_after_max=0)
-    ticket = await traffic.before_request(URL, "d", URL)
-    decision = traffic.after_response(ticket, 429, h())
+    call = make(FakeSlots(8), retry_after_max=0)
+    ticket = await call.traffic.before_request(URL, "d", URL)
+    decision = call.traffic.after_response(ticket, 429, h())
     assert decision is not None
-    before = clock.now
-    await traffic.before_request(URL, "d", URL)
-    assert clock.now - before == pytest.approx(decision.delay)
+    before = call.clock.now
+    await call.traffic.before_request(URL, "d", URL)
+    assert call.clock.now - before == pytest.approx(decision.delay)
 
 
 async def test_a_run_of_successes_grows_the_origin_back_with_an_event() -> None:
     slots = FakeSlots(8)
-    traffic, events, clock = make(slots)
-    ticket = await traffic.before_request(URL, "d", URL)
-    traffic.after_response(ticket, 429, h())
-    clock.advance(10)
-    events.clear()
+    call = make(slots)
+    ticket = await call.traffic.before_request(URL, "d", URL)
+    call.traffic.after_response(ticket, 429, h())
+    call.clock.advance(10)
+    call.events.clear()
     slots.used = 4
     for i in range(8):
-        ticket = await traffic.before_request(URL, f"d{i}", URL)
-        traffic.after_response(ticket, 200, h())
-    [grown] = events
+        ticket = await call.traffic.before_request(URL, f"d{i}", URL)
+        call.traffic.after_response(ticket, 200, h())
+    [grown] = call.events
     assert isinstance(grown, Throttled)
     assert (grown.concurrency, grown.previous, grown.download_id) == (5, 4, "d7")
     assert grown.message == "example.org back up to 5 connections: 8 good answers in a row"
@@ -628,19 +676,19 @@ async def test_a_run_of_successes_grows_the_origin_back_with_an_event() -> None:
 
 
 async def test_errors_other_than_429_and_503_neither_cut_nor_grow() -> None:
-    traffic, events, _clock = make(FakeSlots(8, in_use=8))
+    call = make(FakeSlots(8, in_use=8))
     for status in (404, 500, 403, 416):
-        ticket = await traffic.before_request(URL, "d", URL)
-        assert traffic.after_response(ticket, status, h()) is None
-    assert events == []
+        ticket = await call.traffic.before_request(URL, "d", URL)
+        assert call.traffic.after_response(ticket, status, h()) is None
+    assert call.events == []
 
 
 async def test_no_secret_of_the_url_reaches_an_event() -> None:
-    traffic, _events, _clock = make(FakeSlots(8))
+    call = make(FakeSlots(8))
     url = "https://alice:s3cret@example.org/f.bin?token=abc123"
     shown = "https://alice:***@example.org/f.bin?token=***"
-    ticket = await traffic.before_request(url, "d", shown)
-    decision = traffic.after_response(ticket, 429, h())
+    ticket = await call.traffic.before_request(url, "d", shown)
+    decision = call.traffic.after_response(ticket, 429, h())
     assert decision is not None
     assert "s3cret" not in repr(decision)
     assert "abc123" not in repr(decision)
