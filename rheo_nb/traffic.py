@@ -9,7 +9,8 @@ One :class:`Traffic` per call holds it all, per origin (scheme, host and port):
 * :class:`AdaptiveLimit`: the connections an origin is allowed, halved when it answers
   429 or 503 and grown back by one after a run of successes (AIMD);
 * :func:`read_quota`: what the ``RateLimit`` headers (the IETF draft, its older forms and
-  GitHub's ``X-RateLimit-*``) say is left of the quota, and when it is back.
+  GitHub's ``X-RateLimit-*``) say is left of the quota, and when it is back; the requests
+  already on their way count against it, and once it is spent the origin waits.
 
 A transfer meets it at three points::
 
@@ -51,9 +52,9 @@ from .options import Options, parse_rate
 
 #: The most bytes one stream reads at a time (aiohttp's read buffer in the transfer).
 READ_SIZE = 1 << 17
-#: The receive buffer of a capped connection (Linux doubles it for its bookkeeping). Big
-#: enough for 2.5 MB/s a connection at 100 ms round trip; small enough that a connection
-#: holds little more than a read buffer ahead of the cap.
+#: The receive buffer of a capped connection (Linux doubles it for its bookkeeping):
+#: small enough that a connection holds little more than a read buffer ahead of the cap;
+#: it also bounds one connection to about 1.5 MB/s at a 100 ms round trip.
 RECEIVE_BUFFER = 1 << 17
 #: One grant is at most this long at the bucket's rate, so that low rates flow smoothly.
 GRANT_TIME = 1 / 16
@@ -107,10 +108,10 @@ class TokenBucket:
     A stream asks before it reads: ``n = await bucket.take(want)`` grants at most
     ``want`` bytes (and at most :attr:`quantum`), waiting its turn; the stream reads at
     most ``n`` bytes and gives back what it did not read with :meth:`refund`. Waiters are
-    served first come, first served, one grant each, so every stream moves. An idle
-    bucket holds at most one grant, so a burst after a lull is at most one grant over the
-    rate. With a ``parent`` (the whole call's bucket above one origin's), a grant needs
-    tokens of both.
+    served first come, first served, one grant each, so every stream moves. A bucket
+    left idle for more than :data:`CATCH_UP` holds one grant, so a burst after a lull is
+    at most one grant over the rate. With a ``parent`` (the whole call's bucket above one
+    origin's), a grant needs tokens of both.
 
     >>> bucket = TokenBucket(parse_rate("20MB/s"))        # doctest: +SKIP
     >>> n = await bucket.take(1 << 17)                    # doctest: +SKIP
@@ -546,7 +547,7 @@ class Ticket:
     sent: float
     download_id: str
     url: str  # masked, for events and messages
-    number: int = 0  # of the requests sent to the origin, this one included
+    number: int  # of the requests sent to the origin, this one included
 
 
 class _Origin:

@@ -7,6 +7,7 @@ The same pieces against real servers, measured there, are in test_traffic_server
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,11 +23,13 @@ from rheo_nb.traffic import (
     CATCH_UP,
     GROW_AFTER,
     READ_SIZE,
+    RECEIVE_BUFFER,
     AdaptiveLimit,
     Pacer,
     TokenBucket,
     Traffic,
     _Fields,
+    capped_socket,
     origin_of,
     read_quota,
 )
@@ -87,6 +90,16 @@ def test_origin_is_scheme_host_and_port_without_secrets(url: str, origin: str) -
     assert origin_of(url) == origin
 
 
+def test_a_capped_socket_has_a_fixed_receive_buffer() -> None:
+    info = socket.getaddrinfo("127.0.0.1", 80, type=socket.SOCK_STREAM)[0]
+    with capped_socket(info) as sock:
+        # Linux reports twice what was set (its bookkeeping), and no autotuning after.
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) in (
+            RECEIVE_BUFFER,
+            2 * RECEIVE_BUFFER,
+        )
+
+
 # --- the token bucket: pure parts ------------------------------------------------------
 
 
@@ -104,13 +117,35 @@ def test_a_bucket_needs_a_positive_rate() -> None:
 
 async def test_an_idle_bucket_holds_one_grant_whatever_the_lull() -> None:
     clock = Clock()
-    bucket = TokenBucket(1 << 20, clock=clock)
+    bucket = TokenBucket(100e6, clock=clock)
     q = bucket.quantum
     clock.advance(3600)  # an hour of silence earns no burst
-    assert await bucket.take(10 * q) == q
+    at_once = 0
+    while bucket._refill() >= 1:
+        at_once += await bucket.take(q)
+    assert at_once == q
     # The clock stands still: the next grant would have to wait for time that never comes.
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(bucket.take(q), 0.05)
+
+
+async def test_a_newcomer_waits_behind_the_queue_even_when_tokens_are_there() -> None:
+    clock = Clock()
+    bucket = TokenBucket(100e6, clock=clock)
+    q = bucket.quantum
+    await bucket.take(q)
+    order: list[str] = []
+
+    async def take(name: str) -> None:
+        await bucket.take(q)
+        order.append(name)
+
+    head = asyncio.create_task(take("head"))
+    await asyncio.sleep(0.01)
+    clock.advance(2.5 * q / bucket.rate)  # enough for both, before the head wakes to see it
+    newcomer = asyncio.create_task(take("newcomer"))
+    await asyncio.wait_for(asyncio.gather(head, newcomer), 1.0)
+    assert order == ["head", "newcomer"]
 
 
 async def test_a_short_gap_between_reads_keeps_its_tokens() -> None:

@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import itertools
+import socket
 import struct
 import termios
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -38,6 +40,7 @@ from rheo_nb.traffic import (
 )
 
 BLOCK = b"\x5a" * (1 << 16)
+SocketFactory = Callable[[tuple[Any, ...]], socket.socket]
 
 
 class Meter:
@@ -67,9 +70,9 @@ class Meter:
             self._written.setdefault(transport, 0)
             self._acked.setdefault(transport, 0)
             resp = web.StreamResponse(headers={"Content-Length": str(size)})
-            await resp.prepare(request)
             left = size
             try:
+                await resp.prepare(request)
                 while left:
                     chunk = BLOCK[: min(left, len(BLOCK))]
                     self._written[transport] += len(chunk)
@@ -189,7 +192,11 @@ class Measurement:
 
 
 async def drive(
-    urls: list[str], connections: int, traffic: Traffic, seconds: float
+    urls: list[str],
+    connections: int,
+    traffic: Traffic,
+    seconds: float,
+    socket_factory: SocketFactory | None = capped_socket,
 ) -> tuple[float, float]:
     """``connections`` workers download ``urls`` in turn, over and over, until ``seconds``
     after the first answer; when that answer came and when they stopped."""
@@ -201,7 +208,7 @@ async def drive(
         while True:
             await get(session, traffic, next(cycle), answered=first)
 
-    connector = aiohttp.TCPConnector(limit=connections, socket_factory=capped_socket)
+    connector = aiohttp.TCPConnector(limit=connections, socket_factory=socket_factory)
     async with aiohttp.ClientSession(connector=connector) as session:
         try:
             async with asyncio.timeout(seconds + 20) as deadline, asyncio.TaskGroup() as tg:
@@ -224,9 +231,11 @@ async def measure(
     max_rate_per_host: int | None = None,
     seconds: float = 4.5,
     skip: float = 1.0,
+    socket_factory: SocketFactory | None = capped_socket,
 ) -> list[Measurement]:
     """Download files of ``size`` bytes from ``servers`` (in turn) with ``connections``
-    streams under the caps, and what each server saw, against its share of the cap."""
+    streams under the caps, and what each server saw, against its share of the cap.
+    ``socket_factory=None`` leaves the receive buffers to the kernel."""
     meters = [Meter() for _ in servers]
     urls = [
         server.handle(f"rate-{i}", meter.handler(size))
@@ -234,7 +243,7 @@ async def measure(
         for server, meter in zip(servers, meters, strict=True)
     ]
     traffic = Traffic(Options(max_rate=max_rate, max_rate_per_host=max_rate_per_host))
-    start, stop = await drive(urls, connections, traffic, seconds)
+    start, stop = await drive(urls, connections, traffic, seconds, socket_factory)
     shares = [max_rate / len(servers)] if max_rate else []
     cap = min([*shares, *([max_rate_per_host] if max_rate_per_host else [])])
     out = []
