@@ -40,6 +40,7 @@ from .events import (
     Started,
     Status,
     Subscription,
+    Throttled,
     Validating,
 )
 from .items import File, Outcome
@@ -101,6 +102,7 @@ __all__ = [
     "Status",
     "Subscription",
     "TextProgress",
+    "Throttled",
     "TooLargeError",
     "TransferError",
     "Validating",

@@ -15,6 +15,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import ClassVar
 
+from .format import duration
+
 log = logging.getLogger("rheo_nb")
 
 
@@ -49,6 +51,7 @@ class EventType(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
+    THROTTLED = "throttled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +170,44 @@ class Cancelled:
     bytes: int
 
 
+@dataclass(frozen=True, slots=True)
+class Throttled:
+    """rheo_nb changed how it treats an origin, because of how the origin answered.
+
+    ``origin`` is scheme, host and port (never user info or a path); ``concurrency`` the
+    connections it is now allowed (``previous`` before); ``delay`` the seconds every
+    request to it now waits (0: none); ``reason`` the cause in a few words (``"429"``,
+    ``"503, Retry-After"``, ``"quota spent"``). The download id and URL are those of the
+    response that led to the decision. :attr:`message` is a line a display can show::
+
+        >>> Throttled("id", "u", "https://example.org", 2, 4, "429").message
+        'example.org slowed to 2 connections: 429'
+    """
+
+    type: ClassVar[EventType] = EventType.THROTTLED
+    download_id: str
+    url: str
+    origin: str
+    concurrency: int
+    previous: int
+    reason: str
+    delay: float = 0.0
+
+    @property
+    def message(self) -> str:
+        host = self.origin.partition("://")[2] or self.origin
+        n = self.concurrency
+        conns = f"{n} connection{'s' if n != 1 else ''}"
+        wait = f", waiting {duration(self.delay)}" if self.delay > 0 else ""
+        if n < self.previous:
+            return f"{host} slowed to {conns}: {self.reason}{wait}"
+        if n > self.previous:
+            return f"{host} back up to {conns}: {self.reason}"
+        if self.delay > 0:
+            return f"{host} paused for {duration(self.delay)}: {self.reason}"
+        return f"{host} kept at {conns}: {self.reason}"
+
+
 Event = (
     Queued
     | Started
@@ -179,6 +220,7 @@ Event = (
     | Skipped
     | Failed
     | Cancelled
+    | Throttled
 )
 Handler = Callable[[Event], object]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -54,6 +55,57 @@ def storage_options(value: object) -> StorageOptions:
             "fsspec/s3fs (e.g. {'endpoint_url': 'http://127.0.0.1:9000'})"
         )
     return StorageOptions(value)
+
+
+#: Rate units: bare letters are 1024-based as curl and wget read them (``20M``, ``500k``);
+#: ``kB``/``MB``/``GB``/``TB`` are SI (1000-based); ``KiB``/``MiB``/``GiB``/``TiB`` are
+#: 1024-based; ``kbit``/``Mbit``/``Gbit`` are bits (an eighth of the SI bytes).
+_RATE_UNITS: dict[str, float] = {
+    "": 1,
+    "B": 1,
+    **{c: 1024.0**i for i, c in enumerate("KMGTP", 1)},
+    **{c.lower(): 1024.0**i for i, c in enumerate("KMGTP", 1)},
+    **{f"{c}B": 1000.0**i for i, c in enumerate("kMGT", 1)},
+    "KB": 1000.0,
+    **{f"{c}iB": 1024.0**i for i, c in enumerate("KMGT", 1)},
+    "bit": 1 / 8,
+    **{f"{c}bit": 1000.0**i / 8 for i, c in enumerate("kMG", 1)},
+    "Kbit": 1000.0 / 8,
+}
+_RATE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*(?:/\s*s)?\s*")
+
+
+def parse_rate(value: int | float | str, name: str = "max_rate") -> int:
+    """Bytes per second from ``value``: a number, or text as curl and wget spell it.
+
+    >>> parse_rate("20M"), parse_rate("20MB/s"), parse_rate("500KiB/s"), parse_rate(4096)
+    (20971520, 20000000, 512000, 4096)
+
+    Bare suffixes (``k``, ``M``, ``G``, ``T``, ``P``, either case) are 1024-based, as in
+    ``curl --limit-rate`` and ``wget --limit-rate``; ``kB``, ``MB``, ``GB``, ``TB`` are
+    1000-based; ``KiB``, ``MiB``, ``GiB``, ``TiB`` 1024-based; ``kbit``, ``Mbit``, ``Gbit``
+    are bits. ``/s`` may follow. Raises :class:`OptionError` for anything else, and for
+    rates under one byte per second.
+    """
+    if isinstance(value, bool):
+        raise OptionError(f"{name} must be bytes per second, not a bool")
+    if isinstance(value, int | float):
+        rate = float(value)
+    elif isinstance(value, str):
+        m = _RATE.fullmatch(value)
+        factor = _RATE_UNITS.get(m.group(2)) if m else None
+        if m is None or factor is None:
+            raise OptionError(
+                f"{name}={value!r} is not a rate: write bytes per second as a number, or "
+                'as "20M" (1024-based, as curl), "20MB/s" (1000-based), "20MiB/s" '
+                '(1024-based) or "100Mbit/s"'
+            )
+        rate = float(m.group(1)) * factor
+    else:
+        raise OptionError(f"{name} must be an int or a string such as '20MB/s' (or None)")
+    if not math.isfinite(rate) or rate < 1:
+        raise OptionError(f"{name} must be at least 1 byte per second (None: no limit)")
+    return round(rate)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -120,6 +172,15 @@ class Options:
     #: hash when one is given), the others fail with "offline: not downloaded". None: as
     #: the ``RHEO_NB_OFFLINE`` environment variable says (``1``: offline).
     offline: bool | None = None
+    #: Most bytes per second for the whole call, across every connection and file: an
+    #: int, or a string such as ``"20MB/s"``, ``"500KiB/s"`` or ``"20M"`` (see
+    #: :func:`parse_rate`: bare suffixes are 1024-based, as in curl). Stored as an int.
+    max_rate: int | float | str | None = None
+    #: The same for each origin (scheme, host and port) on its own.
+    max_rate_per_host: int | float | str | None = None
+    #: Most request starts per second to each origin (HEAD, GET and ranges alike), evenly
+    #: spaced (None: no pacing).
+    requests_per_second: float | None = None
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -202,6 +263,29 @@ class Options:
             object.__setattr__(
                 self, "offline", os.environ.get("RHEO_NB_OFFLINE", "").strip() not in ("", "0")
             )
+        for name in ("max_rate", "max_rate_per_host"):
+            value = getattr(self, name)
+            if value is not None:
+                rate = parse_rate(value, name)
+                object.__setattr__(self, name, rate)
+                # A cap under the low-speed floor would end every download as too slow.
+                need(
+                    not self.low_speed_limit or rate >= self.low_speed_limit,
+                    f"{name}={rate} B/s is under low_speed_limit={self.low_speed_limit} B/s, "
+                    "so every download would be ended as too slow: raise the rate, or lower "
+                    "low_speed_limit (0 turns the check off)",
+                )
+        rps = self.requests_per_second
+        need(
+            rps is None
+            or (
+                isinstance(rps, int | float)
+                and not isinstance(rps, bool)
+                and math.isfinite(rps)
+                and rps > 0
+            ),
+            "requests_per_second must be a number > 0 or None",
+        )
         need(isinstance(self.headers, Mapping), "headers must be a mapping of names to values")
         object.__setattr__(self, "headers", dict(self.headers))
         object.__setattr__(self, "auth", coerce(self.auth))
@@ -223,7 +307,16 @@ class Options:
         return cls(**{**current, **changes})
 
 
-_NULLABLE = frozenset({"max_size", "total_timeout", "max_extract_size"})
+_NULLABLE = frozenset(
+    {
+        "max_size",
+        "total_timeout",
+        "max_extract_size",
+        "max_rate",
+        "max_rate_per_host",
+        "requests_per_second",
+    }
+)
 
 
 def check_names(given: Iterable[str], known: Iterable[str], where: str) -> None:

@@ -50,6 +50,7 @@ EXPECTED = [
     "Status",
     "Subscription",
     "TextProgress",
+    "Throttled",
     "TooLargeError",
     "TransferError",
     "Validating",
