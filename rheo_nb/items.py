@@ -170,10 +170,23 @@ class Planned:
     extract: bool | PurePosixPath = False
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def host_key(url: str) -> str:
+    """The origin of ``url`` (``"https://example.org"``, ``"http://127.0.0.1:8080"``):
+    scheme, host, and the port unless it is the scheme's default. What connection limits,
+    caps and pacing count by; never user info, path or query, so it is safe to show."""
     parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-    return f"{parts.scheme.lower()}://{parts.hostname}:{port}"
+    scheme, host = parts.scheme.lower(), parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    return (
+        f"{scheme}://{host}"
+        if port in (None, _DEFAULT_PORTS.get(scheme))
+        else f"{scheme}://{host}:{port}"
+    )
 
 
 def check_url(url: str, secret_params: frozenset[str] = frozenset()) -> str:

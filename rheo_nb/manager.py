@@ -40,6 +40,7 @@ from .results import Results
 from .retry import RetryPolicy
 from .runner import ThreadLane
 from .tracker import DownloadInfo, Stats, Tracker
+from .traffic import Traffic, capped_socket
 
 log = logging.getLogger("rheo_nb")
 
@@ -150,21 +151,27 @@ class DownloadManager:
             factory = self._client or self._factory
             assert factory is not None
             network = await asyncio.to_thread(factory.network)
-            self._session = factory.create(network)
+            capped = self.options.max_rate is not None or self.options.max_rate_per_host is not None
+            self._session = factory.create(
+                network, socket_factory=capped_socket if capped else None
+            )
             self._owns_session = True
         secrets = auth.secret_params(self.options.auth)
         self._lane = ThreadLane(asyncio.get_running_loop())
         per_host = getattr(self._session.connector, "limit_per_host", 0)
+        limiter = HostLimiter(per_host or self.options.concurrency)
+        traffic = Traffic(self.options, emit=self._emit, slots=limiter)
         self._ctx = transfer.Context(
-            http=Client(self._session, self.options, network, secrets),
+            http=Client(self._session, self.options, network, secrets, traffic),
             options=self.options,
             policy=RetryPolicy.from_options(self.options),
             emit=self._emit,
             dest=dest_real,
             lane=self._lane,
-            limiter=HostLimiter(per_host or self.options.concurrency),
+            limiter=limiter,
             clock=self._clock,
             paths=self._by_path,
+            traffic=traffic,
         )
         self._idle = asyncio.Event()
         self._idle.set()

@@ -305,7 +305,7 @@ async def _fetch_range(
                             return
                         victim = None
                     batch = WriteBatch(ctx.write_size)
-                    tail = await pump(resp.content, sink, job.meter, dog, batch)
+                    tail = await pump(resp.content, sink, job.meter, dog, batch, job.bucket())
                     if tail:
                         await sink.write(tail)
         except DownloadError as exc:
@@ -328,7 +328,7 @@ async def _open_range(
     None when a probe is refused: the server does not take ranges for this file."""
     asked = (seg.position, seg.end - 1)
     headers = {**job.headers, **range_headers(asked, split.validator)}
-    resp = await job.ctx.http.get(job.url, headers)
+    resp = await job.ctx.http.get(job.url, headers, job.who)
     try:
         answer = decide(
             resp.status,

@@ -48,6 +48,7 @@ from . import retry
 from .errors import HTTPStatusError
 from .events import Event, Throttled
 from .format import duration
+from .items import host_key
 from .options import Options, parse_rate
 
 #: The most bytes one stream reads at a time (aiohttp's read buffer in the transfer).
@@ -72,11 +73,24 @@ Headers = MultiMapping[str] | Mapping[str, str]
 
 
 def origin_of(url: URL | str) -> str:
-    """``"https://example.org"``: scheme, host and port (when not the default) of ``url``.
+    """``"https://example.org"``: scheme, host and port (when not the default) of ``url``,
+    as the connection limiter keys it (:func:`rheo_nb.items.host_key`).
 
     Never user info, path or query, so it is safe to show.
     """
-    return str((url if isinstance(url, URL) else URL(url)).origin())
+    if isinstance(url, str):
+        return host_key(url)
+    # A request's URL is a yarl URL, whose parts are parsed once and cached: cheaper than
+    # parsing its text again for every request.
+    scheme, host, port = url.scheme, url.raw_host or "", url.explicit_port
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == _DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def capped_socket(addr_info: tuple[Any, ...]) -> socket.socket:
@@ -448,6 +462,8 @@ def read_quota(headers: Headers, now: float | None = None) -> tuple[int, float] 
     >>> read_quota({"RateLimit": '"default";r=0;t=30'})
     (0, 30.0)
     """
+    if not any(name in headers for name in _QUOTA_FIELDS):
+        return None  # most answers: three lookups, nothing parsed
     found = [
         *_ietf_quotas(headers),
         *_pair_quota(headers, "RateLimit-", now),
@@ -455,6 +471,9 @@ def read_quota(headers: Headers, now: float | None = None) -> tuple[int, float] 
     ]
     # The fewest requests left binds; of equals, the later reset.
     return min(found, key=lambda q: (q[0], -q[1])) if found else None
+
+
+_QUOTA_FIELDS = ("RateLimit", "RateLimit-Remaining", "X-RateLimit-Remaining")
 
 
 def _ietf_quotas(headers: Headers) -> list[tuple[int, float]]:

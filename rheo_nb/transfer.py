@@ -33,6 +33,7 @@ from .options import Options
 from .retry import RetryPolicy, is_transient
 from .runner import ThreadLane
 from .stream import Meter, Watchdog, WriteBatch, pump
+from .traffic import TokenBucket, Traffic
 
 #: Bytes all connections may hold in memory before writing, together; each connection
 #: writes once it holds its share (at most ``Options.chunk_size``), which keeps memory
@@ -53,6 +54,8 @@ class Context:
     lane: ThreadLane
     limiter: HostLimiter
     clock: Callable[[], float] = time.monotonic
+    #: Caps, pacing and backoff per origin (None: none of it asked for).
+    traffic: Traffic | None = None
     #: Final paths of this call and the download writing each (server-given names too).
     paths: dict[Path, str] = field(default_factory=dict)
     #: Folders already created and found inside ``dest``: checked once per call.
@@ -102,6 +105,7 @@ class Download:
         )
         self.headers = {"Accept-Encoding": "identity", **p.headers}
         self.sources = (p.url, *p.mirrors)
+        self.who = (p.download_id, p.display_url)  # for the traffic's events
         self.url, self.host = p.url, p.host  # the source being tried (a mirror, maybe)
         self.resumed = False  # this attempt continues an earlier partial
         self.no_split = False  # ranges failed once: one stream from now on
@@ -115,6 +119,11 @@ class Download:
 
     def received(self) -> int:
         return self.meter.received
+
+    def bucket(self) -> TokenBucket | None:
+        """The bandwidth cap the current source's streams take tokens from, if any."""
+        traffic = self.ctx.traffic
+        return None if traffic is None else traffic.bucket(self.url)
 
     def started(self, total: int | None, resumed_from: int) -> None:
         self.meter.total, self.meter.received = total, resumed_from
@@ -261,7 +270,7 @@ class Download:
         opts = ctx.options
         async with Watchdog(opts.low_speed_limit, opts.low_speed_time) as dog:
             with ctx.http.errors(self.received):
-                resp = await ctx.http.get(self.url, headers)
+                resp = await ctx.http.get(self.url, headers, self.who)
                 try:
                     answer, split = await self._receive(resp, resume)
                     if split is None:
@@ -316,7 +325,8 @@ class Download:
         tail: list[bytes] = []
         if answer.decision is not Decision.COMPLETE:
             self.started(total, offset)
-            tail = await pump(resp.content, sink, self.meter, dog, WriteBatch(ctx.write_size))
+            batch = WriteBatch(ctx.write_size)
+            tail = await pump(resp.content, sink, self.meter, dog, batch, self.bucket())
         if p.expected is not None:
             self.emit(events.Validating)
         return await self.dest.commit(tail, total, None)
