@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from . import files, format
 from .errors import InvalidItemError
@@ -173,11 +173,11 @@ class Planned:
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def host_key(url: str) -> str:
+def host_key(url: str | SplitResult) -> str:
     """The origin of ``url`` (``"https://example.org"``, ``"http://127.0.0.1:8080"``):
     scheme, host, and the port unless it is the scheme's default. What connection limits,
     caps and pacing count by; never user info, path or query, so it is safe to show."""
-    parts = urlsplit(url)
+    parts = urlsplit(url) if isinstance(url, str) else url
     scheme, host = parts.scheme.lower(), parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
@@ -190,6 +190,15 @@ def host_key(url: str) -> str:
 
 
 def check_url(url: str, secret_params: frozenset[str] = frozenset()) -> str:
+    """``url`` when rheo_nb can download it.
+
+    :raises InvalidItemError: saying why not.
+    """
+    _check_url(url, secret_params)
+    return url
+
+
+def _check_url(url: str, secret_params: frozenset[str]) -> SplitResult:
     if not isinstance(url, str):
         raise InvalidItemError(f"URL must be a string, not {type(url).__name__}")
     if not url:
@@ -220,7 +229,7 @@ def check_url(url: str, secret_params: frozenset[str] = frozenset()) -> str:
         )
     if not parts.hostname:
         raise InvalidItemError(f"URL {format.mask_url(url, secret_params)!r} has no host")
-    return url
+    return parts
 
 
 def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -253,7 +262,8 @@ def plan(
     """
     if isinstance(file, BadRow):
         raise InvalidItemError(file.error)
-    url = check_url(file.url, secret_params)
+    url = file.url
+    parts = _check_url(url, secret_params)
     relpath = (
         files.relative_path(file.path)
         if file.path is not None
@@ -278,7 +288,7 @@ def plan(
         final=dest.joinpath(*relpath.parts),
         expected=expected,
         headers=headers,
-        host=host_key(url),
+        host=host_key(parts),
         mirrors=mirrors,
         extract=extract,
     )

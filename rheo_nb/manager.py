@@ -373,19 +373,24 @@ class DownloadManager:
     async def _worker(self) -> None:
         assert self._ctx is not None
         ctx = self._ctx
+        me = asyncio.current_task()
+        assert me is not None
         while True:
             did, planned = await self._queue.get()
             task = asyncio.create_task(transfer.download(ctx, planned), name=f"rheo_nb:{did}")
             self._running[did] = task
             try:
-                await asyncio.wait((task,))
-            except asyncio.CancelledError:
-                task.cancel()
-                while not task.done():  # its cleanup is short; a second cancel must wait too
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.wait((task,))
-                self._settle(did, planned, task)
-                raise
+                # Awaiting the task itself (cheaper than asyncio.wait for every file) also
+                # passes a cancel of this worker on to the download.
+                await task
+            except BaseException:
+                if me.cancelling():  # this worker is stopping, not just this download
+                    task.cancel()
+                    while not task.done():  # its cleanup is short; a second cancel waits too
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await asyncio.wait((task,))
+                    self._settle(did, planned, task)
+                    raise
             finally:
                 self._running.pop(did, None)
             self._settle(did, planned, task)

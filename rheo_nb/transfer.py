@@ -196,7 +196,7 @@ class Download:
         sources = self.sources
         failures: list[str] = []
         for number, url in enumerate(sources, 1):
-            self.url, self.host = url, host_key(url)
+            self.url, self.host = url, p.host if number == 1 else host_key(url)
             await limiter.acquire(self.host)
             try:
                 return await self._attempts()
