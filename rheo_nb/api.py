@@ -13,7 +13,7 @@ import asyncio
 import functools
 import inspect
 import os
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sized
 from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 import aiohttp
@@ -24,7 +24,7 @@ from .client import SESSION_OPTIONS, ClientFactory, NetrcArg, Verify
 from .display import Display, ProgressArg, choose
 from .display.view import fraction, percent
 from .events import Status
-from .items import File, Items, as_files
+from .items import Items, as_files, in_memory
 from .manager import DownloadManager
 from .options import Options, check_names
 from .results import Results
@@ -133,7 +133,7 @@ async def fetch(
     return await _run(*_prepare(locals()))
 
 
-Prepared = tuple[DownloadManager, list[File], Display | None]
+Prepared = tuple[DownloadManager, Items, Display | None]
 
 
 def _prepare(call: dict[str, Any]) -> Prepared:
@@ -146,7 +146,9 @@ def _prepare(call: dict[str, Any]) -> Prepared:
     client = options.pop("client")
     session = {k: v for k in SESSION_OPTIONS if (v := options.pop(k)) != _SESSION_DEFAULTS[k]}
     manager = DownloadManager(dest, Options.build(**options), client=client, **session)
-    return manager, as_files(items), display
+    # Items in memory are checked here, on the caller's thread; a lazy source (a Parquet
+    # manifest) goes to the manager as it is, which reads it as the downloads go.
+    return manager, as_files(items) if in_memory(items) else items, display
 
 
 def _bind(where: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -158,16 +160,15 @@ def _bind(where: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str
 
 
 async def _run(
-    manager: DownloadManager, files: list[File], display: Display | None, *, shown: bool = False
+    manager: DownloadManager, files: Items, display: Display | None, *, shown: bool = False
 ) -> Results:
-    ids: list[str] = []
     opened = interrupted = False
     try:
         async with manager:
             if display is not None:
                 display.open(manager)
                 opened = True
-            ids = await manager.add(files)
+            await manager.add(files)
             await manager.wait()
     except BaseException:
         interrupted = True
@@ -176,8 +177,8 @@ async def _run(
         # A display shown before the run (start()) is closed even when the run failed
         # before opening it, so it never stays at "starting…".
         if display is not None and (opened or shown):
-            display.close(manager.results(ids), interrupted=interrupted)
-    return manager.results(ids)
+            display.close(manager.results(), interrupted=interrupted)
+    return manager.results()
 
 
 def _with_options_of(template: Callable[P, Any]) -> Callable[[Callable[..., R]], Callable[P, R]]:
@@ -242,11 +243,9 @@ class Job:
     updating while other cells run; its Cancel button calls :meth:`cancel`.
     """
 
-    def __init__(
-        self, manager: DownloadManager, files: list[File], display: Display | None
-    ) -> None:
+    def __init__(self, manager: DownloadManager, files: Items, display: Display | None) -> None:
         self._manager, self._display = manager, display
-        self._asked = len(files)
+        self._asked = len(files) if isinstance(files, Sized) else 0
         show = getattr(self._display, "show", None)
         if callable(show):
             # Here, on the caller's thread: the widget must land in the cell that started

@@ -119,6 +119,14 @@ class Outcome:
 Items = File | Iterable["str | File | Outcome"] | Mapping[str, "str | None"]
 
 
+def in_memory(items: Items) -> bool:
+    """True for items already in memory (a list, a tuple, a mapping, one item); any
+    other iterable is a lazy source, read as the downloads go."""
+    from .results import Results
+
+    return isinstance(items, list | tuple | str | File | Mapping | Results)
+
+
 def iter_files(items: Items) -> Iterator[File]:
     """Normalise ``items`` one at a time: URL strings, :class:`File` objects, outcomes of an
     earlier call (``results.failed`` re-runs just those), or a mapping ``{url: hash}``.

@@ -10,7 +10,9 @@ import os
 import resource
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Sized
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from types import TracebackType
@@ -33,7 +35,7 @@ from .events import (
     Subscription,
 )
 from .http import Client
-from .items import File, Items, Outcome, Planned, describe, iter_files, plan
+from .items import File, Items, Outcome, Planned, describe, in_memory, iter_files, plan
 from .options import Options, check_names
 from .queue import PriorityQueue
 from .results import Results
@@ -46,6 +48,8 @@ log = logging.getLogger("rheo_nb")
 
 #: Items queued by :meth:`DownloadManager.add` between two yields to the event loop.
 ADD_BATCH = 1024
+#: Items read from a lazy source at a time.
+PULL_BATCH = 256
 
 
 class DownloadManager:
@@ -116,7 +120,11 @@ class DownloadManager:
         self.events = Emitter()
         self.tracker = Tracker(clock)
         self._queue: PriorityQueue[Planned] = PriorityQueue()
-        self._plans: dict[str, Planned] = {}
+        self._plans: dict[str, Planned] = {}  # queued and running downloads
+        #: Every download of the call, by id: what its item asked for (see _differs).
+        self._seen: dict[str, int] = {}
+        self._lazy: deque[_Lazy] = deque()
+        self._pulling = False
         self._outcomes: dict[str, Outcome] = {}
         self._order: list[str] = []
         self._by_path: dict[Path, str] = {}
@@ -208,8 +216,14 @@ class DownloadManager:
                 await self._session.close()
 
     def _drop_queued(self) -> None:
+        # A lazy source's unread items never started: they are not counted any more, and
+        # a rerun of the same source finds what is complete and resumes the rest.
+        while self._lazy:
+            self.tracker.expect(-self._lazy.popleft().announced)
         while (entry := self._queue.get_nowait()) is not None:
             self._cancel_queued(entry[0])
+        if self._idle is not None:
+            self._check_idle()
 
     # --- public API ------------------------------------------------------------------------
 
@@ -226,14 +240,26 @@ class DownloadManager:
         hash, other headers or other mirrors is refused, since only one of them could be
         honoured.
 
-        ``items`` is read lazily, ``ADD_BATCH`` at a time, and the loop is given back
-        between batches, so downloads start and displays redraw while the rest is queued.
-        A lazy source (a generator, a Parquet manifest) is read on a worker thread: reading
-        it may block.
+        A list, a tuple or a mapping is queued now, ``ADD_BATCH`` at a time, the loop
+        given back between batches. Any other iterable (a generator, a Parquet manifest of
+        a million rows) is a lazy source: it is read on a worker thread as the downloads
+        go, a batch at a time, so its items are never all in memory at once. ``add``
+        returns at once for it, with no ids (they are not known yet): its outcomes come in
+        :meth:`results` in the order of the source. Its length, when it has one, counts in
+        the totals from the start.
         """
         self._require_open()
+        if not in_memory(items):
+            announced = len(items) if isinstance(items, Sized) else 0
+            self._lazy.append(_Lazy(iter_files(items), announced))
+            self.tracker.expect(announced)
+            assert self._idle is not None
+            self._idle.clear()
+            self._queue.wake()
+            return []
         ids: list[str] = []
-        async for batch in _batches(items):
+        files = iter_files(items)
+        while batch := list(islice(files, ADD_BATCH)):
             ids.extend(self._queue_one(file) for file in batch)
             await asyncio.sleep(0)
         return ids
@@ -246,8 +272,10 @@ class DownloadManager:
         except InvalidItemError as exc:
             return self._reject(file, str(exc))
         did = planned.download_id
-        if did in self._plans:
-            differs = _differs(self._plans[did], planned)
+        seen = self._seen.get(did)
+        if seen is not None:
+            first = self._plans.get(did)
+            differs = _differs(seen, planned) if first is None else _precisely(first, planned)
             if not differs:
                 return did
             error = (
@@ -260,11 +288,12 @@ class DownloadManager:
             return self._reject(
                 file,
                 f"{planned.display_url}: {planned.relpath} is already the path of "
-                f"{self._plans[owner].display_url} in this call; give one of them "
-                "another path with File(url, path=...)",
+                f"{self._shown(owner)} in this call; give one of them another path with "
+                "File(url, path=...)",
                 planned,
             )
         self._plans[did] = planned
+        self._seen[did] = _spec(planned)
         self._by_path[planned.final] = did
         self._order.append(did)
         self._unfinished += 1
@@ -273,6 +302,55 @@ class DownloadManager:
         self._emit(Queued(did, planned.display_url, planned.final, file.priority))
         self._queue.put(did, planned, file.priority)
         return did
+
+    def _shown(self, did: str) -> str:
+        """The URL to show of a download of this call, running or finished."""
+        planned = self._plans.get(did)
+        if planned is not None:
+            return planned.display_url
+        outcome = self._outcomes.get(did)
+        return outcome.url if outcome is not None else did
+
+    async def _take(self) -> tuple[str, Planned]:
+        """The next download for a worker: from the queue, else from the lazy sources."""
+        while True:
+            entry = self._queue.get_nowait()
+            if entry is not None:
+                return entry
+            if self._lazy:
+                await self._pull()
+            else:
+                await self._queue.wait()
+
+    async def _pull(self) -> None:
+        """Queue the next batch of the first lazy source (one worker reads; the others
+        wait for what it queues)."""
+        if self._pulling:
+            await self._queue.wait()
+            return
+        self._pulling = True
+        try:
+            source = self._lazy[0]
+            try:
+                batch = await asyncio.to_thread(lambda: list(islice(source.files, PULL_BATCH)))
+            except Exception as exc:  # a manifest that breaks halfway: the rest cannot come
+                self._lazy.popleft()
+                self.tracker.expect(-source.announced)
+                text = format.mask_urls_in(str(exc), auth.secret_params(self.options.auth))
+                self._reject(File(""), f"reading the items stopped: {text}")
+                return
+            taken = min(len(batch), source.announced)
+            source.announced -= taken
+            self.tracker.expect(-taken)
+            if len(batch) < PULL_BATCH:  # the source is done; what it announced is all in
+                self._lazy.popleft()
+                self.tracker.expect(-source.announced)
+            for file in batch:
+                self._queue_one(file)
+            self._check_idle()
+        finally:
+            self._pulling = False
+            self._queue.wake()
 
     async def wait(self) -> Results:
         """Wait until every download added so far has finished; return all their outcomes."""
@@ -365,8 +443,12 @@ class DownloadManager:
 
     def _done(self, did: str, outcome: Outcome) -> None:
         self._outcomes[did] = outcome
+        self._plans.pop(did, None)  # the outcome keeps what is still worth keeping
         self._unfinished -= 1
-        if self._unfinished == 0:
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self._unfinished == 0 and not self._lazy:
             assert self._idle is not None
             self._idle.set()
 
@@ -376,7 +458,7 @@ class DownloadManager:
         me = asyncio.current_task()
         assert me is not None
         while True:
-            did, planned = await self._queue.get()
+            did, planned = await self._take()
             task = asyncio.create_task(transfer.download(ctx, planned), name=f"rheo_nb:{did}")
             self._running[did] = task
             try:
@@ -420,21 +502,21 @@ class DownloadManager:
         self._done(did, outcome)
 
 
-async def _batches(items: Items) -> AsyncIterator[list[File]]:
-    """``items`` as Files, ``ADD_BATCH`` at a time; a lazy source is read on a thread."""
-    files = iter_files(items)
-    in_memory = isinstance(items, list | tuple | str | File | Mapping)
-    while True:
-        if in_memory:
-            batch = list(islice(files, ADD_BATCH))
-        else:
-            batch = await asyncio.to_thread(lambda: list(islice(files, ADD_BATCH)))
-        if not batch:
-            return
-        yield batch
+def _spec(p: Planned) -> int:
+    """What an item asks for beyond its URL and path, as a number: kept for every
+    download of a call (a million of them cost numbers, not objects)."""
+    return hash((p.expected, tuple(sorted(p.headers.items())), p.mirrors, p.extract))
 
 
-def _differs(first: Planned, again: Planned) -> str:
+def _differs(first: int, again: Planned) -> str:
+    """``""`` when ``again`` asks for what the first item with its URL and path did
+    (``first``: its :func:`_spec`), else what differs, in words."""
+    if first == _spec(again):
+        return ""
+    return "a different hash, headers, mirrors or extract= setting"
+
+
+def _precisely(first: Planned, again: Planned) -> str:
     """What two items for the same URL and path disagree on (``""``: nothing)."""
     if first.expected != again.expected:
         return "different hashes"
@@ -445,6 +527,15 @@ def _differs(first: Planned, again: Planned) -> str:
     if first.extract != again.extract:
         return "different extract= settings"
     return ""
+
+
+@dataclass(slots=True)
+class _Lazy:
+    """A lazy source of items, read as the downloads go."""
+
+    files: Iterator[File]
+    #: Items announced to the tracker (the source's length) and not yet read.
+    announced: int
 
 
 def _workers(concurrency: int) -> int:
