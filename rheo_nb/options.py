@@ -108,6 +108,27 @@ def parse_rate(value: int | float | str, name: str = "max_rate") -> int:
     return round(rate)
 
 
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise OptionError(message)
+
+
+def _whole(name: str, value: object, what: str, least: int = 0, none: bool = False) -> None:
+    """A count: an int of at least ``least`` (None too when ``none``), never a bool."""
+    if value is None and none:
+        return
+    # bool is an int to isinstance; concurrency=True is a mistake, not "1".
+    _need(not isinstance(value, bool), f"{name} must be a number, not a bool")
+    _need(isinstance(value, int) and value >= least, f"{name} must be {what}")
+
+
+def _number(value: object, above: float | None = None) -> bool:
+    """An int or a float (not a bool), at least 0, or more than ``above`` when given."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return value > above if above is not None else value >= 0
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Options:
     """Options shared by :func:`rheo_nb.fetch`, :class:`rheo_nb.DownloadManager` and the CLI.
@@ -183,28 +204,8 @@ class Options:
     requests_per_second: float | None = None
 
     def __post_init__(self) -> None:
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise OptionError(message)
-
-        # bool is an int to isinstance; concurrency=True is a mistake, not "1".
-        for name in (
-            "concurrency",
-            "retries",
-            "max_size",
-            "max_redirects",
-            "chunk_size",
-            "segments",
-            "max_extract_size",
-            "max_extract_files",
-        ):
-            need(not isinstance(getattr(self, name), bool), f"{name} must be a number, not a bool")
-
-        need(
-            isinstance(self.concurrency, int) and self.concurrency >= 1,
-            "concurrency must be an int >= 1",
-        )
-        need(isinstance(self.retries, int) and self.retries >= 0, "retries must be an int >= 0")
+        _whole("concurrency", self.concurrency, "an int >= 1", least=1)
+        _whole("retries", self.retries, "an int >= 0")
         for name in (
             "timeout",
             "backoff",
@@ -213,49 +214,26 @@ class Options:
             "low_speed_time",
             "progress_interval",
         ):
-            value = getattr(self, name)
-            need(isinstance(value, int | float) and value >= 0, f"{name} must be a number >= 0")
-        need(self.timeout > 0, "timeout must be > 0 seconds")
+            _need(_number(getattr(self, name)), f"{name} must be a number >= 0")
+        _need(self.timeout > 0, "timeout must be > 0 seconds")
         # Type checks first, so a wrong type is an OptionError rather than a TypeError.
-        need(
-            self.total_timeout is None
-            or (isinstance(self.total_timeout, int | float) and self.total_timeout > 0),
+        _need(
+            self.total_timeout is None or _number(self.total_timeout, above=0),
             "total_timeout must be > 0 or None",
         )
-        need(
-            self.max_size is None or (isinstance(self.max_size, int) and self.max_size >= 0),
-            "max_size must be an int >= 0 or None",
-        )
-        need(
-            isinstance(self.low_speed_limit, int | float) and self.low_speed_limit >= 0,
-            "low_speed_limit must be >= 0 (0 turns the check off)",
-        )
-        need(
-            isinstance(self.max_redirects, int) and self.max_redirects >= 0,
-            "max_redirects must be an int >= 0",
-        )
-        need(
-            isinstance(self.chunk_size, int) and self.chunk_size >= 4096,
-            "chunk_size must be an int of at least 4096 bytes",
-        )
-        need(
-            self.segments == "auto" or (isinstance(self.segments, int) and self.segments >= 1),
-            "segments must be 'auto' or an int >= 1",
-        )
-        need(
-            self.max_extract_size is None
-            or (isinstance(self.max_extract_size, int) and self.max_extract_size >= 1),
-            "max_extract_size must be an int >= 1 (bytes) or None",
-        )
-        need(
-            isinstance(self.max_extract_files, int) and self.max_extract_files >= 1,
-            "max_extract_files must be an int >= 1",
-        )
-        need(isinstance(self.extract_remove, bool), "extract_remove must be True or False")
-        need(
+        _whole("max_size", self.max_size, "an int >= 0 or None", none=True)
+        _need(_number(self.low_speed_limit), "low_speed_limit must be >= 0 (0 turns the check off)")
+        _whole("max_redirects", self.max_redirects, "an int >= 0")
+        _whole("chunk_size", self.chunk_size, "an int of at least 4096 bytes", least=4096)
+        if self.segments != "auto":
+            _whole("segments", self.segments, "'auto' or an int >= 1", least=1)
+        _whole("max_extract_size", self.max_extract_size, "an int >= 1 (bytes) or None", 1, True)
+        _whole("max_extract_files", self.max_extract_files, "an int >= 1", least=1)
+        _need(isinstance(self.extract_remove, bool), "extract_remove must be True or False")
+        _need(
             isinstance(self.extract, bool), "extract must be True or False (a File takes a folder)"
         )
-        need(
+        _need(
             self.offline is None or isinstance(self.offline, bool),
             "offline must be True, False or None",
         )
@@ -269,24 +247,18 @@ class Options:
                 rate = parse_rate(value, name)
                 object.__setattr__(self, name, rate)
                 # A cap under the low-speed floor would end every download as too slow.
-                need(
+                _need(
                     not self.low_speed_limit or rate >= self.low_speed_limit,
                     f"{name}={rate} B/s is under low_speed_limit={self.low_speed_limit} B/s, "
                     "so every download would be ended as too slow: raise the rate, or lower "
                     "low_speed_limit (0 turns the check off)",
                 )
         rps = self.requests_per_second
-        need(
-            rps is None
-            or (
-                isinstance(rps, int | float)
-                and not isinstance(rps, bool)
-                and math.isfinite(rps)
-                and rps > 0
-            ),
+        _need(
+            rps is None or (_number(rps, above=0) and math.isfinite(rps)),
             "requests_per_second must be a number > 0 or None",
         )
-        need(isinstance(self.headers, Mapping), "headers must be a mapping of names to values")
+        _need(isinstance(self.headers, Mapping), "headers must be a mapping of names to values")
         object.__setattr__(self, "headers", dict(self.headers))
         object.__setattr__(self, "auth", coerce(self.auth))
         object.__setattr__(self, "cookies", check_cookies(self.cookies))

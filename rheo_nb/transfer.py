@@ -289,19 +289,24 @@ class Download:
     ) -> tuple[Answer, segments.Split | None]:
         """Decide what the answer means; the split to run, or None for one stream."""
         p, opts = self.planned, self.ctx.options
-        answer = decide(
-            resp.status,
-            resp.reason or "",
-            resp.headers,
-            resume.asked if resume is not None else None,
-            resume.validator or None if resume is not None else None,
-            resume.total if resume is not None else None,
-            verifiable=p.expected is not None,
-        )
+        verifiable = p.expected is not None
+        if resume is None:
+            answer = decide(resp.status, resp.reason or "", resp.headers, None, None)
+        else:
+            asked, sent, total = resume.asked, resume.validator or None, resume.total
+            answer = decide(
+                resp.status,
+                resp.reason or "",
+                resp.headers,
+                asked,
+                sent,
+                total,
+                verifiable=verifiable,
+            )
+            if answer.decision is Decision.FULL and asked[0] > 0:
+                await self._restart(answer.reason)  # the server ignored the range: from zero
         if answer.decision is Decision.RESTART:
             raise Restart(answer.reason)
-        if answer.decision is Decision.FULL and resume is not None and resume.asked[0] > 0:
-            await self._restart(answer.reason)  # the server ignored the range: from zero
         total = answer.total
         if opts.max_size is not None and total is not None and total > opts.max_size:
             raise TooLargeError(cause=f"file is {size(total)}, over max_size={size(opts.max_size)}")
