@@ -5,6 +5,8 @@
 >>> results = rheo_nb.fetch_sync(urls, dest="data/")    # anywhere            # doctest: +SKIP
 """
 
+from typing import TYPE_CHECKING
+
 from ._version import __version__
 from .api import Job, fetch, fetch_sync, start
 from .auth import ApiKey, BearerToken, DigestAuth, OAuth2ClientCredentials
@@ -45,10 +47,13 @@ from .events import (
 )
 from .items import File, Outcome
 from .manager import DownloadManager
-from .manifest import read_manifest
 from .options import Options
 from .results import Results
 from .tracker import DownloadInfo, Stats
+
+if TYPE_CHECKING:
+    from .display.notebook import NotebookProgress
+    from .manifest import read_manifest
 
 
 def __getattr__(name: str) -> object:
@@ -57,6 +62,11 @@ def __getattr__(name: str) -> object:
         from .display.notebook import NotebookProgress
 
         return NotebookProgress
+    # The manifest readers (csv, gzip, json…): loaded when first asked for.
+    if name == "read_manifest":
+        from .manifest import read_manifest
+
+        return read_manifest
     raise AttributeError(f"module 'rheo_nb' has no attribute {name!r}")
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from . import extract, files, segments
+from . import files, segments
 from .errors import DownloadError, ExtractError
 from .hashing import ExpectedHash, hash_file
 from .http import Answer, Decision, Restart
@@ -347,6 +347,8 @@ class LocalDestination:
         return self.dest.joinpath(*folder.parts) if folder is not None else None
 
     async def extracted(self, folder: PurePosixPath | None) -> tuple[Skip, Path] | None:
+        from . import extract  # tarfile, zipfile and the codecs: only when extracting
+
         found = await self.lane.run(
             destination_errors(extract.recorded), self.final, self._target(folder)
         )
@@ -361,6 +363,8 @@ class LocalDestination:
         return Skip(nbytes, reason), target
 
     async def extract(self, folder: PurePosixPath | None, how: Unpacking) -> Path | None:
+        from . import extract  # tarfile, zipfile and the codecs: only when extracting
+
         archive, target = self.path, self._target(folder)
         kind = await self.lane.run(destination_errors(extract.archive_kind), archive)
         if kind is None:

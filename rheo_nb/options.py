@@ -12,10 +12,11 @@ from typing import Any, Literal
 
 from .auth import Auth, check_cookies, coerce
 from .errors import OptionError
-from .extract import MAX_FILES
 from .format import MASK
 
 MiB = 1 << 20
+#: The default cap on the members of an archive (``max_extract_files``).
+MAX_EXTRACT_FILES = 1_000_000
 
 #: Names of storage options whose values are secrets (s3fs's ``key``/``secret``/``token``,
 #: botocore's ``aws_secret_access_key``, Azure's ``account_key``/``sas_token``…).
@@ -182,7 +183,7 @@ class Options:
     #: archive's size, and at least 1 GiB: see :func:`rheo_nb.extract.size_limit`).
     max_extract_size: int | None = None
     #: Refuse an archive with more members (files, folders and links) than this.
-    max_extract_files: int = MAX_FILES
+    max_extract_files: int = MAX_EXTRACT_FILES
     #: Delete an archive once it is extracted (a ``File``'s ``extract_remove`` wins).
     extract_remove: bool = False
     #: Unpack every archive of the call once it is complete, into a folder beside it

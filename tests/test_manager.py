@@ -237,7 +237,11 @@ async def test_cancel_a_running_download_by_id_keeps_its_partial(
     slow = server.url("slow.bin", 400_000, rate=100_000, slowfor=1)
     async with manager(dest, chunk_size=4096, progress_interval=0.01) as m:
         # The slow file's own progress: the other file's could come before it has a byte.
-        m.on("progress", lambda e: "slow.bin" in e.url and progressed.set())
+        def on_progress(event: Event) -> None:
+            if "slow.bin" in event.url:
+                progressed.set()
+
+        m.on("progress", on_progress)
         slow_id, _ = await m.add([slow, server.url("other.bin")])
         await asyncio.wait_for(progressed.wait(), 10)
         assert await m.cancel(slow_id)
