@@ -75,6 +75,7 @@ async def fetch(
     chunk_size: int = 1 << 20,
     progress_interval: float = 0.1,
     content_disposition: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
     verify: Verify = True,
     proxy: str | None = None,
     trust_env: bool = True,
@@ -92,6 +93,10 @@ async def fetch(
 
     ``items``: URL strings, :class:`File` objects, a mapping ``{url: "sha256:…"}``, or
     outcomes of an earlier call (``results.failed``). ``dest`` is created when missing.
+    It may be a bucket, ``"s3://bucket/prefix"``: each file then streams into an object
+    under the prefix, configured by ``storage_options`` (fsspec's, as for pandas:
+    ``endpoint_url``, ``key``/``secret``, ``profile``…; without them the standard AWS
+    credential chains apply), and its path is the object's ``s3://`` URL.
     Files already complete at their path are skipped (``overwrite=True`` replaces them);
     partial files left by an interrupted run are resumed. One bad item never stops the
     others: its outcome says what went wrong.
@@ -122,7 +127,8 @@ async def fetch(
     The progress widget's Cancel button stops every download too; the call then returns,
     the unfinished files marked cancelled.
 
-    :raises DestinationError: ``dest`` cannot be created or written (before any request).
+    :raises DestinationError: ``dest`` cannot be created or written, or its bucket does
+        not exist or refuses the credentials (before any download).
     :raises OptionError: an option has an unusable value, or no option has that name.
     """
     return await _run(*_prepare(locals()))

@@ -13,7 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from .objstore import ObjectPath
 
 log = logging.getLogger("rheo_nb")
 
@@ -55,7 +58,7 @@ class Queued:
     type: ClassVar[EventType] = EventType.QUEUED
     download_id: str
     url: str
-    path: Path
+    path: Path | ObjectPath
     priority: int
 
 
@@ -66,7 +69,7 @@ class Started:
     type: ClassVar[EventType] = EventType.STARTED
     download_id: str
     url: str
-    path: Path
+    path: Path | ObjectPath
     total: int | None
     resumed_from: int
 
@@ -120,7 +123,7 @@ class Completed:
     type: ClassVar[EventType] = EventType.COMPLETED
     download_id: str
     url: str
-    path: Path
+    path: Path | ObjectPath
     bytes: int
     elapsed: float
 
@@ -130,7 +133,7 @@ class Skipped:
     type: ClassVar[EventType] = EventType.SKIPPED
     download_id: str
     url: str
-    path: Path
+    path: Path | ObjectPath
     bytes: int
     reason: str
 
@@ -140,7 +143,7 @@ class Failed:
     type: ClassVar[EventType] = EventType.FAILED
     download_id: str
     url: str
-    path: Path
+    path: Path | ObjectPath
     error: str
     elapsed: float
 
@@ -150,7 +153,7 @@ class Cancelled:
     type: ClassVar[EventType] = EventType.CANCELLED
     download_id: str
     url: str
-    path: Path
+    path: Path | ObjectPath
     bytes: int
 
 
