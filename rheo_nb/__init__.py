@@ -6,7 +6,7 @@
 """
 
 from ._version import __version__
-from .api import Job, fetch, fetch_sync, start
+from .api import Job, clean, fetch, fetch_sync, start
 from .auth import ApiKey, BearerToken, DigestAuth, OAuth2ClientCredentials
 from .client import ClientFactory
 from .display import Display, TextProgress
@@ -41,6 +41,7 @@ from .events import (
 )
 from .items import File, Outcome
 from .manager import DownloadManager
+from .objstore import ObjectPath
 from .options import Options
 from .results import Results
 from .tracker import DownloadInfo, Stats
@@ -78,6 +79,7 @@ __all__ = [
     "Job",
     "NotebookProgress",
     "OAuth2ClientCredentials",
+    "ObjectPath",
     "OptionError",
     "Options",
     "Outcome",
@@ -98,6 +100,7 @@ __all__ = [
     "TransferError",
     "Validating",
     "__version__",
+    "clean",
     "fetch",
     "fetch_sync",
     "start",

@@ -18,15 +18,18 @@ from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 import aiohttp
 
-from . import format
+from . import format, objstore
 from .auth import AuthArg
 from .client import SESSION_OPTIONS, ClientFactory, NetrcArg, Verify
 from .display import Display, ProgressArg, choose
 from .display.view import fraction, percent
+from .errors import OptionError
 from .events import Status
 from .items import File, Items, as_files
 from .manager import DownloadManager
+from .objstore import ObjectPath
 from .options import Options, check_names
+from .options import storage_options as checked_storage_options
 from .results import Results
 from .runner import LoopThread, run_sync
 
@@ -379,3 +382,29 @@ def start(*args: Any, **kwargs: Any) -> Job:
         (at once, before the job starts).
     """
     return Job(*_prepare(_bind("start", args, kwargs)))
+
+
+def clean(dest: str, *, storage_options: Mapping[str, Any] | None = None) -> list[ObjectPath]:
+    """Abort the multipart uploads that interrupted downloads left under ``dest`` (an
+    ``s3://bucket/prefix``), and return the objects they were for.
+
+    A cancelled download into a bucket keeps its upload so that a rerun resumes it; an
+    upload is billed until completed or aborted, and listings do not show it. This gives
+    up on them (uploads of other tools are left alone). Blocking; works in a notebook too.
+
+    >>> rheo_nb.clean("s3://my-bucket/data", storage_options={"profile": "lab"})  # doctest: +SKIP
+    [ObjectPath('s3://my-bucket/data/imagenet/train.tar')]
+
+    :raises OptionError: ``dest`` is not an ``s3://`` URL (a local folder's partial files
+        are in its hidden ``.rheo_nb/`` folders).
+    :raises DestinationError: the bucket does not exist, refuses the credentials, or is
+        out of reach.
+    """
+    options = checked_storage_options({} if storage_options is None else storage_options)
+    target = ObjectPath.of(dest) if isinstance(dest, str) and "://" in dest else None
+    if target is None:
+        raise OptionError(
+            f"clean() takes an s3:// destination, not {dest!r}: a local folder's partial "
+            "files are in its hidden .rheo_nb/ folders"
+        )
+    return run_sync(lambda: objstore.clean(target, options))

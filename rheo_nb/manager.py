@@ -11,7 +11,7 @@ import re
 import resource
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -20,7 +20,7 @@ import aiohttp
 
 from . import auth, files, format, transfer
 from .client import SESSION_OPTIONS, ClientFactory, HostLimiter, Network
-from .errors import DestinationError, DownloadError, InvalidItemError, OptionError, warn
+from .errors import DestinationError, InvalidItemError, OptionError, warn
 from .events import (
     Cancelled,
     Emitter,
@@ -152,7 +152,9 @@ class DownloadManager:
     async def __aenter__(self) -> Self:
         dest_real = None
         if isinstance(self.dest, ObjectPath):
-            self._bucket = await _open_bucket(self.dest, self.options.storage_options)
+            # One request checks the bucket and the credentials before any download.
+            bucket = Bucket(self.dest, self.options.storage_options)
+            self._bucket = await bucket.__aenter__()
         else:
             dest_real = await asyncio.to_thread(_prepare_dest, self.dest)
             self.dest = dest_real
@@ -469,18 +471,6 @@ def _destination(dest: str | os.PathLike[str]) -> Path | ObjectPath:
     if isinstance(dest, str) and _URL.match(dest):
         return ObjectPath.of(dest)
     return Path(dest)
-
-
-async def _open_bucket(dest: ObjectPath, storage_options: Mapping[str, Any]) -> Bucket:
-    """The bucket of ``dest``, opened: its credentials and its existence checked by one
-    request. :raises DestinationError: saying in words what is wrong (no secret)."""
-    bucket = Bucket(dest, storage_options)
-    try:
-        return await bucket.__aenter__()
-    except DestinationError:
-        raise
-    except DownloadError as exc:  # S3 out of reach: the destination cannot be used
-        raise DestinationError(exc.url or str(dest), exc.cause) from None
 
 
 def _remove_workdirs(folders: list[Path]) -> None:

@@ -52,7 +52,13 @@ from typing import Any, Self
 from urllib.parse import urlsplit
 
 from .destination import Present, Resume, Skip
-from .errors import DestinationError, IntegrityError, OptionError, TransferError
+from .errors import (
+    DestinationError,
+    DownloadError,
+    IntegrityError,
+    OptionError,
+    TransferError,
+)
 from .format import size as fmt_size
 from .hashing import ExpectedHash
 from .http import Answer, Decision, Restart
@@ -364,7 +370,10 @@ class Bucket:
             page = await self.client.list_multipart_uploads(Bucket=self.name, Prefix=self.prefix)
         except self._errors as exc:
             await self.close()
-            raise _error(exc, self.url(self.prefix), "ListMultipartUploads") from None
+            error = _error(exc, self.url(self.prefix), "ListMultipartUploads")
+            if isinstance(error, DownloadError) and not isinstance(error, DestinationError):
+                error = DestinationError(error.url, error.cause)  # out of reach: unusable
+            raise error from None
         if not page.get("IsTruncated"):
             self._pending = {str(u["Key"]) for u in page.get("Uploads", [])}
         return self
@@ -554,18 +563,18 @@ class Bucket:
         return sorted(keys)
 
 
-async def clean(dest: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
-    """Abort the multipart uploads rheo_nb left under ``dest``; the keys they were for.
+async def clean(dest: str, storage_options: Mapping[str, Any] | None = None) -> list[ObjectPath]:
+    """Abort the multipart uploads rheo_nb left under ``dest``; the objects they were for.
 
     Interrupted downloads keep their uploads so that a rerun can resume them; this gives
     up on them. A bucket lifecycle rule (``AbortIncompleteMultipartUpload``) also expires
-    forgotten ones.
+    forgotten ones. (:func:`rheo_nb.clean` is the blocking call.)
 
     >>> await rheo_nb.objstore.clean("s3://my-bucket/datasets/")       # doctest: +SKIP
-    ['datasets/imagenet/train.tar']
+    [ObjectPath('s3://my-bucket/datasets/imagenet/train.tar')]
     """
     async with Bucket(dest, storage_options) as bucket:
-        return await bucket.clean()
+        return [bucket.url(key) for key in await bucket.clean()]
 
 
 # --- one download ---------------------------------------------------------------------------

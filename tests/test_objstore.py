@@ -208,7 +208,7 @@ async def test_clean_aborts_the_uploads_rheo_nb_left_and_no_others(
     s3.create_multipart_upload(Bucket=s3_bucket, Key="data/foreign.bin")
     assert pending(s3, s3_bucket) == ["data/foreign.bin", "data/left.bin"]
     cleaned = await objstore.clean(f"s3://{s3_bucket}/data/", s3_server.storage_options)
-    assert cleaned == ["data/left.bin"]
+    assert cleaned == [f"s3://{s3_bucket}/data/left.bin"]
     assert pending(s3, s3_bucket) == ["data/foreign.bin"]
     assert keys(s3, s3_bucket) == []
 
