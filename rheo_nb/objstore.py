@@ -820,7 +820,14 @@ class MultipartUpload:
         """The multipart upload, created (with its record) by the first part to need it."""
         async with self._creating:
             if self.record is None:
-                await self._create()
+                creation = asyncio.ensure_future(self._create())
+                try:
+                    await asyncio.shield(creation)
+                except asyncio.CancelledError:
+                    # Its requests are on their way: let them land, so that the upload
+                    # and its record are known (kept, or aborted by whoever cancelled).
+                    await asyncio.wait((creation,))
+                    raise
             assert self.record is not None
             return self.record
 
@@ -848,8 +855,10 @@ class MultipartUpload:
                 ContentType="application/json",
             )
         except BaseException:
+            # The record's PUT failed, perhaps after it landed: neither the upload nor its
+            # record may outlive this.
             with contextlib.suppress(Exception):
-                await self.bucket.call("abort_multipart_upload", self.key, UploadId=upload_id)
+                await self.bucket.abort(record)
             raise
         self.record = record
 
@@ -1080,10 +1089,10 @@ class ObjectDestination:
         """The key becomes ``name`` in the same folder. An upload belongs to one key: one
         the claim found under the URL's name cannot become the server's, so it is given
         up and the file fetched again (once: the next attempt asks for the new key)."""
-        target = self.path.with_name(name)
+        target = self.path = self.path.with_name(name)
         if not overwrite and (skip := await self._present(target, f" as {name}")) is not None:
             return skip
-        old, self.path = self.up, target
+        old = self.up
         if old.record is not None or old.position:
             self._dropped = old.held
             await old.discard()
