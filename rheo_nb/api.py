@@ -404,7 +404,7 @@ def clean(dest: str, *, storage_options: Mapping[str, Any] | None = None) -> lis
     target = ObjectPath.of(dest) if isinstance(dest, str) and "://" in dest else None
     if target is None:
         raise OptionError(
-            f"clean() takes an s3:// destination, not {dest!r}: a local folder's partial "
+            f"clean takes an s3:// destination, not {dest!r}: a local folder's partial "
             "files are in its hidden .rheo_nb/ folders"
         )
     return run_sync(lambda: objstore.clean(target, options))
