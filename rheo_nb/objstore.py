@@ -729,9 +729,10 @@ class MultipartUpload:
         return start < self.total and size == min(self.part_size, self.total - start)
 
     async def settle(self) -> None:
-        """After a part failed to upload: wait for the others, drop the parts filling,
-        and continue after what is stored (as a resume from an earlier run does)."""
-        await self._stop_tasks()
+        """After a part failed to upload, or ranges stopped: let the parts on their way
+        land (as :meth:`keep` does), drop those filling, and continue after what is
+        stored, as a resume from an earlier run does."""
+        await self.keep()
         self._failure = None
         self._from_parts()
 
@@ -1050,6 +1051,7 @@ class ObjectDestination:
         self.parts_in_flight = parts_in_flight
         self.up = self._fresh()
         self._dropped = 0  # bytes of an upload given up by a rename, for the next restart
+        self._split = False  # ranges were written: what is stored is not one prefix
 
     def _fresh(self) -> MultipartUpload:
         return MultipartUpload(
@@ -1105,13 +1107,42 @@ class ObjectDestination:
 
     async def resumable(self, url: str, *, no_split: bool) -> Resume | None:
         up = self.up
-        if up.failed:  # a part was lost: continue after what is stored
+        if up.failed or self._split:
+            # A part was lost, or ranges were written out of order: continue after what
+            # is stored, as a later run would.
+            self._split = False
             await up.settle()
         if up.record is None and up.position == 0:
             return None
         if not up.validator:
             raise Restart("the server gave no validator to continue the upload with")
+        split = None if no_split or self.expected is not None else self._stored_split()
+        if split is not None:
+            seg = split.first_missing()
+            assert seg is not None
+            return Resume((seg.position, seg.end - 1), up.validator, up.total, split)
         return Resume((up.position, None), up.validator, up.total)
+
+    def _stored_split(self) -> Split | None:
+        """The split that fetches only the parts missing from the upload, when parts past
+        the first gap are stored (a segmented download was stopped); else None."""
+        up = self.up
+        total, size = up.total, up.part_size
+        if total is None or not any(n * size > up.position for n in up.parts):
+            return None
+        segments: list[Segment] = []
+        for start in range(0, total, size):
+            end = min(start + size, total)
+            done = end - start if start // size + 1 in up.parts else 0
+            last = segments[-1] if segments else None
+            if last is not None and (last.done == last.size) == (done > 0):
+                last.end, last.done = end, last.done + done  # a run of stored or missing
+            else:
+                segments.append(Segment(start, end, done))
+        if all(s.remaining == 0 for s in segments):
+            return None
+        assert up.validator is not None
+        return Split(segments, total, up.validator, up.url, ranges_ok=True, align=size)
 
     async def restart(self) -> int:
         dropped, self._dropped = self.up.held + self._dropped, 0
@@ -1133,7 +1164,11 @@ class ObjectDestination:
 
     async def open_split(self, split: Split) -> None:
         up = self.up
-        if up.joinable(split.validator, split.total):
+        self._split = True
+        if split.done:  # the parts missing from an upload found (:meth:`resumable`)
+            if not await up.start(split.validator, split.total, continuing=True):
+                raise Restart("the upload kept does not match the file any more")
+        elif up.joinable(split.validator, split.total):
             up.from_start()
         else:
             await up.start(split.validator, split.total, continuing=False)

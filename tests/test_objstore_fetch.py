@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from faults import child, wait_for
+from faults import child, stream, wait_for
 from s3 import S3Proxy, body, keys, pending
 from server import FAST, Server, Spec, run_manager, send
 
@@ -248,7 +248,8 @@ async def test_a_cancelled_split_is_finished_without_sending_its_stored_parts_ag
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert len(ranges(server, "split.bin")) > 1  # it was split
+    first_run = len(ranges(server, "split.bin"))
+    assert first_run > 1  # it was split
     kept = stored(s3, s3_bucket, "data/split.bin")
     with S3Proxy(s3_server.endpoint_url) as proxy:
         options = {**s3_server.storage_options, "endpoint_url": proxy.endpoint_url}
@@ -256,6 +257,10 @@ async def test_a_cancelled_split_is_finished_without_sending_its_stored_parts_ag
         res = await rheo_nb.fetch([url], where(s3_bucket), **again)
     assert res[0].status is Status.COMPLETED, res[0].error
     assert sorted([*kept, *parts_sent(proxy)]) == [1, 2, 3, 4, 5]  # each part sent once
+    # Only the parts missing were asked for: every range of the rerun starts on one.
+    asked = ranges(server, "split.bin")[first_run:]
+    starts = [int(str(r).removeprefix("bytes=").split("-")[0]) for r in asked]
+    assert all(start // PART_SIZE + 1 not in kept for start in starts), (kept, asked)
     assert body(s3, s3_bucket, "data/split.bin") == server.content("split.bin", size)
     assert pending(s3, s3_bucket) == []
     assert keys(s3, s3_bucket) == ["data/split.bin"]
@@ -279,6 +284,38 @@ async def test_a_source_changed_since_the_cancel_starts_over_and_says_so(
     assert body(s3, s3_bucket, "data/changing.bin") == server.content("changing.bin-v2", BIG)
     assert pending(s3, s3_bucket) == []
     assert keys(s3, s3_bucket) == ["data/changing.bin"]
+
+
+async def test_a_hash_resume_of_a_source_changed_since_starts_over_and_says_so(
+    s3_server: S3Server, s3_bucket: str, s3: Any, server: Server
+) -> None:
+    # The rerun asks from byte 0 (the hash must see every byte) with If-Range: a Range
+    # from 0 is a resume like any other, and a 200 to it drops the upload kept. The new
+    # version then fails the hash given: nothing is left, at the key or pending.
+    async def versions(request: web.Request, spec: Spec) -> web.StreamResponse:
+        if spec.seen == 1:  # version 1, slowly: the call is cancelled mid-way
+            return await stream(request, spec.key, BIG, headers={"ETag": '"v1"'}, rate=6 * MiB)
+        return await stream(request, f"{spec.key}-v2", BIG, headers={"ETag": '"v2"'})
+
+    url = server.handle("moving.bin", versions) + f"?size={BIG}"
+    items = {url: server.hash("moving.bin", BIG)}
+    task = asyncio.create_task(rheo_nb.fetch(items, where(s3_bucket), **opts(s3_server)))
+    await asyncio.to_thread(
+        wait_for, lambda: stored_parts(s3, s3_bucket, "data/moving.bin") >= PART_SIZE, 30
+    )
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    res, seen = await run_manager(where(s3_bucket), items, **engine(s3_server))
+    rerun = server.requests("moving.bin")[1]
+    assert (rerun.headers.get("Range"), rerun.headers.get("If-Range")) == ("bytes=0-", '"v1"')
+    [restarted] = [e for e in seen if isinstance(e, Restarted)]
+    assert restarted.reason == "the file changed on the server"
+    assert restarted.discarded >= PART_SIZE
+    assert res[0].status is Status.FAILED
+    assert "sha256 mismatch" in (res[0].error or "")
+    assert pending(s3, s3_bucket) == []
+    assert keys(s3, s3_bucket) == []
 
 
 async def test_two_calls_writing_one_key_end_with_one_whole_object_and_say_so(
