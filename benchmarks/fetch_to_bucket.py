@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--scenarios", default="big,small,capped")
+    parser.add_argument("--methods", default="", help="only these, comma-separated")
     parser.add_argument("--child")
     parser.add_argument("--method")
     a = parser.parse_args()
@@ -171,7 +172,8 @@ def main() -> None:
                 port = ports["capped" if scenario == "capped" else "plain"]
                 urls = [f"http://127.0.0.1:{port}/{name}" for name, _ in files]
                 runs = 1 if scenario == "capped" else a.runs
-                for method in METHODS[scenario]:
+                chosen = [m for m in METHODS[scenario] if not a.methods or m in a.methods]
+                for method in chosen:
                     seen = []
                     for i in range(runs):
                         prefix = f"{scenario}-{method.replace('+', '-')}-{i}"

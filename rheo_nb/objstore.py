@@ -45,7 +45,7 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -1183,16 +1183,25 @@ class ObjectDestination:
         up = self.up
         if tail:
             await up.append(tail)
-        try:
+        with _completed_elsewhere():
             return await up.commit()
-        except AlreadyComplete as done:
-            raise Present(Skip(done.size, "completed by another writer at the same time")) from None
 
     async def stop(self, *, keep: bool) -> None:
         if keep:
             await self.up.keep()
         else:
             await self.up.discard()
+
+
+@contextlib.contextmanager
+def _completed_elsewhere() -> Iterator[None]:
+    """Another writer completed the object while this one wrote it: a skip, not an error
+    (found at the commit, or at a write once the upload it fed was aborted by that
+    writer's completion)."""
+    try:
+        yield
+    except AlreadyComplete as done:
+        raise Present(Skip(done.size, "completed by another writer at the same time")) from None
 
 
 class _UploadSink:
@@ -1207,7 +1216,8 @@ class _UploadSink:
         return None
 
     async def write(self, chunks: list[bytes]) -> None:
-        await self.up.append(chunks)
+        with _completed_elsewhere():
+            await self.up.append(chunks)
 
 
 class _UploadRange:
@@ -1222,7 +1232,8 @@ class _UploadRange:
         return self.seg.end - self.seg.position
 
     async def write(self, chunks: list[bytes]) -> None:
-        await self.up.write_at(self.seg.position, chunks, self._done)
+        with _completed_elsewhere():
+            await self.up.write_at(self.seg.position, chunks, self._done)
 
     def _done(self, n: int) -> None:
         self.seg.done += n
