@@ -25,15 +25,22 @@ promises in object-storage terms:
   guarded by ``If-Range``). Bytes that fall in a part already uploaded are not sent again:
   their MD5 is compared with the part's ETag, which proves the stored part holds the same
   bytes; a part that differs, or whose ETag is not an MD5 (SSE-KMS), is uploaded again.
-  Without a hash the stream continues after the parts already there.
-* **Two writers, one whole object.** Writers of one source join one upload (their parts
-  are the same bytes at the same numbers); writers of different sources use their own
-  uploads and the last completed wins, whole. A writer whose upload was completed by
-  another finds the object and says so (:class:`AlreadyComplete`).
+  Without a hash the stream continues after the parts already there, and a split that
+  was stopped asks only for the parts missing (:meth:`ObjectDestination.resumable`).
+* **Two writers, one whole object.** A call joins an upload of the same source that was
+  open when it opened the bucket (the parts are the same bytes at the same numbers);
+  writers that start together use their own uploads and the last completed wins, whole.
+  Completing aborts the other uploads of the same source: a writer whose upload was
+  aborted so, or completed by another, finds the object and says so
+  (:class:`AlreadyComplete`, a skip for the transfer).
+
+:class:`ObjectDestination` is the :class:`~rheo_nb.destination.Destination` the transfer
+writes through; :class:`ObjectPath` is what outcomes and events carry for an object.
 
 >>> async with Bucket("s3://my-bucket/data/", {"profile": "lab"}) as bucket:  # doctest: +SKIP
-...     up = await bucket.upload("train.csv", url=url, validator=etag, total=size)
-...     await up.append(chunks)           # from up.offset on
+...     up = await bucket.upload("data/train.csv", url=url)
+...     await up.start(etag, size, continuing=False)  # the response is in
+...     await up.append(chunks)           # from up.position on
 ...     await up.commit()                 # verify, then complete
 """
 

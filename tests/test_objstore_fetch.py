@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,36 @@ def stored(s3: Any, bucket: str, key: str) -> dict[int, int]:
 def stored_parts(s3: Any, bucket: str, key: str) -> int:
     """Bytes stored in the open upload of ``key`` (0 when there is none)."""
     return sum(stored(s3, bucket, key).values())
+
+
+def a_part_stored(s3: Any, bucket: str, key: str) -> Callable[[], bool]:
+    return lambda: stored_parts(s3, bucket, key) >= PART_SIZE
+
+
+async def cancel_when(
+    items: Any, s3_server: S3Server, bucket: str, ready: Callable[[], bool]
+) -> None:
+    """Run ``fetch`` into ``bucket`` and cancel it, as a kernel interrupt would, once
+    ``ready()`` (a look at the bucket) says so."""
+    task = asyncio.create_task(rheo_nb.fetch(items, where(bucket), **opts(s3_server)))
+    try:
+        await asyncio.to_thread(wait_for, ready, 30)
+    finally:
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def cancel_job_when(url: str, s3_server: S3Server, bucket: str, ready: Callable[[], bool]) -> None:
+    """The same with ``start()`` and ``job.cancel()``, one connection per file."""
+    job = rheo_nb.start([url], where(bucket), **opts(s3_server, segments=1))
+    try:
+        wait_for(ready, 30)
+    finally:
+        job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        job.result(timeout=30)
+    assert job.results_so_far[0].status is Status.CANCELLED
 
 
 def parts_sent(proxy: S3Proxy) -> list[int]:
@@ -187,14 +218,7 @@ def test_start_then_cancel_keeps_the_upload_and_a_rerun_resumes_it(
     s3_server: S3Server, s3_bucket: str, s3: Any, server: Server
 ) -> None:
     url = server.route_url("slowstart", "job.bin", BIG, rate=6 * MiB)
-    job = rheo_nb.start([url], where(s3_bucket), **opts(s3_server, segments=1))
-    try:
-        wait_for(lambda: stored_parts(s3, s3_bucket, "data/job.bin") >= PART_SIZE, 30)
-    finally:
-        job.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        job.result(timeout=30)
-    assert job.results_so_far[0].status is Status.CANCELLED
+    cancel_job_when(url, s3_server, s3_bucket, a_part_stored(s3, s3_bucket, "data/job.bin"))
     assert pending(s3, s3_bucket) == ["data/job.bin"]  # kept for the rerun
     stored = stored_parts(s3, s3_bucket, "data/job.bin")
     res = rheo_nb.fetch_sync([url], where(s3_bucket), **opts(s3_server))
@@ -212,15 +236,11 @@ async def test_a_cancelled_download_with_a_hash_rereads_the_start_but_uploads_on
     # rerun asks for the file from byte 0 (If-Range), and the parts already stored are
     # checked by their MD5 rather than sent again.
     url = server.route_url("slowstart", "h.bin", BIG, rate=6 * MiB)
-    digest = server.hash("h.bin", BIG)
-    task = asyncio.create_task(rheo_nb.fetch({url: digest}, where(s3_bucket), **opts(s3_server)))
-    await asyncio.to_thread(
-        wait_for, lambda: stored_parts(s3, s3_bucket, "data/h.bin") >= PART_SIZE, 30
+    digest, key = server.hash("h.bin", BIG), "data/h.bin"
+    await cancel_when(
+        {url: digest}, s3_server, s3_bucket, a_part_stored(s3, s3_bucket, "data/h.bin")
     )
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    stored = stored_parts(s3, s3_bucket, "data/h.bin")
+    stored = stored_parts(s3, s3_bucket, key)
     with S3Proxy(s3_server.endpoint_url) as proxy:
         options = {**s3_server.storage_options, "endpoint_url": proxy.endpoint_url}
         res, seen = await run_manager(
@@ -241,16 +261,12 @@ async def test_a_cancelled_split_is_finished_without_sending_its_stored_parts_ag
 ) -> None:
     size = 4 * PART_SIZE + 99
     url = server.route_url("slowstart", "split.bin", size, rate=6 * MiB)
-    task = asyncio.create_task(rheo_nb.fetch([url], where(s3_bucket), **opts(s3_server)))
 
     def gap() -> bool:  # the ranges split off (at full speed) stored a part past a hole
         numbers = stored(s3, s3_bucket, "data/split.bin")
         return any(n - 1 not in numbers for n in numbers if n > 1)
 
-    await asyncio.to_thread(wait_for, gap, 30)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_when([url], s3_server, s3_bucket, gap)
     first_run = len(ranges(server, "split.bin"))
     assert first_run > 1  # it was split
     kept = stored(s3, s3_bucket, "data/split.bin")
@@ -303,13 +319,7 @@ async def test_a_hash_resume_of_a_source_changed_since_starts_over_and_says_so(
 
     url = server.handle("moving.bin", versions) + f"?size={BIG}"
     items = {url: server.hash("moving.bin", BIG)}
-    task = asyncio.create_task(rheo_nb.fetch(items, where(s3_bucket), **opts(s3_server)))
-    await asyncio.to_thread(
-        wait_for, lambda: stored_parts(s3, s3_bucket, "data/moving.bin") >= PART_SIZE, 30
-    )
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel_when(items, s3_server, s3_bucket, a_part_stored(s3, s3_bucket, "data/moving.bin"))
     res, seen = await run_manager(where(s3_bucket), items, **engine(s3_server))
     rerun = server.requests("moving.bin")[1]
     assert (rerun.headers.get("Range"), rerun.headers.get("If-Range")) == ("bytes=0-", '"v1"')
@@ -523,13 +533,7 @@ def test_clean_aborts_what_cancelled_downloads_kept(
     s3_server: S3Server, s3_bucket: str, s3: Any, server: Server
 ) -> None:
     url = server.route_url("slowstart", "left.bin", BIG, rate=6 * MiB)
-    job = rheo_nb.start([url], where(s3_bucket), **opts(s3_server))
-    try:
-        wait_for(lambda: stored_parts(s3, s3_bucket, "data/left.bin") >= PART_SIZE, 30)
-    finally:
-        job.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        job.result(timeout=30)
+    cancel_job_when(url, s3_server, s3_bucket, a_part_stored(s3, s3_bucket, "data/left.bin"))
     s3.create_multipart_upload(Bucket=s3_bucket, Key="data/foreign.bin")  # not ours
     cleaned = rheo_nb.clean(where(s3_bucket), storage_options=s3_server.storage_options)
     assert cleaned == [f"s3://{s3_bucket}/data/left.bin"]
