@@ -8,7 +8,7 @@
 from typing import TYPE_CHECKING
 
 from ._version import __version__
-from .api import Job, fetch, fetch_sync, start
+from .api import Job, clean, fetch, fetch_sync, start
 from .auth import ApiKey, BearerToken, DigestAuth, OAuth2ClientCredentials
 from .client import ClientFactory
 from .display import Display, TextProgress
@@ -47,6 +47,7 @@ from .events import (
 )
 from .items import File, Outcome
 from .manager import DownloadManager
+from .objstore import ObjectPath
 from .options import Options
 from .results import Results
 from .tracker import DownloadInfo, Stats
@@ -96,6 +97,7 @@ __all__ = [
     "ManifestError",
     "NotebookProgress",
     "OAuth2ClientCredentials",
+    "ObjectPath",
     "OptionError",
     "Options",
     "Outcome",
@@ -117,6 +119,7 @@ __all__ = [
     "TransferError",
     "Validating",
     "__version__",
+    "clean",
     "fetch",
     "fetch_sync",
     "read_manifest",

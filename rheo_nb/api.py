@@ -18,15 +18,18 @@ from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 import aiohttp
 
-from . import format
+from . import format, objstore
 from .auth import AuthArg
 from .client import SESSION_OPTIONS, ClientFactory, NetrcArg, Verify
 from .display import Display, ProgressArg, choose
 from .display.view import fraction, percent
+from .errors import OptionError
 from .events import Status
 from .items import Items, as_files, in_memory
 from .manager import DownloadManager
+from .objstore import ObjectPath
 from .options import Options, check_names
+from .options import storage_options as checked_storage_options
 from .results import Results
 from .runner import LoopThread, run_sync
 
@@ -80,6 +83,7 @@ async def fetch(
     max_extract_size: int | None = None,
     max_extract_files: int = 1_000_000,
     offline: bool | None = None,
+    storage_options: Mapping[str, Any] | None = None,
     verify: Verify = True,
     proxy: str | None = None,
     trust_env: bool = True,
@@ -97,6 +101,10 @@ async def fetch(
 
     ``items``: URL strings, :class:`File` objects, a mapping ``{url: "sha256:…"}``, or
     outcomes of an earlier call (``results.failed``). ``dest`` is created when missing.
+    It may be a bucket, ``"s3://bucket/prefix"``: each file then streams into an object
+    under the prefix, configured by ``storage_options`` (fsspec's, as for pandas:
+    ``endpoint_url``, ``key``/``secret``, ``profile``…; without them the standard AWS
+    credential chains apply), and its path is the object's ``s3://`` URL.
     Files already complete at their path are skipped (``overwrite=True`` replaces them);
     partial files left by an interrupted run are resumed. One bad item never stops the
     others: its outcome says what went wrong.
@@ -127,7 +135,8 @@ async def fetch(
     The progress widget's Cancel button stops every download too; the call then returns,
     the unfinished files marked cancelled.
 
-    :raises DestinationError: ``dest`` cannot be created or written (before any request).
+    :raises DestinationError: ``dest`` cannot be created or written, or its bucket does
+        not exist or refuses the credentials (before any download).
     :raises OptionError: an option has an unusable value, or no option has that name.
     """
     return await _run(*_prepare(locals()))
@@ -377,3 +386,29 @@ def start(*args: Any, **kwargs: Any) -> Job:
         (at once, before the job starts).
     """
     return Job(*_prepare(_bind("start", args, kwargs)))
+
+
+def clean(dest: str, *, storage_options: Mapping[str, Any] | None = None) -> list[ObjectPath]:
+    """Abort the multipart uploads that interrupted downloads left under ``dest`` (an
+    ``s3://bucket/prefix``), and return the objects they were for.
+
+    A cancelled download into a bucket keeps its upload so that a rerun resumes it; an
+    upload is billed until completed or aborted, and listings do not show it. This gives
+    up on them (uploads of other tools are left alone). Blocking; works in a notebook too.
+
+    >>> rheo_nb.clean("s3://my-bucket/data", storage_options={"profile": "lab"})  # doctest: +SKIP
+    [ObjectPath('s3://my-bucket/data/imagenet/train.tar')]
+
+    :raises OptionError: ``dest`` is not an ``s3://`` URL (a local folder's partial files
+        are in its hidden ``.rheo_nb/`` folders).
+    :raises DestinationError: the bucket does not exist, refuses the credentials, or is
+        out of reach.
+    """
+    options = checked_storage_options({} if storage_options is None else storage_options)
+    target = ObjectPath.of(dest) if isinstance(dest, str) and "://" in dest else None
+    if target is None:
+        raise OptionError(
+            f"clean takes an s3:// destination, not {dest!r}: a local folder's partial "
+            "files are in its hidden .rheo_nb/ folders"
+        )
+    return run_sync(lambda: objstore.clean(target, options))

@@ -13,7 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from .objstore import ObjectPath
 
 from .format import duration
 
@@ -59,7 +62,7 @@ class Queued:
     type: ClassVar[EventType] = EventType.QUEUED
     download_id: str
     url: str
-    path: Path
+    path: Path | ObjectPath
     priority: int
 
 
@@ -70,7 +73,7 @@ class Started:
     type: ClassVar[EventType] = EventType.STARTED
     download_id: str
     url: str
-    path: Path
+    path: Path | ObjectPath
     total: int | None
     resumed_from: int
 
@@ -136,7 +139,7 @@ class Completed:
     type: ClassVar[EventType] = EventType.COMPLETED
     download_id: str
     url: str
-    path: Path
+    path: Path | ObjectPath
     bytes: int
     elapsed: float
 
@@ -146,7 +149,7 @@ class Skipped:
     type: ClassVar[EventType] = EventType.SKIPPED
     download_id: str
     url: str
-    path: Path
+    path: Path | ObjectPath
     bytes: int
     reason: str
 
@@ -156,7 +159,7 @@ class Failed:
     type: ClassVar[EventType] = EventType.FAILED
     download_id: str
     url: str
-    path: Path
+    path: Path | ObjectPath
     error: str
     elapsed: float
 
@@ -166,7 +169,7 @@ class Cancelled:
     type: ClassVar[EventType] = EventType.CANCELLED
     download_id: str
     url: str
-    path: Path
+    path: Path | ObjectPath
     bytes: int
 
 

@@ -8,13 +8,16 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
 
 from . import files, format
 from .errors import InvalidItemError
 from .events import Status
 from .hashing import ExpectedHash, parse_hash
+
+if TYPE_CHECKING:
+    from .objstore import ObjectPath
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_URL_CHARS = re.compile(r"[\x00-\x20\x7f]")
@@ -96,12 +99,14 @@ class BadRow(File):
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What happened to one file. ``url`` is masked (safe to show); ``error`` is None
-    unless the download failed or was cancelled. ``source_url`` is the (masked) URL that
-    served the file when a mirror did; ``extracted`` the folder an archive was unpacked
-    into (None when nothing was extracted)."""
+    unless the download failed or was cancelled. ``path`` is a local ``Path``, or for an
+    object in a bucket its ``s3://bucket/key`` URL (an :class:`~rheo_nb.ObjectPath`).
+    ``source_url`` is the (masked) URL that served the file when a mirror did;
+    ``extracted`` the folder an archive was unpacked into (None when nothing was
+    extracted)."""
 
     url: str
-    path: Path
+    path: Path | ObjectPath
     status: Status
     bytes: int
     elapsed: float
@@ -167,7 +172,7 @@ class Planned:
     url: str = field(repr=False)  # may hold a password: display_url is the one to show
     display_url: str
     relpath: PurePosixPath
-    final: Path
+    final: Path | ObjectPath
     expected: ExpectedHash | None
     headers: dict[str, str] = field(repr=False)
     #: ``scheme://host:port``: what connection limits count by.
@@ -257,7 +262,7 @@ def download_id(url: str, relpath: PurePosixPath) -> str:
 
 def plan(
     file: File,
-    dest: Path,
+    dest: Path | ObjectPath,
     base_headers: Mapping[str, str],
     secret_params: frozenset[str] = frozenset(),
 ) -> Planned:

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import resource
 import tempfile
 import time
@@ -36,6 +37,7 @@ from .events import (
 )
 from .http import Client
 from .items import File, Items, Outcome, Planned, describe, in_memory, iter_files, plan
+from .objstore import Bucket, ObjectPath
 from .options import Options, check_names
 from .queue import PriorityQueue
 from .results import Results
@@ -53,7 +55,8 @@ PULL_BATCH = 256
 
 
 class DownloadManager:
-    """Downloads files into ``dest`` with a pool of workers, emitting typed events.
+    """Downloads files into ``dest`` (a folder, or ``s3://bucket/prefix``) with a pool of
+    workers, emitting typed events.
 
     >>> async with DownloadManager("data", concurrency=4) as m:     # doctest: +SKIP
     ...     m.on("completed", lambda e: print("done:", e.path))
@@ -66,6 +69,10 @@ class DownloadManager:
     the session keywords of :class:`~rheo_nb.ClientFactory` (``verify``, ``proxy``,
     ``trust_env``, ``netrc``, ``limit``, ``limit_per_host``), which cannot be combined
     with ``client``. A manager belongs to the event loop that entered it.
+
+    An ``s3://bucket/prefix`` destination is opened (one S3 client, the bucket and the
+    credentials checked by one request) when the manager is entered, and closed when it
+    exits; ``storage_options`` configure it.
     """
 
     def __init__(
@@ -77,7 +84,7 @@ class DownloadManager:
         clock: Callable[[], float] = time.monotonic,
         **option_changes: Any,
     ) -> None:
-        self.dest = Path(dest)
+        self.dest: Path | ObjectPath = _destination(dest)
         # None is each session setting's default: leave it to the ClientFactory.
         session_options = {
             k: v
@@ -86,6 +93,11 @@ class DownloadManager:
         }
         check_names(option_changes, Options.names() | SESSION_OPTIONS, "DownloadManager")
         self.options = Options.build(options, **option_changes)
+        if self.options.storage_options and not isinstance(self.dest, ObjectPath):
+            raise OptionError(
+                f"storage_options are for s3:// destinations; dest {str(self.dest)!r} is a "
+                "local folder"
+            )
         if client is not None and not isinstance(client, aiohttp.ClientSession | ClientFactory):
             raise OptionError("client must be an aiohttp.ClientSession or a rheo_nb.ClientFactory")
         if client is not None and session_options:
@@ -127,7 +139,7 @@ class DownloadManager:
         self._pulling = False
         self._outcomes: dict[str, Outcome] = {}
         self._order: list[str] = []
-        self._by_path: dict[Path, str] = {}
+        self._by_path: dict[Path | ObjectPath, str] = {}
         self._running: dict[str, asyncio.Task[Outcome]] = {}
         self._unfinished = 0
         self._idle: asyncio.Event | None = None
@@ -137,6 +149,7 @@ class DownloadManager:
         self._owns_session = False
         self._ctx: transfer.Context | None = None
         self._lane: ThreadLane | None = None
+        self._bucket: Bucket | None = None
         self._invalid = 0
         self._closed = False
 
@@ -150,8 +163,21 @@ class DownloadManager:
     # --- lifecycle ---------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        dest_real = await asyncio.to_thread(_prepare_dest, self.dest)
-        self.dest = dest_real
+        dest_real = None
+        if isinstance(self.dest, ObjectPath):
+            # One request checks the bucket and the credentials before any download.
+            bucket = Bucket(self.dest, self.options.storage_options)
+            self._bucket = await bucket.__aenter__()
+        else:
+            dest_real = await asyncio.to_thread(_prepare_dest, self.dest)
+            self.dest = dest_real
+        try:
+            return await self._enter(dest_real)
+        except BaseException:
+            await self._close_bucket()
+            raise
+
+    async def _enter(self, dest_real: Path | None) -> Self:
         network = Network()
         if isinstance(self._client, aiohttp.ClientSession):
             self._session = self._client
@@ -180,6 +206,7 @@ class DownloadManager:
             clock=self._clock,
             paths=self._by_path,
             traffic=traffic,
+            bucket=self._bucket,
         )
         self._idle = asyncio.Event()
         self._idle.set()
@@ -212,8 +239,16 @@ class DownloadManager:
                     with contextlib.suppress(Exception):
                         await self._lane.run(_remove_workdirs, folders)
                 self._lane.close()
-            if self._owns_session and self._session is not None:
-                await self._session.close()
+            try:
+                if self._owns_session and self._session is not None:
+                    await self._session.close()
+            finally:
+                await self._close_bucket()
+
+    async def _close_bucket(self) -> None:
+        bucket, self._bucket = self._bucket, None
+        if bucket is not None:
+            await bucket.close()
 
     def _drop_queued(self) -> None:
         # A lazy source's unread items never started: they are not counted any more, and
@@ -556,6 +591,15 @@ def _workers(concurrency: int) -> int:
 
 #: Descriptors left to the rest of the process (the loop, the lane, the caller's files).
 _RESERVED_FDS = 64
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _destination(dest: str | os.PathLike[str]) -> Path | ObjectPath:
+    """A local folder, or the ``s3://`` URL of a bucket (never through ``pathlib``, which
+    would make ``s3://b`` into ``s3:/b``). :raises OptionError: another kind of URL."""
+    if isinstance(dest, str) and _URL.match(dest):
+        return ObjectPath.of(dest)
+    return Path(dest)
 
 
 def _remove_workdirs(folders: list[Path]) -> None:

@@ -37,6 +37,11 @@ class StorageOptions(dict[str, Any]):
         return repr(_masked(self))
 
 
+def is_secret_option(name: str) -> bool:
+    """Whether the storage option ``name`` (or a part of a dotted name) holds a secret."""
+    return _SECRET_OPTION.search(name) is not None
+
+
 def _masked(options: Mapping[Any, Any]) -> dict[Any, Any]:
     return {
         name: _masked(value)

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .events import (
     Cancelled,
@@ -29,6 +30,9 @@ from .events import (
     Validating,
 )
 
+if TYPE_CHECKING:
+    from .objstore import ObjectPath
+
 #: Speeds are averaged over this many seconds.
 SPEED_WINDOW = 3.0
 _SAMPLE_EVERY = 0.1
@@ -41,7 +45,7 @@ class DownloadInfo:
 
     download_id: str
     url: str
-    path: Path
+    path: Path | ObjectPath
     priority: int = 0
     status: Status = Status.QUEUED
     bytes: int = 0

@@ -22,13 +22,14 @@ import aiohttp
 
 from . import events, segments
 from .client import HostLimiter
-from .destination import Destination, LocalDestination, Resume, Skip, Unpacking
+from .destination import Destination, LocalDestination, Present, Resume, Unpacking
 from .errors import DestinationError, DownloadError, IntegrityError, TooLargeError
 from .events import Status
 from .files import name_from_disposition
 from .format import mask_url, size
 from .http import Answer, Client, Decision, Restart, decide, range_headers
 from .items import Outcome, Planned, host_key
+from .objstore import Bucket, ObjectDestination, ObjectPath
 from .options import Options
 from .retry import RetryPolicy, is_transient
 from .runner import ThreadLane
@@ -50,14 +51,14 @@ class Context:
     options: Options
     policy: RetryPolicy
     emit: Callable[[events.Event], None]
-    dest: Path  # real path of the destination folder
+    dest: Path | None  # real path of the destination folder (None: a bucket)
     lane: ThreadLane
     limiter: HostLimiter
     clock: Callable[[], float] = time.monotonic
     #: Caps, pacing and backoff per origin (None: none of it asked for).
     traffic: Traffic | None = None
     #: Final paths of this call and the download writing each (server-given names too).
-    paths: dict[Path, str] = field(default_factory=dict)
+    paths: dict[Path | ObjectPath, str] = field(default_factory=dict)
     #: Folders already created and found inside ``dest``: checked once per call.
     checked_dirs: set[Path] = field(default_factory=set)
 
@@ -66,7 +67,16 @@ class Context:
         share = _WRITE_BUDGET // max(1, self.limiter.total_in_use)
         return max(_MIN_WRITE, min(self.options.chunk_size, share))
 
+    #: The bucket of an ``s3://`` destination, opened for the call.
+    bucket: Bucket | None = None
+
     def destination(self, p: Planned) -> Destination:
+        """Where ``p``'s bytes go: a multipart upload into the call's bucket, or a part
+        file in the destination folder."""
+        if isinstance(p.final, ObjectPath):
+            assert self.bucket is not None
+            return ObjectDestination(self.bucket, p.final, p.url, p.expected)
+        assert self.dest is not None
         return LocalDestination(
             p.final, dest=self.dest, lane=self.lane, checked=self.checked_dirs, expected=p.expected
         )
@@ -79,14 +89,6 @@ async def download(ctx: Context, p: Planned) -> Outcome:
 
 class _Offline(DownloadError):
     """Offline mode, and the file is not complete here (what is kept stays kept)."""
-
-
-class _Present(Exception):
-    """The file the server named (Content-Disposition) is already complete: skip it."""
-
-    def __init__(self, skip: Skip) -> None:
-        super().__init__(skip.reason)
-        self.skip = skip
 
 
 class Download:
@@ -168,7 +170,7 @@ class Download:
                 nbytes = await self._sources()
             if unpack is not None:
                 self.extracted = await self.dest.extract(self._folder(), unpack)
-        except _Present as present:
+        except Present as present:
             skip = present.skip
             await self.dest.stop(keep=False)
         except asyncio.CancelledError:
@@ -177,7 +179,8 @@ class Download:
             raise
         except DownloadError as exc:
             exc.attach(p.display_url)
-            await self.dest.stop(keep=is_transient(exc) or isinstance(exc, _Offline))
+            keep = (is_transient(exc) and self.dest.keep_failed) or isinstance(exc, _Offline)
+            await self.dest.stop(keep=keep)
             self.emit(events.Failed, p.final, str(exc), ctx.clock() - t0)
             return self._outcome(Status.FAILED, self.meter.received, t0, str(exc))
         except BaseException:
@@ -303,8 +306,10 @@ class Download:
                 total,
                 verifiable=verifiable,
             )
-            if answer.decision is Decision.FULL and asked[0] > 0:
-                await self._restart(answer.reason)  # the server ignored the range: from zero
+            if answer.decision is Decision.FULL:
+                # The range was refused (a changed file, or no range support): from zero.
+                # A range from 0 is a resume too: an upload's parts are checked against it.
+                await self._restart(answer.reason)
         if answer.decision is Decision.RESTART:
             raise Restart(answer.reason)
         total = answer.total
@@ -318,7 +323,10 @@ class Download:
         if answer.decision is not Decision.FULL or self.no_split:
             return answer, None
         ranges = resp.headers.get("Accept-Ranges", "")
-        return answer, segments.plan(total, answer.validator, self.url, ranges, opts.segments)
+        split = segments.plan(
+            total, answer.validator, self.url, ranges, opts.segments, self.dest.alignment
+        )
+        return answer, split
 
     async def _stream(self, resp: aiohttp.ClientResponse, answer: Answer, dog: Watchdog) -> int:
         """The body (or the rest of it) on one connection, then verify and commit."""
@@ -352,4 +360,4 @@ class Download:
             )
         skip = await self.dest.rename(name, overwrite=self.ctx.options.overwrite)
         if skip is not None:
-            raise _Present(skip)
+            raise Present(skip)
