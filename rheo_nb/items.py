@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -79,24 +79,29 @@ Items = File | Iterable["str | File | Outcome"] | Mapping[str, "str | None"]
 def as_files(items: Items) -> list[File]:
     """Normalise ``items``: URL strings, :class:`File` objects, outcomes of an earlier call
     (``results.failed`` re-runs just those), or a mapping ``{url: hash}``."""
+    return list(iter_files(items))
+
+
+def iter_files(items: Items) -> Iterator[File]:
+    """:func:`as_files` one at a time: a long or lazy sequence of items is read as it is
+    consumed (a cluster call cuts it into shards without holding it all)."""
     if isinstance(items, str | File):
         items = [items]
     if isinstance(items, Mapping):
-        return [File(url, hash=h) for url, h in items.items()]
-    out: list[File] = []
+        yield from (File(url, hash=h) for url, h in items.items())
+        return
     for item in items:
         if isinstance(item, File):
-            out.append(item)
+            yield item
         elif isinstance(item, str):
-            out.append(File(item))
+            yield File(item)
         elif isinstance(item, Outcome):
-            out.append(item.file)
+            yield item.file
         else:
             raise TypeError(
                 f"cannot download a {type(item).__name__}: give URL strings, rheo_nb.File "
                 "objects, or a mapping of URL to hash"
             )
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +209,71 @@ def plan(
         headers=headers,
         host=host_key(url),
     )
+
+
+class Claims:
+    """The files of one call by download id and by final path: an item given again is the
+    same download, and no two items share a path. One call's manager keeps one; a cluster
+    call keeps one for all its shards, so that the rule holds across them too.
+    """
+
+    def __init__(self) -> None:
+        self.plans: dict[str, Planned] = {}
+        #: Final paths taken, and the download taking each (server-given names join later).
+        self.paths: dict[Path, str] = {}
+
+    def take(self, planned: Planned) -> bool:
+        """Claim ``planned``'s path: True when it is new, False when the same file (same
+        URL, path, hash and headers) was given before.
+
+        :raises InvalidItemError: the same URL and path with another hash or other
+            headers, or a path that another item of the call already has.
+        """
+        first = self.plans.get(planned.download_id)
+        if first is not None:
+            differs = _differs(first, planned)
+            if differs:
+                raise InvalidItemError(
+                    f"{planned.display_url}: given twice with {differs}; give it once, "
+                    "or give the copies different paths with File(url, path=...)"
+                )
+            return False
+        owner = self.paths.get(planned.final)
+        if owner is not None:
+            raise InvalidItemError(
+                f"{planned.display_url}: {planned.relpath} is already the path of "
+                f"{self.plans[owner].display_url} in this call; give one of them another "
+                "path with File(url, path=...)"
+            )
+        self.plans[planned.download_id] = planned
+        self.paths[planned.final] = planned.download_id
+        return True
+
+
+def _differs(first: Planned, again: Planned) -> str:
+    """What two items for the same URL and path disagree on (``""``: nothing)."""
+    if first.expected != again.expected:
+        return "different hashes"
+    if first.headers != again.headers:
+        return "different headers"
+    return ""
+
+
+def refusal(
+    file: File,
+    error: str,
+    planned: Planned | None,
+    dest: Path,
+    download_id: str,
+    secret_params: frozenset[str] = frozenset(),
+) -> Outcome:
+    """The outcome of an item refused before any request: failed, with a message that
+    names its (masked) URL."""
+    url = planned.display_url if planned else describe(file, secret_params)
+    path = planned.final if planned else dest
+    if url not in error:  # every message names its URL (an unsafe path's does not)
+        error = f"{url}: {error}"
+    return Outcome(url, path, Status.FAILED, 0, 0.0, error, download_id, file)
 
 
 def describe(item: Any, secret_params: frozenset[str] = frozenset()) -> str:

@@ -32,7 +32,7 @@ from .events import (
     Subscription,
 )
 from .http import Client
-from .items import File, Items, Outcome, Planned, as_files, describe, plan
+from .items import Claims, File, Items, Outcome, Planned, as_files, plan, refusal
 from .options import Options, check_names
 from .queue import PriorityQueue
 from .results import Results
@@ -111,10 +111,9 @@ class DownloadManager:
         self.events = Emitter()
         self.tracker = Tracker(clock)
         self._queue: PriorityQueue[Planned] = PriorityQueue()
-        self._plans: dict[str, Planned] = {}
+        self._claims = Claims()
         self._outcomes: dict[str, Outcome] = {}
         self._order: list[str] = []
-        self._by_path: dict[Path, str] = {}
         self._running: dict[str, asyncio.Task[Outcome]] = {}
         self._unfinished = 0
         self._idle: asyncio.Event | None = None
@@ -160,7 +159,7 @@ class DownloadManager:
             lane=self._lane,
             limiter=HostLimiter(per_host or self.options.concurrency),
             clock=self._clock,
-            paths=self._by_path,
+            paths=self._claims.paths,
         )
         self._idle = asyncio.Event()
         self._idle.set()
@@ -216,41 +215,19 @@ class DownloadManager:
         """
         self._require_open()
         ids = []
+        secrets = auth.secret_params(self.options.auth)
         for file in as_files(items):
+            planned: Planned | None = None
             try:
-                planned = plan(
-                    file, self.dest, self.options.headers, auth.secret_params(self.options.auth)
-                )
+                planned = plan(file, self.dest, self.options.headers, secrets)
+                new = self._claims.take(planned)
             except InvalidItemError as exc:
-                ids.append(self._reject(file, str(exc)))
+                ids.append(self._reject(file, str(exc), planned))
                 continue
             did = planned.download_id
-            if did in self._plans:
-                differs = _differs(self._plans[did], planned)
-                if differs:
-                    error = (
-                        f"{planned.display_url}: given twice with {differs}; give it once, "
-                        "or give the copies different paths with File(url, path=...)"
-                    )
-                    ids.append(self._reject(file, error, planned))
-                else:
-                    ids.append(did)
-                continue
-            owner = self._by_path.get(planned.final)
-            if owner is not None:
-                ids.append(
-                    self._reject(
-                        file,
-                        f"{planned.display_url}: {planned.relpath} is already the path of "
-                        f"{self._plans[owner].display_url} in this call; give one of them "
-                        "another path with File(url, path=...)",
-                        planned,
-                    )
-                )
-                continue
             ids.append(did)
-            self._plans[did] = planned
-            self._by_path[planned.final] = did
+            if not new:
+                continue
             self._order.append(did)
             self._unfinished += 1
             assert self._idle is not None
@@ -317,22 +294,16 @@ class DownloadManager:
     def _reject(self, file: File, error: str, planned: Planned | None = None) -> str:
         self._invalid += 1
         did = f"invalid-{self._invalid}"
-        url = (
-            planned.display_url
-            if planned
-            else describe(file, auth.secret_params(self.options.auth))
-        )
-        path = planned.final if planned else self.dest
-        if url not in error:  # every message names its URL (an unsafe path's does not)
-            error = f"{url}: {error}"
+        secrets = auth.secret_params(self.options.auth)
+        outcome = refusal(file, error, planned, self.dest, did, secrets)
         self._order.append(did)
-        self._emit(Queued(did, url, path, 0))
-        self._emit(Failed(did, url, path, error, 0.0))
-        self._outcomes[did] = Outcome(url, path, Status.FAILED, 0, 0.0, error, did, file)
+        self._emit(Queued(did, outcome.url, outcome.path, 0))
+        self._emit(Failed(did, outcome.url, outcome.path, outcome.error or error, 0.0))
+        self._outcomes[did] = outcome
         return did
 
     def _cancel_queued(self, did: str) -> None:
-        p = self._plans[did]
+        p = self._claims.plans[did]
         self._emit(Cancelled(did, p.display_url, p.final, 0))
         self._done(
             did,
@@ -398,15 +369,6 @@ class DownloadManager:
         else:
             outcome = task.result()
         self._done(did, outcome)
-
-
-def _differs(first: Planned, again: Planned) -> str:
-    """What two items for the same URL and path disagree on (``""``: nothing)."""
-    if first.expected != again.expected:
-        return "different hashes"
-    if first.headers != again.headers:
-        return "different headers"
-    return ""
 
 
 def _workers(concurrency: int) -> int:
