@@ -34,6 +34,7 @@ from rheo_nb import (
     TextProgress,
 )
 from rheo_nb.client import SESSION_OPTIONS
+from rheo_nb.display import Source
 from rheo_nb.files import working_path
 from rheo_nb.runner import LoopThread, new_event_loop, run_sync
 
@@ -193,7 +194,7 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
 
-    def open(self, manager: DownloadManager) -> None:
+    def open(self, manager: Source) -> None:
         self.calls.append(("open", manager.stats.files))
 
     def close(self, results: Results, *, interrupted: bool) -> None:
@@ -231,7 +232,7 @@ async def test_fetch_sync_from_inside_a_running_loop(server: Server, dest: Path)
     threads: set[int] = set()
 
     class Where:
-        def open(self, manager: DownloadManager) -> None:
+        def open(self, manager: Source) -> None:
             threads.add(threading.get_ident())
 
         def close(self, results: Results, *, interrupted: bool) -> None:
