@@ -18,8 +18,8 @@ from typing import Any, Self
 import aiohttp
 
 from . import auth, files, format, transfer
-from .client import SESSION_OPTIONS, ClientFactory, HostLimiter, Network
-from .errors import DestinationError, InvalidItemError, OptionError, warn
+from .client import SESSION_OPTIONS, ClientFactory, HostLimiter, Network, warn_unverified
+from .errors import DestinationError, InvalidItemError, OptionError
 from .events import (
     Cancelled,
     Emitter,
@@ -101,12 +101,8 @@ class DownloadManager:
                 **{**defaults, **session_options},
             )
         factory = client if isinstance(client, ClientFactory) else self._factory
-        if factory is not None and factory.verify is False:
-            warn(
-                "verify=False: TLS certificates are not checked in this call, so anyone on "
-                "the network path can read or alter the downloads; prefer verify='ca.pem' "
-                "or verify='system'"
-            )
+        if factory is not None:
+            warn_unverified(factory.verify)
         self._clock = clock
         self.events = Emitter()
         self.tracker = Tracker(clock)

@@ -401,7 +401,7 @@ def test_fetch_sync_in_a_script_runs_on_the_private_loop(
 # --- signatures: every option in sight, and the same for all three ------------------------
 
 
-SIGNATURE_ONLY = {"items", "dest", "client", "progress"}
+SIGNATURE_ONLY = {"items", "dest", "cluster", "shard_size", "client", "progress"}
 
 
 def test_fetch_names_every_option_of_options_with_its_default() -> None:
@@ -452,8 +452,8 @@ def test_a_misspelt_option_gets_a_suggestion(call: Any, where: str) -> None:
         call(concurency=4)
     with pytest.raises(OptionError, match="'limit_per_hots' \\(did you mean limit_per_host\\?\\)"):
         call(limit_per_hots=2, retires=1)
-    with pytest.raises(OptionError, match="no option 'colour'; its options are auth, backoff"):
-        call(colour="red")
+    with pytest.raises(OptionError, match="no option 'palette'; its options are auth, backoff"):
+        call(palette="red")
 
 
 def test_a_bad_progress_is_an_option_error(dest: Path) -> None:
