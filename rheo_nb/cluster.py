@@ -374,6 +374,19 @@ _lock = threading.Lock()
 _running: dict[str, set[_Running]] = {}
 #: Calls stopped on this worker: a shard of one that starts later ends at once.
 _stopped: set[str] = set()
+#: The options of the last few calls seen on this worker: each shard arrives with a copy,
+#: and the first is kept for the call's later shards, so that credentials that fetch a
+#: token (OAuth2) fetch it once per worker, not once per shard.
+_options: dict[str, Options] = {}
+_KEPT_CALLS = 8
+
+
+def _options_of(call: str, options: Options) -> Options:
+    with _lock:
+        kept = _options.setdefault(call, options)
+        while len(_options) > _KEPT_CALLS:
+            del _options[next(iter(_options))]
+    return kept
 
 
 @contextlib.contextmanager
@@ -430,12 +443,13 @@ async def _download_shard(
         if shard.call in _stopped:
             return _shard_outcomes(shard, Status.CANCELLED, "cancelled before it started")
         try:
-            manager = DownloadManager(shard.dest, shard.options, **shard.session)
+            options = _options_of(shard.call, shard.options)
+            manager = DownloadManager(shard.dest, options, **shard.session)
             async with manager:
                 relay = Relay(manager, send, shard.index, where, shard.interval)
-                relay.start()
                 try:
                     ids = await manager.add(list(shard.files))
+                    relay.start()  # its first report counts every file of the shard
                     handle.manager = manager
                     if handle.stopped:
                         await manager.cancel_all()
@@ -848,8 +862,10 @@ class ClusterRun:
         while True:
             stopping = self._stopping
             cut = await asyncio.to_thread(self._cut, files, size, stopping)
-            self.tracker.read += cut.read
             index = next(self._shards) if cut.files else -1
+            if cut.files:  # counted from now on: queued until a worker reports on it
+                self.tracker.shard(index, len(cut.files))
+            self.tracker.read += cut.read
             for entry in cut.entries:
                 self._record(entries, entry, index)
             if cut.files:
@@ -907,7 +923,6 @@ class ClusterRun:
 
     def _cancel_unsent(self, entries: list[_Entry], index: int, files: list[File]) -> None:
         shard = self._shard(index, files, None)
-        self.tracker.shard(index, len(files))
         self._ended(shard, _shard_outcomes(shard, Status.CANCELLED, "cancelled before it started"))
 
     def _shard(self, index: int, files: list[File], share: int | None) -> Shard:
@@ -917,7 +932,6 @@ class ClusterRun:
     def _submit(self, index: int, files: list[File], slot: int) -> None:
         shard = self._shard(index, files, self._shares[slot])
         self._pending[index] = shard
-        self.tracker.shard(index, len(files))
         task = asyncio.create_task(self._run_shard(shard, slot), name=f"rheo_nb-shard-{index}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
