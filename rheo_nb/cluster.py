@@ -40,8 +40,8 @@ import secrets
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sized
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -90,6 +90,7 @@ REPORT_NOTICES = 20
 STOP_GRACE = 5.0
 
 _EXTRA = "pip install 'rheo_nb[cluster]'"
+_NOT_STARTED = "cancelled before it started"  # as a local call says it
 
 
 def distributed() -> Any:
@@ -171,45 +172,51 @@ def topic(call: str) -> str:
     return f"rheo_nb-{call}"
 
 
+#: One file's outcome as a shard returns it: status, bytes, elapsed, error, and the path
+#: on the worker ("": the path planned where the call was made). The caller has the rest
+#: (URL, download id, File), and plain values pickle many times faster than an Outcome.
+Row = tuple[str, int, float, str | None, str]
+
+
 @dataclass(frozen=True, slots=True)
 class ShardResult:
-    """What a shard's task returns: an outcome per file in its order, and its totals."""
+    """What a shard's task returns: a row per file in the shard's order, and its totals."""
 
-    outcomes: tuple[Outcome, ...]
+    rows: tuple[Row, ...]
     stats: Stats
 
+    @classmethod
+    def of(cls, outcomes: Iterable[Outcome], stats: Stats) -> ShardResult:
+        rows = tuple((o.status.value, o.bytes, o.elapsed, o.error, str(o.path)) for o in outcomes)
+        return cls(rows, stats)
 
-def _shard_outcomes(shard: Shard, status: Status, cause: str) -> ShardResult:
-    """Every file of ``shard`` ending as ``status`` for ``cause`` (a failure's message
-    starts with the file's URL, as every failure's does)."""
-    secret = auth.secret_params(shard.options.auth)
-    dest = Path(shard.dest)
-    outcomes = []
-    for i, file in enumerate(shard.files):
-        planned: Planned | None = None
-        with contextlib.suppress(InvalidItemError):
-            planned = plan(file, dest, shard.options.headers, secret)
-        did = planned.download_id if planned else f"shard-{shard.index}-{i}"
-        outcomes.append(_ended(file, planned, dest, did, status, cause, secret))
-    n = len(outcomes)
-    failed, cancelled = (n, 0) if status is Status.FAILED else (0, n)
-    stats = Stats(n, 0, 0, 0, 0, failed, cancelled, 0, None, 0.0, 0.0, 0.0)
-    return ShardResult(tuple(outcomes), stats)
+    @classmethod
+    def ended(cls, files: int, status: Status, cause: str) -> ShardResult:
+        """Every file of a shard ending as ``status`` for ``cause``, none downloaded."""
+        failed, cancelled = (files, 0) if status is Status.FAILED else (0, files)
+        stats = Stats(files, 0, 0, 0, 0, failed, cancelled, 0, None, 0.0, 0.0, 0.0)
+        return cls(((status.value, 0, 0.0, cause, ""),) * files, stats)
 
-
-def _ended(
-    file: File,
-    planned: Planned | None,
-    dest: Path,
-    did: str,
-    status: Status,
-    cause: str,
-    secret: frozenset[str],
-) -> Outcome:
-    out = refusal(file, cause, planned, dest, did, secret)
-    if status is Status.CANCELLED:  # as a local call says it: no URL before the cause
-        return replace(out, status=status, error=cause)
-    return out
+    def outcomes(self, planned: Sequence[Planned]) -> tuple[Outcome, ...]:
+        """The outcomes of the files ``planned`` (the shard's, in its order)."""
+        out = []
+        for p, (status, nbytes, elapsed, error, path) in zip(planned, self.rows, strict=True):
+            if status == Status.FAILED and error and not error.startswith(p.display_url):
+                error = f"{p.display_url}: {error}"  # every failure names its URL
+            path_ = Path(path) if path else p.final
+            out.append(
+                Outcome(
+                    p.display_url,
+                    path_,
+                    Status(status),
+                    nbytes,
+                    elapsed,
+                    error,
+                    p.download_id,
+                    p.file,
+                )
+            )
+        return tuple(out)
 
 
 # --- reports: a shard's progress, as msgpack-able lists ---------------------------------------
@@ -432,7 +439,7 @@ def run_shard(shard: Shard) -> ShardResult:
         log.error("internal error in %r", shard, exc_info=exc)
         text = format.mask_urls_in(str(exc), auth.secret_params(shard.options.auth))
         cause = f"internal error on worker {worker.address} ({type(exc).__name__}: {text})"
-        return _shard_outcomes(shard, Status.FAILED, cause)
+        return ShardResult.ended(len(shard.files), Status.FAILED, cause)
 
 
 async def _download_shard(
@@ -441,7 +448,7 @@ async def _download_shard(
     handle = _Running(asyncio.get_running_loop())
     with _registered(shard.call, handle):
         if shard.call in _stopped:
-            return _shard_outcomes(shard, Status.CANCELLED, "cancelled before it started")
+            return ShardResult.ended(len(shard.files), Status.CANCELLED, _NOT_STARTED)
         try:
             options = _options_of(shard.call, shard.options)
             manager = DownloadManager(shard.dest, options, **shard.session)
@@ -458,10 +465,11 @@ async def _download_shard(
                     relay.close()
         except DestinationError as exc:
             cause = f"cannot write to {exc.url} on worker {where}: {exc.cause}"
-            return _shard_outcomes(shard, Status.FAILED, cause)
+            return ShardResult.ended(len(shard.files), Status.FAILED, cause)
         except RheoNbError as exc:  # an option this worker cannot use (a CA file it lacks)
-            return _shard_outcomes(shard, Status.FAILED, f"on worker {where}: {exc}")
-        return ShardResult(tuple(manager.results(ids)), manager.stats)
+            cause = f"on worker {where}: {exc}"
+            return ShardResult.ended(len(shard.files), Status.FAILED, cause)
+        return ShardResult.of(manager.results(ids), manager.stats)
 
 
 # --- the caller's side: totals from reports ---------------------------------------------------
@@ -561,13 +569,13 @@ class ClusterTracker:
         s.active = active
         self.downloads.update((info.download_id, info) for info in active)
 
-    def finished(self, index: int, result: ShardResult) -> list[Event]:
-        """A shard's task returned: its totals are final; failures not yet reported are."""
+    def finished(self, index: int, stats: Stats, outcomes: Iterable[Outcome]) -> list[Event]:
+        """A shard ended: its totals are final; failures not reported yet are now."""
         s = self._shards[index]
-        s.final = result.stats
+        s.final = stats
         self._show(s, [])
         events: list[Event] = []
-        for o in result.outcomes:
+        for o in outcomes:
             if o.status is Status.FAILED:
                 events += self._failure(
                     Failed(o.download_id, o.url, o.path, o.error or "", o.elapsed)
@@ -634,7 +642,7 @@ _Entry = Outcome | tuple[int, int]
 class _Cut:
     """The next shard's worth of the input, read in a thread."""
 
-    files: list[File] = field(default_factory=list)
+    planned: list[Planned] = field(default_factory=list)
     #: In input order: an outcome decided here, or None for the next file of the shard.
     entries: list[Outcome | None] = field(default_factory=list)
     read: int = 0
@@ -694,6 +702,7 @@ class ClusterRun:
         self._refused = 0
         self._batches: dict[str, list[_Entry]] = {}
         self._outcomes: dict[int, tuple[Outcome, ...]] = {}
+        self._planned: dict[int, list[Planned]] = {}  # each shard's files, until it ends
         self._pending: dict[int, Shard] = {}  # submitted, not yet ended
         self._tasks: set[asyncio.Task[None]] = set()
         self._feeders: list[asyncio.Task[None]] = []
@@ -825,8 +834,9 @@ class ClusterRun:
         for task in self._tasks:
             task.cancel()
         for shard in list(self._pending.values()):
-            result = _shard_outcomes(shard, Status.CANCELLED, "cancelled")
-            self._ended(shard, result)
+            self._ended(
+                shard.index, ShardResult.ended(len(shard.files), Status.CANCELLED, "cancelled")
+            )
 
     async def _stop_workers(self) -> None:
         if self._client is None:
@@ -862,19 +872,21 @@ class ClusterRun:
         while True:
             stopping = self._stopping
             cut = await asyncio.to_thread(self._cut, files, size, stopping)
-            index = next(self._shards) if cut.files else -1
-            if cut.files:  # counted from now on: queued until a worker reports on it
-                self.tracker.shard(index, len(cut.files))
+            index = next(self._shards) if cut.planned else -1
+            if cut.planned:  # counted from now on: queued until a worker reports on it
+                self._planned[index] = cut.planned
+                self.tracker.shard(index, len(cut.planned))
             self.tracker.read += cut.read
             for entry in cut.entries:
                 self._record(entries, entry, index)
-            if cut.files:
+            if cut.planned:
                 slot = await self._free.get()
                 if self._stopping and not stopping:  # stopped while waiting for a slot
                     self._free.put_nowait(slot)
-                    self._cancel_unsent(entries, index, cut.files)
+                    n = len(cut.planned)
+                    self._ended(index, ShardResult.ended(n, Status.CANCELLED, _NOT_STARTED))
                 else:
-                    self._submit(index, cut.files, slot)
+                    self._submit(index, slot)
             if cut.end:
                 break
         self.tracker.shards = len(self._outcomes) + len(self._pending)
@@ -909,28 +921,31 @@ class ClusterRun:
                 cut.entries.append(refusal(file, str(exc), planned, self.dest, did, secret))
                 continue
             if cancelled:
-                cause = "cancelled before it started"
-                did = planned.download_id
-                ended = _ended(file, planned, self.dest, did, Status.CANCELLED, cause, secret)
+                p = planned
+                ended = Outcome(
+                    p.display_url,
+                    p.final,
+                    Status.CANCELLED,
+                    0,
+                    0.0,
+                    _NOT_STARTED,
+                    p.download_id,
+                    file,
+                )
                 cut.entries.append(ended)
                 continue
-            cut.files.append(file)
+            cut.planned.append(planned)
             cut.entries.append(None)
-            if len(cut.files) >= size:
+            if len(cut.planned) >= size:
                 return cut
         cut.end = True
         return cut
 
-    def _cancel_unsent(self, entries: list[_Entry], index: int, files: list[File]) -> None:
-        shard = self._shard(index, files, None)
-        self._ended(shard, _shard_outcomes(shard, Status.CANCELLED, "cancelled before it started"))
-
-    def _shard(self, index: int, files: list[File], share: int | None) -> Shard:
+    def _submit(self, index: int, slot: int) -> None:
+        share = self._shares[slot]
         session = self._session if share is None else {**self._session, "limit_per_host": share}
-        return Shard(self._call, index, tuple(files), str(self.dest), self.options, session)
-
-    def _submit(self, index: int, files: list[File], slot: int) -> None:
-        shard = self._shard(index, files, self._shares[slot])
+        files = tuple(p.file for p in self._planned[index])
+        shard = Shard(self._call, index, files, str(self.dest), self.options, session)
         self._pending[index] = shard
         task = asyncio.create_task(self._run_shard(shard, slot), name=f"rheo_nb-shard-{index}")
         self._tasks.add(task)
@@ -945,22 +960,23 @@ class ClusterRun:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the shard's workers died, or the scheduler went away
-            result = _shard_outcomes(shard, Status.FAILED, _lost(exc, shard))
+            result = ShardResult.ended(len(shard.files), Status.FAILED, _lost(exc, shard))
         finally:
             self._free.put_nowait(slot)
-        if not isinstance(result, ShardResult) or len(result.outcomes) != len(shard.files):
+        if not isinstance(result, ShardResult) or len(result.rows) != len(shard.files):
             cause = "internal error: the shard's task did not return one outcome per file"
-            result = _shard_outcomes(shard, Status.FAILED, cause)
-        self._ended(shard, result)
+            result = ShardResult.ended(len(shard.files), Status.FAILED, cause)
+        self._ended(shard.index, result)
         with contextlib.suppress(Exception):
             self.tracker.workers = len(await self._client.nthreads())
 
-    def _ended(self, shard: Shard, result: ShardResult) -> None:
-        if shard.index in self._outcomes:
+    def _ended(self, index: int, result: ShardResult) -> None:
+        if index in self._outcomes:
             return
-        self._pending.pop(shard.index, None)
-        self._outcomes[shard.index] = result.outcomes
-        for event in self.tracker.finished(shard.index, result):
+        self._pending.pop(index, None)
+        outcomes = result.outcomes(self._planned.pop(index))
+        self._outcomes[index] = outcomes
+        for event in self.tracker.finished(index, result.stats, outcomes):
             self.events.emit(event)
 
     def _on_report(self, event: tuple[float, Any]) -> None:

@@ -38,7 +38,7 @@ from server import FAST, Server, names
 
 import rheo_nb
 from rheo_nb import ApiKey, BearerToken, Event, File, OptionError, Results, Status
-from rheo_nb.cluster import ClusterRun, ClusterTracker, ShardResult, shard_size, shares
+from rheo_nb.cluster import ClusterRun, ClusterTracker, shard_size, shares
 from rheo_nb.display import Source
 from rheo_nb.tracker import Stats
 
@@ -619,7 +619,7 @@ def test_a_finished_shard_counts_its_result_not_its_late_reports() -> None:
     t = ClusterTracker(clock=lambda: 5.0)
     t.shard(0, 2)
     final = Stats(2, 0, 0, 2, 0, 0, 0, 2000, 2000, 0.0, 0.0, 1.0)
-    assert t.finished(0, ShardResult((), final)) == []
+    assert t.finished(0, final, []) == []
     t.report(report(0, "a", [2, 1, 1, 0, 0, 0, 0, 10, None, 9.0]))
     s = t.stats()
     assert (s.done, s.bytes_done, s.bytes_total, s.speed) == (2, 2000, 2000, 0.0)
