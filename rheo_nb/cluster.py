@@ -82,6 +82,9 @@ SHARDS_PER_SLOT = 4
 MAX_SHARD = 10_000
 #: Least interval between two reports of one shard.
 REPORT_INTERVAL = 0.25
+#: Longest silence of a running shard: a report every second even when nothing changed
+#: (a shard waiting on a slow server), so the caller can tell a quiet worker from a dead one.
+HEARTBEAT = 1.0
 #: Running files a report names (what the widget's rows show).
 REPORT_ROWS = 5
 #: Retry and restart notices one report carries at most (failures: every one).
@@ -290,7 +293,7 @@ class Relay:
 
     A report is a dict of plain values (what ``Worker.log_event`` can send): the shard's
     totals, its first few running files, and the failures, retries and restarts since the
-    last report. Nothing is sent while nothing changed.
+    last report. While nothing changes, only a heartbeat goes (:data:`HEARTBEAT`).
     """
 
     def __init__(
@@ -306,6 +309,7 @@ class Relay:
         self._events: list[list[Any]] = []
         self._notices = 0
         self._last: tuple[Any, ...] | None = None
+        self._sent = 0.0
         self._subscriptions = [
             manager.on(kind, self._note)
             for kind in (EventType.FAILED, EventType.RETRYING, EventType.RESTARTED)
@@ -337,9 +341,10 @@ class Relay:
         stats = self._manager.stats
         active = [_encode_row(i) for i in self._manager.tracker.active(REPORT_ROWS)]
         state = (_encode_stats(stats), active)
-        if not final and not self._events and state == self._last:
+        now = asyncio.get_running_loop().time()
+        if not (final or self._events or state != self._last or now - self._sent >= HEARTBEAT):
             return
-        self._last = state
+        self._last, self._sent = state, now
         events, self._events, self._notices = self._events, [], 0
         self._send({**self._base, "stats": state[0], "active": active, "events": events})
 
@@ -686,6 +691,8 @@ class ClusterRun:
             raise OptionError("shard_size must be an int >= 1, or None to choose one")
         if not isinstance(dest, str | os.PathLike):
             raise OptionError(f"dest must be a folder path, not {type(dest).__name__}")
+        #: ``dest`` as the workers get it: a path, or an object-storage URL, as given.
+        self._target = os.fspath(dest)
         self.dest = Path(dest)
         self.options = options
         self._session = dict(session or {})
@@ -769,7 +776,9 @@ class ClusterRun:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def __aenter__(self) -> ClusterRun:
-        self.dest = Path(await asyncio.to_thread(os.path.abspath, self.dest))
+        if "://" not in self._target:  # a path: the same for every worker, not relative
+            self._target = await asyncio.to_thread(os.path.abspath, self._target)
+            self.dest = Path(self._target)
         try:
             await self._connect()
             threads = await self._client.nthreads()
@@ -945,7 +954,7 @@ class ClusterRun:
         share = self._shares[slot]
         session = self._session if share is None else {**self._session, "limit_per_host": share}
         files = tuple(p.file for p in self._planned[index])
-        shard = Shard(self._call, index, files, str(self.dest), self.options, session)
+        shard = Shard(self._call, index, files, self._target, self.options, session)
         self._pending[index] = shard
         task = asyncio.create_task(self._run_shard(shard, slot), name=f"rheo_nb-shard-{index}")
         self._tasks.add(task)
