@@ -44,7 +44,7 @@ from rheo_nb.tracker import Stats
 
 distributed = pytest.importorskip("distributed")
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.allow_blocking]
+pytestmark = [pytest.mark.timeout(120)]
 
 WORKERS = 2
 MiB = 1 << 20
