@@ -204,7 +204,7 @@ def main() -> int:
     print(f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"load average {os.getloadavg()[0]:.2f}; {args.files} files of {args.size // KiB} KiB "
           f"from nginx on 127.0.0.1; -j {args.concurrency}; one run each\n")
-    print("| run | ok | wall (s) | files/s | × one process | CPU s: command | workers | scheduler | nginx | CPU ms per file |")
+    print("| run | ok | wall (s) | files/s | × one process | CPU s: command | workers | scheduler, nannies | nginx | CPU ms per file |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         total = sum(r.cpu.values())
