@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import operator
 import os
 from collections.abc import Callable, Generator, Mapping
 from typing import Any, Literal, ParamSpec, TypeVar, cast
@@ -27,7 +26,7 @@ from .display import Display, ProgressArg, choose
 from .display.view import fraction, percent
 from .errors import OptionError
 from .events import Status
-from .items import Items, as_files
+from .items import Items, as_files, count
 from .manager import DownloadManager
 from .options import Options, check_names
 from .results import Results
@@ -271,7 +270,7 @@ class Job:
 
     def __init__(self, manager: Engine, files: Items, display: Display | None) -> None:
         self._manager, self._display = manager, display
-        self._asked = operator.length_hint(files)
+        self._asked = count(files) or 0
         show = getattr(self._display, "show", None)
         if callable(show):
             # Here, on the caller's thread: the widget must land in the cell that started

@@ -40,7 +40,7 @@ import secrets
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -60,7 +60,7 @@ from .events import (
     Status,
     Subscription,
 )
-from .items import Claims, File, Items, Outcome, Planned, iter_files, plan, refusal
+from .items import Claims, File, Items, Outcome, Planned, count, iter_files, plan, refusal
 from .manager import DownloadManager
 from .options import Options
 from .results import Results
@@ -874,8 +874,8 @@ class ClusterRun:
     async def _feed(self, items: Items, entries: list[_Entry]) -> None:
         """Read the input shard by shard, and submit each shard when a slot is free."""
         files = iter_files(items)
-        if isinstance(items, Sized) and not isinstance(items, File | str):
-            self.tracker.expected = (self.tracker.expected or 0) + len(items)
+        if (n := count(items)) is not None:
+            self.tracker.expected = (self.tracker.expected or 0) + n
         size = self._shard_size or shard_size(self.tracker.expected, len(self._shares))
         self.tracker.start()
         while True:

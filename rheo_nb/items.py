@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -80,6 +80,13 @@ def as_files(items: Items) -> list[File]:
     """Normalise ``items``: URL strings, :class:`File` objects, outcomes of an earlier call
     (``results.failed`` re-runs just those), or a mapping ``{url: hash}``."""
     return list(iter_files(items))
+
+
+def count(items: Items) -> int | None:
+    """How many items ``items`` holds, when that is known without reading them."""
+    if isinstance(items, str | File):
+        return 1
+    return len(items) if isinstance(items, Sized) else None
 
 
 def iter_files(items: Items) -> Iterator[File]:

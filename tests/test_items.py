@@ -9,7 +9,16 @@ import pytest
 from rheo_nb import File, InvalidItemError
 from rheo_nb.events import Status
 from rheo_nb.hashing import ExpectedHash
-from rheo_nb.items import Outcome, as_files, check_headers, check_url, describe, download_id, plan
+from rheo_nb.items import (
+    Outcome,
+    as_files,
+    check_headers,
+    check_url,
+    count,
+    describe,
+    download_id,
+    plan,
+)
 
 DEST = Path("/data")
 URL = "https://example.org/sets/train.csv"
@@ -146,3 +155,11 @@ def test_download_id_depends_on_url_and_path() -> None:
 def test_describe_is_safe_for_anything() -> None:
     assert describe(File("https://example.org/a?token=x")) == "https://example.org/a?token=***"
     assert describe(File(42)) == "'int'"  # type: ignore[arg-type]
+
+
+def test_count_knows_how_many_items_without_reading_them() -> None:
+    assert count("http://example.org/a") == 1  # one URL, not its characters
+    assert count(File("http://example.org/a")) == 1
+    assert count({"http://example.org/a": None, "http://example.org/b": None}) == 2
+    assert count(["http://example.org/a"] * 3) == 3
+    assert count(u for u in ["http://example.org/a"]) is None  # lazy: unknown until read
