@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import re
 import signal
@@ -150,6 +151,20 @@ def test_fetch_sync_and_start_take_cluster_too(
     assert done.counts() == {"completed": 6}
     assert job.results_so_far == done
     assert repr(job).startswith("<Job done: 6/6 files done")
+
+
+@pytest.mark.slow
+def test_cluster_local_starts_a_cluster_for_the_call_and_closes_it(
+    server: Server, tmp_path: Path
+) -> None:
+    before = set(multiprocessing.active_children())
+    sampler = Sampler()
+    urls = [server.url(n) for n in names("local", 4)]
+    res = rheo_nb.fetch_sync(urls, tmp_path, cluster="local", progress=sampler, **FAST_ENGINE)
+    assert res.counts() == {"completed": 4}
+    workers = {s.cluster.workers for s in sampler.samples if s.cluster is not None}
+    assert workers == {os.cpu_count()}  # one worker process per core
+    wait_for(lambda: set(multiprocessing.active_children()) <= before)  # all gone
 
 
 # --- progress ------------------------------------------------------------------------------------
