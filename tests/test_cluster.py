@@ -330,7 +330,15 @@ def test_a_worker_killed_mid_run_has_its_shard_rerun_and_the_run_stays_exact(
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    job = rheo_nb.start(urls, dest, cluster=dask_client, concurrency=4, shard_size=10, **FAST)
+    job = rheo_nb.start(
+        urls,
+        dest,
+        cluster=dask_client,
+        concurrency=4,
+        shard_size=10,
+        chunk_size=64 << 10,  # written as it comes: a killed worker leaves partials on disk
+        **FAST,
+    )
     wait_for(lambda: (c := job.manager.stats.cluster) is not None and c.busy == WORKERS, 30)
     wait_for(lambda: job.manager.stats.bytes_done > 2 * size, 30)
     victim = sorted(pids.values())[0]
@@ -343,12 +351,17 @@ def test_a_worker_killed_mid_run_has_its_shard_rerun_and_the_run_stays_exact(
     assert res.counts().keys() <= {"completed", "skipped"}, res
     assert len({o.path for o in res}) == n
     assert exact(res, server, dict.fromkeys(names("kill", n), size)) == []
+    resumed = {r.name for r in server.requests() if "Range" in r.headers}
+    assert resumed  # the rerun continued what the dead worker left
     stats = job.manager.stats
     assert stats.cluster is not None
     assert stats.cluster.reruns >= 1
     assert (stats.files, stats.done) == (n, n)
     dask_client.wait_for_workers(WORKERS, timeout=60)
-    print(f"\nkilled worker {victim}: {res.counts()}, {stats.cluster.reruns} shard(s) rerun")
+    print(
+        f"\nkilled worker {victim}: {res.counts()}, {stats.cluster.reruns} shard(s) rerun, "
+        f"{len(resumed)} partial(s) resumed"
+    )
 
 
 # --- politeness, secrets, destinations -----------------------------------------------------------
