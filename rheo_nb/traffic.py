@@ -462,7 +462,11 @@ def read_quota(headers: Headers, now: float | None = None) -> tuple[int, float] 
     >>> read_quota({"RateLimit": '"default";r=0;t=30'})
     (0, 30.0)
     """
-    if not any(name in headers for name in _QUOTA_FIELDS):
+    if not (
+        "RateLimit" in headers
+        or "RateLimit-Remaining" in headers
+        or "X-RateLimit-Remaining" in headers
+    ):
         return None  # most answers: three lookups, nothing parsed
     found = [
         *_ietf_quotas(headers),
@@ -471,9 +475,6 @@ def read_quota(headers: Headers, now: float | None = None) -> tuple[int, float] 
     ]
     # The fewest requests left binds; of equals, the later reset.
     return min(found, key=lambda q: (q[0], -q[1])) if found else None
-
-
-_QUOTA_FIELDS = ("RateLimit", "RateLimit-Remaining", "X-RateLimit-Remaining")
 
 
 def _ietf_quotas(headers: Headers) -> list[tuple[int, float]]:
