@@ -240,8 +240,10 @@ class LocalDestination:
     async def resumable(
         self, url: str, sources: tuple[str, ...], *, no_split: bool
     ) -> Resume | None:
-        partial, self.partial = self.partial, None
-        if partial is None and self.part.touched:  # an earlier attempt wrote some
+        # What the claim found stays true until this run writes or drops the part file:
+        # a source that failed before sending a byte (a 404, then a mirror) leaves it.
+        partial = self.partial
+        if self.part.touched:  # an earlier attempt wrote some: what is on disk now
             partial = await self.lane.run(self.part.read)
         if partial is None:
             return None

@@ -194,6 +194,10 @@ class Download:
             except DownloadError as exc:
                 if len(sources) == 1 or isinstance(exc, DestinationError | TooLargeError):
                     raise
+                if isinstance(exc, IntegrityError):
+                    # These bytes failed their check: none of them go on to the next source.
+                    self.resumed = False
+                    await self.dest.restart()
                 failures.append(f"{self._shown(url)}: {exc.cause}")
                 if number < len(sources):
                     cause = f"{exc.cause}; trying source {number + 1} of {len(sources)}"
