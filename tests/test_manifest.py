@@ -659,6 +659,50 @@ def test_bad_rows_of_a_served_manifest_fail_alone_in_fetch(server: Server, dest:
     assert "list.csv, line 3: unsupported URL scheme ftp:" in (results[1].error or "")
 
 
+@pytest.mark.parametrize("kind", ["aria2", "csv", "jsonl"])
+def test_manifest_mirrors_take_over_and_bad_rows_fail_alone(
+    server: Server, dest: Path, kind: str
+) -> None:
+    """A manifest's mirrors (aria2's TAB-separated URLs, a ``mirrors`` column) serve the
+    files whose URL is gone; with errors="skip" a bad row fails on its own."""
+    gone = [server.url(n, status=404) for n in ("m1.bin", "m3.bin")]
+    good = [server.url(n, mirror=1) for n in ("m1.bin", "m3.bin")]
+    h = [server.hash(n) for n in ("m1.bin", "m3.bin")]
+    if kind == "aria2":
+        text = (
+            f"{gone[0]}\t{good[0]}\n  checksum=sha-256={h[0].split(':')[1]}\n"
+            f"{server.url('m2.bin')}\n  checksum=sha-256=not-hex\n"
+            f"{gone[1]}\t{good[1]}\n"
+        )
+        name = "input.txt"
+    elif kind == "csv":
+        text = (
+            "url,hash,mirrors\n"
+            f"{gone[0]},{h[0]},{good[0]}|{server.url('m1.bin', status=410)}\n"
+            f"{server.url('m2.bin')},md5:xyz,\n"
+            f"{gone[1]},,{good[1]}\n"
+        )
+        name = "list.csv"
+    else:
+        rows: list[dict[str, object]] = [
+            {"url": gone[0], "hash": h[0], "mirrors": [good[0]]},
+            {"url": server.url("m2.bin"), "mirrors": 7},
+            {"url": gone[1], "mirrors": [good[1]]},
+        ]
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        name = "list.jsonl"
+    files = read_manifest(serve(server, name, text.encode()), errors="skip")
+    results = rheo_nb.fetch_sync(files, dest, **FAST)
+    assert [o.status for o in results] == [Status.COMPLETED, Status.FAILED, Status.COMPLETED], [
+        o.error for o in results
+    ]
+    assert [o.source_url for o in results.ok] == good
+    assert [o.path.name for o in results.ok] == ["m1.bin", "m3.bin"]  # named after the URL
+    assert (dest / "m1.bin").read_bytes() == server.content("m1.bin")
+    assert f"{name}, line {2 if kind == 'jsonl' else 3}: " in (results[1].error or "")
+    assert server.count("m2.bin") == 0  # the bad row was never requested
+
+
 # --- properties: any text parses or raises ManifestError -----------------------------------------
 
 _lines = st.lists(

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
+from auth_servers import KEY, PASSWORD, TOKEN, AuthServer
 from faults import (
     ERROR_PAGE,
     RawRequest,
@@ -25,7 +27,7 @@ from faults import (
 from server import FAST, FAST_ENGINE, Server, SharedServer, Spec, of_type, run_manager
 
 import rheo_nb
-from rheo_nb import File, Status, testing
+from rheo_nb import BearerToken, File, Status, testing
 from rheo_nb.events import Restarted, Retrying
 
 MiB = 1 << 20
@@ -492,3 +494,63 @@ async def test_a_mirror_that_sends_other_bytes_costs_one_refetch_from_the_file_s
     assert asked
     assert all(r.time < restarted_at[0] for r in asked)
     assert any(r.time > restarted_at[0] for r in server.requests(name))
+
+
+# --- mirrors x credentials -------------------------------------------------------------------
+#
+# A mirror is a URL the caller gave for the file, like the file's own URL: the call's
+# credentials go to its origin too. A redirect from it to another origin drops them, as
+# for every URL; a password written in a mirror's URL goes to that mirror only.
+
+
+@pytest.fixture
+def a() -> Iterator[AuthServer]:
+    with AuthServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def b() -> Iterator[AuthServer]:
+    with AuthServer() as srv:
+        yield srv
+
+
+@pytest.mark.usefixtures("clean_env")
+async def test_the_call_credentials_reach_a_mirror_origin(
+    server: Server, b: AuthServer, dest: Path
+) -> None:
+    f = File(server.url("p.bin", status=404), "p.bin", mirrors=[b.url("bearer", "p.bin")])
+    (outcome,) = await fetch([f], dest, auth=BearerToken(TOKEN))
+    assert outcome.status is Status.COMPLETED, outcome.error
+    (seen,) = b.requests("bearer")
+    assert seen.headers.get("Authorization") == f"Bearer {TOKEN}"
+    assert (dest / "p.bin").read_bytes() == testing.content("p.bin", 10_000)
+
+
+@pytest.mark.usefixtures("clean_env")
+async def test_credentials_do_not_follow_a_mirror_redirect_to_another_origin(
+    server: Server, a: AuthServer, b: AuthServer, dest: Path
+) -> None:
+    mirror = a.redirect(b.url("open", "q.bin"))
+    f = File(server.url("q.bin", status=404), "q.bin", mirrors=[mirror])
+    (outcome,) = await fetch([f], dest, auth=BearerToken(TOKEN), headers={"X-Secret": KEY})
+    assert outcome.status is Status.COMPLETED, outcome.error
+    (hop,) = a.requests("redirect")
+    assert hop.headers.get("Authorization") == f"Bearer {TOKEN}"
+    (landed,) = b.requests("open")
+    assert "Authorization" not in landed.headers
+    assert "X-Secret" not in landed.headers
+
+
+@pytest.mark.usefixtures("clean_env")
+async def test_a_password_in_a_mirror_url_goes_to_that_mirror_only_and_is_masked(
+    a: AuthServer, b: AuthServer, dest: Path
+) -> None:
+    mirror = b.url("basic", "r.bin").replace("://", f"://alice:{PASSWORD}@")
+    f = File(a.url("basic", "r.bin"), mirrors=[mirror])
+    (outcome,) = await fetch([f], dest)
+    assert outcome.status is Status.COMPLETED, outcome.error
+    assert outcome.source_url == mirror.replace(PASSWORD, "***")
+    (first,) = a.requests("basic")
+    assert "Authorization" not in first.headers
+    assert PASSWORD not in repr(outcome)
