@@ -13,7 +13,7 @@ import asyncio
 import functools
 import inspect
 import os
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sized
 from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 import aiohttp
@@ -24,7 +24,7 @@ from .client import SESSION_OPTIONS, ClientFactory, NetrcArg, Verify
 from .display import Display, ProgressArg, choose
 from .display.view import fraction, percent
 from .events import Status
-from .items import File, Items, as_files
+from .items import Items, as_files, in_memory
 from .manager import DownloadManager
 from .options import Options, check_names
 from .results import Results
@@ -133,20 +133,21 @@ async def fetch(
     return await _run(*_prepare(locals()))
 
 
-Prepared = tuple[DownloadManager, list[File], Display | None]
+Prepared = tuple[DownloadManager, Items, Display | None]
 
 
 def _prepare(call: dict[str, Any]) -> Prepared:
     """The engine, the files and the display of one call, from ``fetch``'s arguments by
-    name. Runs on the caller's thread, so a bad option fails there, and a warning points
-    at the caller's line."""
+    name. Runs on the caller's thread, so a bad option or item fails there, and a warning
+    points at the caller's line. Items that may block as they are read (a Parquet
+    manifest, a generator) are left for the manager, which reads them on a thread."""
     options = dict(call)
     items, dest = options.pop("items"), options.pop("dest")
     display = choose(options.pop("progress"))
     client = options.pop("client")
     session = {k: v for k in SESSION_OPTIONS if (v := options.pop(k)) != _SESSION_DEFAULTS[k]}
     manager = DownloadManager(dest, Options.build(**options), client=client, **session)
-    return manager, as_files(items), display
+    return manager, as_files(items) if in_memory(items) else items, display
 
 
 def _bind(where: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -158,7 +159,7 @@ def _bind(where: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str
 
 
 async def _run(
-    manager: DownloadManager, files: list[File], display: Display | None, *, shown: bool = False
+    manager: DownloadManager, files: Items, display: Display | None, *, shown: bool = False
 ) -> Results:
     ids: list[str] = []
     opened = interrupted = False
@@ -242,11 +243,9 @@ class Job:
     updating while other cells run; its Cancel button calls :meth:`cancel`.
     """
 
-    def __init__(
-        self, manager: DownloadManager, files: list[File], display: Display | None
-    ) -> None:
+    def __init__(self, manager: DownloadManager, files: Items, display: Display | None) -> None:
         self._manager, self._display = manager, display
-        self._asked = len(files)
+        self._asked = len(files) if isinstance(files, Sized) else None
         show = getattr(self._display, "show", None)
         if callable(show):
             # Here, on the caller's thread: the widget must land in the cell that started
@@ -325,8 +324,11 @@ class Job:
     def __repr__(self) -> str:
         """``<Job running: 1/4 files done · 2 running · 1 queued · 6.0 MiB of 16.0 MiB (37%)>``"""
         s = self._manager.stats
+        asked = "?" if self._asked is None else str(self._asked)
         if not self.done() and s.files == 0:
-            return f"<Job starting: {self._asked} file{'s' if self._asked != 1 else ''} queued>"
+            if self._asked is None:
+                return "<Job starting>"
+            return f"<Job starting: {asked} file{'s' if self._asked != 1 else ''} queued>"
         state = "running"
         if self.done():
             future = self._thread.future
@@ -336,7 +338,7 @@ class Job:
             elif not future.cancelled() and future.exception() is not None:
                 state = "failed"
         if s.files == 0:  # stopped before its files were queued
-            return f"<Job {state}: 0/{self._asked} files done>"
+            return f"<Job {state}: 0/{asked} files done>"
         parts = [f"{s.done}/{s.files} files done"]
         parts += [
             f"{n} {word}"

@@ -150,6 +150,12 @@ def as_files(items: Items) -> list[File]:
     return list(iter_files(items))
 
 
+def in_memory(items: Items) -> bool:
+    """Whether ``items`` are already in memory (a list, a mapping, one File): reading them
+    costs no I/O. Anything else (a generator, a Parquet manifest) may block as it reads."""
+    return isinstance(items, list | tuple | str | File | Mapping)
+
+
 @dataclass(frozen=True, slots=True)
 class Planned:
     """A validated :class:`File`: where it goes and how it is checked."""

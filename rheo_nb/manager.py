@@ -10,7 +10,7 @@ import os
 import resource
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from itertools import islice
 from pathlib import Path
 from types import TracebackType
@@ -33,7 +33,7 @@ from .events import (
     Subscription,
 )
 from .http import Client
-from .items import File, Items, Outcome, Planned, describe, iter_files, plan
+from .items import File, Items, Outcome, Planned, describe, in_memory, iter_files, plan
 from .options import Options, check_names
 from .queue import PriorityQueue
 from .results import Results
@@ -411,9 +411,9 @@ class DownloadManager:
 async def _batches(items: Items) -> AsyncIterator[list[File]]:
     """``items`` as Files, ``ADD_BATCH`` at a time; a lazy source is read on a thread."""
     files = iter_files(items)
-    in_memory = isinstance(items, list | tuple | str | File | Mapping)
+    here = in_memory(items)
     while True:
-        if in_memory:
+        if here:
             batch = list(islice(files, ADD_BATCH))
         else:
             batch = await asyncio.to_thread(lambda: list(islice(files, ADD_BATCH)))
