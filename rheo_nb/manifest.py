@@ -147,7 +147,7 @@ def _read(
 ) -> Sequence[File]:
     ctx = _Context(label, base_url, errors == "skip")
     name = _plain_name(name)
-    try:
+    with _reading(label):
         kind = format if format != "auto" else _detect(path, label, name)
         if columns is not None and kind not in _TABLES:
             raise OptionError(f"columns= applies to csv, tsv, jsonl and parquet, not {kind}")
@@ -164,6 +164,27 @@ def _read(
             if kind == "jsonl":
                 return list(_parse_jsonl(lines, ctx, _column_map(columns)))
             return list(_parse_csv(lines, ctx, _column_map(columns), kind))
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """The format ``read_manifest(path)`` reads a local file as: by its name, then by its
+    first lines (``"sums"``, ``"aria2"``, ``"csv"``…). Blocking.
+
+    >>> rheo_nb.manifest.detect_format("data/SHA256SUMS")  # doctest: +SKIP
+    'sums'
+
+    :raises ManifestError: the file cannot be read, or says nothing of its format.
+    """
+    label = os.fspath(path)
+    with _reading(label):
+        return _detect(Path(label), label, _plain_name(label))
+
+
+@contextlib.contextmanager
+def _reading(label: str) -> Iterator[None]:
+    """Errors met reading the manifest ``label``, as :class:`ManifestError`."""
+    try:
+        yield
     except OSError as exc:
         raise ManifestError(label, f"cannot read it ({exc.strerror or exc})") from None
     except (EOFError, zlib.error) as exc:
