@@ -13,6 +13,8 @@ import os
 import sys
 import tempfile
 import tracemalloc
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -707,6 +709,34 @@ def test_manifest_mirrors_take_over_and_bad_rows_fail_alone(
     assert (dest / "m1.bin").read_bytes() == server.content("m1.bin")
     assert f"{name}, line {2 if kind == 'jsonl' else 3}: " in (results[1].error or "")
     assert server.count("m2.bin") == 0  # the bad row was never requested
+
+
+def test_a_folder_published_by_local_server_is_a_dataset_with_ranges(
+    tmp_path: Path, dest: Path
+) -> None:
+    published = tmp_path / "published"
+    (published / "sub").mkdir(parents=True)
+    data = {"a.csv": b"x,y\n1,2\n", "sub/b.bin": os.urandom(300_000)}
+    for name, body in data.items():
+        (published / name).write_bytes(body)
+    sums = "".join(f"{hashlib.sha256(b).hexdigest()}  {n}\n" for n, b in data.items())
+    (published / "SHA256SUMS").write_text(sums)
+    (tmp_path / "secret.txt").write_text("not published")
+    with rheo_nb.testing.LocalServer(folder=published) as local:
+        files = read_manifest(local.folder_url("SHA256SUMS"))
+        assert [f.url for f in files] == [local.folder_url(n) for n in data]
+        results = rheo_nb.fetch_sync(files, dest, progress=False)
+        assert [o.status for o in results] == [Status.COMPLETED] * 2
+        assert (dest / "sub" / "b.bin").read_bytes() == data["sub/b.bin"]
+        # Ranges, as a resume asks them, and nothing from outside the folder.
+        asked = urllib.request.Request(
+            local.folder_url("sub/b.bin"), headers={"Range": "bytes=10-19"}
+        )
+        with urllib.request.urlopen(asked) as resp:
+            assert resp.status == 206
+            assert resp.read() == data["sub/b.bin"][10:20]
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"{local.base_url}/folder/..%2Fsecret.txt")
 
 
 # --- properties: any text parses or raises ManifestError -----------------------------------------
