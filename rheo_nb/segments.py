@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -245,89 +244,101 @@ async def download(job: Download, split: Split, first: aiohttp.ClientResponse) -
 
 async def _coordinate(job: Download, split: Split, first: aiohttp.ClientResponse) -> None:
     ctx = job.ctx
-    # Each connection: its range, its source, and the slot it borrowed (None: the
-    # download's own slot, on the source serving the file).
-    workers: dict[asyncio.Task[None], tuple[Segment, str, str | None]] = {}
+    crew = _Crew(job, split)
+    seg = split.first_missing()
+    assert seg is not None
+    crew.spawn(seg, first, None, job.url, None)
+    last_save = ctx.clock()
+    try:
+        crew.recruit()
+        while crew.tasks:
+            finished, _ = await asyncio.wait(
+                crew.tasks, timeout=_RECRUIT_EVERY, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in finished:
+                crew.finished(task)
+            crew.recruit()
+            if ctx.clock() - last_save >= _SAVE_EVERY:
+                last_save = ctx.clock()
+                await job.dest.save(split)
+    finally:
+        await crew.stop()
+        with contextlib.suppress(DownloadError):
+            await job.dest.save(split)
+
+
+class _Crew:
+    """The connections of one split: for each, its range, its source, and the origin
+    whose slot it borrowed (None: the download's own slot, on the file's source)."""
+
+    def __init__(self, job: Download, split: Split) -> None:
+        self.job, self.split = job, split
+        self.tasks: dict[asyncio.Task[None], tuple[Segment, str, str | None]] = {}
 
     def spawn(
+        self,
         seg: Segment,
         resp: aiohttp.ClientResponse | None,
         victim: Segment | None,
         url: str,
         slot: str | None,
     ) -> None:
-        split.owned.add(id(seg))
-        task = asyncio.create_task(_fetch_range(job, split, seg, resp, victim, url))
-        workers[task] = (seg, url, slot)
+        self.split.owned.add(id(seg))
+        task = asyncio.create_task(_fetch_range(self.job, self.split, seg, resp, victim, url))
+        self.tasks[task] = (seg, url, slot)
 
-    def recruit() -> None:
-        cap = MAX_SEGMENTS if ctx.options.segments == "auto" else int(ctx.options.segments)
+    def recruit(self) -> None:
+        """More connections, as far as the caps, the probe and the free slots allow."""
+        split, options = self.split, self.job.ctx.options
+        cap = MAX_SEGMENTS if options.segments == "auto" else int(options.segments)
         if split.refused:
             cap = 1
         elif not split.ranges_ok:
             cap = min(cap, 2)  # the first connection and one probe
-        while len(workers) < cap:
-            chosen = _source(job, split, workers.values())
+        while len(self.tasks) < cap:
+            chosen = self.source()
             if chosen is None:
                 return
             url, slot = chosen
             taken = split.take()
             if taken is None:
                 if slot is not None:
-                    ctx.limiter.release(slot)
+                    self.job.ctx.limiter.release(slot)
                 return
             seg, victim = taken
-            spawn(seg, None, victim, url, slot)
+            self.spawn(seg, None, victim, url, slot)
 
-    seg = split.first_missing()
-    assert seg is not None
-    spawn(seg, first, None, job.url, None)
-    last_save = ctx.clock()
-    try:
-        recruit()
-        while workers:
-            finished, _ = await asyncio.wait(
-                workers, timeout=_RECRUIT_EVERY, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in finished:
-                done, _, slot = workers.pop(task)
-                split.owned.discard(id(done))
-                if slot is not None:
-                    ctx.limiter.release(slot)
-                task.result()  # a range that failed for good on the file's source fails it
-            recruit()
-            if ctx.clock() - last_save >= _SAVE_EVERY:
-                last_save = ctx.clock()
-                await job.dest.save(split)
-    finally:
-        for task in workers:
+    def source(self) -> tuple[str, str | None] | None:
+        """The source of one more connection and the origin whose slot it borrowed (None:
+        the download's own slot, free again); None when no source has a free slot."""
+        job, busy = self.job, list(self.tasks.values())
+        if all(slot is not None for _, _, slot in busy):
+            return job.url, None
+        limiter = job.ctx.limiter
+        per_url = Counter(url for _, url, _ in busy)
+        per_host = Counter(host_key(url) for _, url, _ in busy)
+        candidates = [job.url, *self.split.mirrors] if self.split.ranges_ok else [job.url]
+        for url in sorted(candidates, key=lambda u: per_url[u]):  # stable: the file's first
+            host = job.host if url == job.url else host_key(url)
+            if per_host[host] < limiter.share(host) and limiter.try_acquire(host):
+                return url, host
+        return None
+
+    def finished(self, task: asyncio.Task[None]) -> None:
+        seg, _, slot = self.tasks.pop(task)
+        self.split.owned.discard(id(seg))
+        if slot is not None:
+            self.job.ctx.limiter.release(slot)
+        task.result()  # a range that failed for good on the file's source fails it
+
+    async def stop(self) -> None:
+        for task in self.tasks:
             task.cancel()
-        if workers:
-            await asyncio.wait(workers)
-        for _, _, slot in workers.values():
+        if self.tasks:
+            await asyncio.wait(self.tasks)
+        for _, _, slot in self.tasks.values():
             if slot is not None:
-                ctx.limiter.release(slot)
-        with contextlib.suppress(DownloadError):
-            await job.dest.save(split)
-
-
-def _source(
-    job: Download, split: Split, running: Iterable[tuple[Segment, str, str | None]]
-) -> tuple[str, str | None] | None:
-    """The source of one more connection, and the origin whose slot it borrowed (None:
-    the download's own slot, free again); None when no source has a free slot."""
-    busy = list(running)
-    if all(slot is not None for _, _, slot in busy):
-        return job.url, None
-    limiter = job.ctx.limiter
-    per_url = Counter(url for _, url, _ in busy)
-    per_host = Counter(host_key(url) for _, url, _ in busy)
-    candidates = [job.url, *split.mirrors] if split.ranges_ok else [job.url]
-    for url in sorted(candidates, key=lambda u: per_url[u]):  # stable: the file's source first
-        host = job.host if url == job.url else host_key(url)
-        if per_host[host] < limiter.share(host) and limiter.try_acquire(host):
-            return url, host
-    return None
+                self.job.ctx.limiter.release(slot)
 
 
 async def _fetch_range(
@@ -366,24 +377,36 @@ async def _fetch_range(
                         await sink.write(tail)
         except DownloadError as exc:
             attempt += 1
-            cause = f"range {seg.position}-{seg.end - 1}: {exc.cause}"
-            try:
-                delay = ctx.policy.delay(exc, attempt)
-            except DownloadError:
-                if url == job.url:
-                    raise
-                if url in split.mirrors:  # other connections to it may have failed first
-                    split.mirrors.remove(url)
-                job.emit(
-                    events.Retrying, attempt, 0.0, f"{cause}; the range goes to another source"
-                )
+            delay = _retry_after(job, split, seg, url, exc, attempt)
+            if delay is None:
                 return
-            job.emit(events.Retrying, attempt, delay, cause)
             await asyncio.sleep(delay)
         finally:
             if resp is not None:
                 resp.close()  # a range cut short by a split leaves bytes unread
                 resp = None
+
+
+def _retry_after(
+    job: Download, split: Split, seg: Segment, url: str, exc: DownloadError, attempt: int
+) -> float | None:
+    """The wait before a failed range is tried again from ``url``; None when a mirror has
+    failed for good: it is left for the rest of the file, and its range to the others.
+
+    :raises DownloadError: the file's own source has failed for good.
+    """
+    cause = f"range {seg.position}-{seg.end - 1}: {exc.cause}"
+    try:
+        delay = job.ctx.policy.delay(exc, attempt)
+    except DownloadError:
+        if url == job.url:
+            raise
+        if url in split.mirrors:  # other connections to it may have failed first
+            split.mirrors.remove(url)
+        job.emit(events.Retrying, attempt, 0.0, f"{cause}; the range goes to another source")
+        return None
+    job.emit(events.Retrying, attempt, delay, cause)
+    return delay
 
 
 async def _open_range(
