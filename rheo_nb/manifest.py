@@ -26,6 +26,7 @@ URL's folder; each file's ``path`` keeps the sub-folders of its name.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import dataclasses
@@ -37,6 +38,7 @@ import re
 import shlex
 import shutil
 import tempfile
+import threading
 import warnings
 import weakref
 import zlib
@@ -647,7 +649,7 @@ class ParquetManifest(Sequence[File]):
 
     def owns(self, folder: Path) -> None:
         """Remove ``folder`` (a downloaded copy) once this sequence is gone."""
-        weakref.finalize(self, shutil.rmtree, folder, True)
+        weakref.finalize(self, _remove, folder)
 
     def __len__(self) -> int:
         return self._rows
@@ -708,6 +710,18 @@ class ParquetManifest(Sequence[File]):
         columns = list(dict.fromkeys(self._names.values()))
         table = pq.ParquetFile(self._path).read_row_group(group, columns=columns)
         return next(self._files(table.slice(row - first, 1), row))
+
+
+def _remove(folder: Path) -> None:
+    """Remove a downloaded manifest's folder. The sequence may be collected anywhere,
+    an event loop's thread included (a notebook cell): there the removal goes to a thread
+    of its own, which the interpreter waits for at exit."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        threading.Thread(target=shutil.rmtree, args=(folder, True), name="rheo_nb-cleanup").start()
 
 
 def _stamp(path: Path) -> tuple[int, int]:
