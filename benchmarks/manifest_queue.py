@@ -5,12 +5,15 @@ Writes a Parquet table of N rows (url, path, sha256; default one million), then 
 each in a fresh process so that one step's memory does not hide in another's peak:
 
 * ``read``: ``read_manifest`` (which checks every row) and one pass over the rows;
-* ``queue``: ``read_manifest``, then ``DownloadManager.add`` of the lazy sequence;
-* ``queue-list``: the same from a ``list`` of the rows (what ``fetch`` does today, since
-  its facade normalises items into a list before the manager sees them).
+* ``queue``: ``read_manifest``, then ``DownloadManager.add`` of the lazy sequence (which
+  the manager reads as its downloads go, a batch at a time): the rows counted in the
+  totals at once, then cancelled;
+* ``queue-list``: the same from a ``list`` of the rows (every row planned up front);
+* ``offline``: every row through the manager to its outcome, with ``offline=True`` (the
+  claim of each file, no request): what a whole run holds, one outcome per row included.
 
 The URLs point at a socket on 127.0.0.1 that listens but never answers, so queueing is
-measured, not downloading; the downloads are cancelled once queued.
+measured, not downloading.
 
     python benchmarks/manifest_queue.py [--rows 1000000] [--keep data.parquet]
 
@@ -78,10 +81,14 @@ def measure(step: str, path: Path) -> dict[str, float]:
 
         async def queue() -> int:
             with tempfile.TemporaryDirectory() as dest:
-                async with rheo_nb.DownloadManager(dest, concurrency=8) as m:
-                    ids = await m.add(items)
+                offline = step == "offline"
+                async with rheo_nb.DownloadManager(dest, concurrency=8, offline=offline) as m:
+                    await m.add(items)
+                    queued = m.stats.files
+                    if offline:
+                        return len(await m.wait())
                     await m.cancel_all()
-                    return len(ids)
+                    return queued
 
         count = asyncio.run(queue())
     return {

@@ -5,8 +5,10 @@
 >>> results = rheo_nb.fetch_sync(urls, dest="data/")    # anywhere            # doctest: +SKIP
 """
 
+from typing import TYPE_CHECKING
+
 from ._version import __version__
-from .api import Job, fetch, fetch_sync, start
+from .api import Job, clean, fetch, fetch_sync, start
 from .auth import ApiKey, BearerToken, DigestAuth, OAuth2ClientCredentials
 from .client import ClientFactory
 from .display import Display, TextProgress
@@ -40,14 +42,19 @@ from .events import (
     Started,
     Status,
     Subscription,
+    Throttled,
     Validating,
 )
 from .items import File, Outcome
 from .manager import DownloadManager
-from .manifest import read_manifest
+from .objstore import ObjectPath
 from .options import Options
 from .results import Results
 from .tracker import DownloadInfo, Stats
+
+if TYPE_CHECKING:
+    from .display.notebook import NotebookProgress
+    from .manifest import read_manifest
 
 
 def __getattr__(name: str) -> object:
@@ -56,6 +63,11 @@ def __getattr__(name: str) -> object:
         from .display.notebook import NotebookProgress
 
         return NotebookProgress
+    # The manifest readers (csv, gzip, json…): loaded when first asked for.
+    if name == "read_manifest":
+        from .manifest import read_manifest
+
+        return read_manifest
     raise AttributeError(f"module 'rheo_nb' has no attribute {name!r}")
 
 
@@ -85,6 +97,7 @@ __all__ = [
     "ManifestError",
     "NotebookProgress",
     "OAuth2ClientCredentials",
+    "ObjectPath",
     "OptionError",
     "Options",
     "Outcome",
@@ -101,10 +114,12 @@ __all__ = [
     "Status",
     "Subscription",
     "TextProgress",
+    "Throttled",
     "TooLargeError",
     "TransferError",
     "Validating",
     "__version__",
+    "clean",
     "fetch",
     "fetch_sync",
     "read_manifest",

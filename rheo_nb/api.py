@@ -18,15 +18,18 @@ from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 import aiohttp
 
-from . import format
+from . import format, objstore
 from .auth import AuthArg
 from .client import SESSION_OPTIONS, ClientFactory, NetrcArg, Verify
 from .display import Display, ProgressArg, choose
 from .display.view import fraction, percent
+from .errors import OptionError
 from .events import Status
 from .items import Items, as_files, in_memory
 from .manager import DownloadManager
+from .objstore import ObjectPath
 from .options import Options, check_names
+from .options import storage_options as checked_storage_options
 from .results import Results
 from .runner import LoopThread, run_sync
 
@@ -80,6 +83,7 @@ async def fetch(
     max_extract_size: int | None = None,
     max_extract_files: int = 1_000_000,
     offline: bool | None = None,
+    storage_options: Mapping[str, Any] | None = None,
     verify: Verify = True,
     proxy: str | None = None,
     trust_env: bool = True,
@@ -97,6 +101,10 @@ async def fetch(
 
     ``items``: URL strings, :class:`File` objects, a mapping ``{url: "sha256:…"}``, or
     outcomes of an earlier call (``results.failed``). ``dest`` is created when missing.
+    It may be a bucket, ``"s3://bucket/prefix"``: each file then streams into an object
+    under the prefix, configured by ``storage_options`` (fsspec's, as for pandas:
+    ``endpoint_url``, ``key``/``secret``, ``profile``…; without them the standard AWS
+    credential chains apply), and its path is the object's ``s3://`` URL.
     Files already complete at their path are skipped (``overwrite=True`` replaces them);
     partial files left by an interrupted run are resumed. One bad item never stops the
     others: its outcome says what went wrong.
@@ -127,7 +135,8 @@ async def fetch(
     The progress widget's Cancel button stops every download too; the call then returns,
     the unfinished files marked cancelled.
 
-    :raises DestinationError: ``dest`` cannot be created or written (before any request).
+    :raises DestinationError: ``dest`` cannot be created or written, or its bucket does
+        not exist or refuses the credentials (before any download).
     :raises OptionError: an option has an unusable value, or no option has that name.
     """
     return await _run(*_prepare(locals()))
@@ -138,15 +147,16 @@ Prepared = tuple[DownloadManager, Items, Display | None]
 
 def _prepare(call: dict[str, Any]) -> Prepared:
     """The engine, the files and the display of one call, from ``fetch``'s arguments by
-    name. Runs on the caller's thread, so a bad option or item fails there, and a warning
-    points at the caller's line. Items that may block as they are read (a Parquet
-    manifest, a generator) are left for the manager, which reads them on a thread."""
+    name. Runs on the caller's thread, so a bad option fails there, and a warning points
+    at the caller's line."""
     options = dict(call)
     items, dest = options.pop("items"), options.pop("dest")
     display = choose(options.pop("progress"))
     client = options.pop("client")
     session = {k: v for k in SESSION_OPTIONS if (v := options.pop(k)) != _SESSION_DEFAULTS[k]}
     manager = DownloadManager(dest, Options.build(**options), client=client, **session)
+    # Items in memory are checked here, on the caller's thread; a lazy source (a Parquet
+    # manifest) goes to the manager as it is, which reads it as the downloads go.
     return manager, as_files(items) if in_memory(items) else items, display
 
 
@@ -161,14 +171,13 @@ def _bind(where: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str
 async def _run(
     manager: DownloadManager, files: Items, display: Display | None, *, shown: bool = False
 ) -> Results:
-    ids: list[str] = []
     opened = interrupted = False
     try:
         async with manager:
             if display is not None:
                 display.open(manager)
                 opened = True
-            ids = await manager.add(files)
+            await manager.add(files)
             await manager.wait()
     except BaseException:
         interrupted = True
@@ -177,8 +186,8 @@ async def _run(
         # A display shown before the run (start()) is closed even when the run failed
         # before opening it, so it never stays at "starting…".
         if display is not None and (opened or shown):
-            display.close(manager.results(ids), interrupted=interrupted)
-    return manager.results(ids)
+            display.close(manager.results(), interrupted=interrupted)
+    return manager.results()
 
 
 def _with_options_of(template: Callable[P, Any]) -> Callable[[Callable[..., R]], Callable[P, R]]:
@@ -245,7 +254,7 @@ class Job:
 
     def __init__(self, manager: DownloadManager, files: Items, display: Display | None) -> None:
         self._manager, self._display = manager, display
-        self._asked = len(files) if isinstance(files, Sized) else None
+        self._asked = len(files) if isinstance(files, Sized) else 0
         show = getattr(self._display, "show", None)
         if callable(show):
             # Here, on the caller's thread: the widget must land in the cell that started
@@ -324,11 +333,8 @@ class Job:
     def __repr__(self) -> str:
         """``<Job running: 1/4 files done · 2 running · 1 queued · 6.0 MiB of 16.0 MiB (37%)>``"""
         s = self._manager.stats
-        asked = "?" if self._asked is None else str(self._asked)
         if not self.done() and s.files == 0:
-            if self._asked is None:
-                return "<Job starting>"
-            return f"<Job starting: {asked} file{'s' if self._asked != 1 else ''} queued>"
+            return f"<Job starting: {self._asked} file{'s' if self._asked != 1 else ''} queued>"
         state = "running"
         if self.done():
             future = self._thread.future
@@ -338,7 +344,7 @@ class Job:
             elif not future.cancelled() and future.exception() is not None:
                 state = "failed"
         if s.files == 0:  # stopped before its files were queued
-            return f"<Job {state}: 0/{asked} files done>"
+            return f"<Job {state}: 0/{self._asked} files done>"
         parts = [f"{s.done}/{s.files} files done"]
         parts += [
             f"{n} {word}"
@@ -380,3 +386,29 @@ def start(*args: Any, **kwargs: Any) -> Job:
         (at once, before the job starts).
     """
     return Job(*_prepare(_bind("start", args, kwargs)))
+
+
+def clean(dest: str, *, storage_options: Mapping[str, Any] | None = None) -> list[ObjectPath]:
+    """Abort the multipart uploads that interrupted downloads left under ``dest`` (an
+    ``s3://bucket/prefix``), and return the objects they were for.
+
+    A cancelled download into a bucket keeps its upload so that a rerun resumes it; an
+    upload is billed until completed or aborted, and listings do not show it. This gives
+    up on them (uploads of other tools are left alone). Blocking; works in a notebook too.
+
+    >>> rheo_nb.clean("s3://my-bucket/data", storage_options={"profile": "lab"})  # doctest: +SKIP
+    [ObjectPath('s3://my-bucket/data/imagenet/train.tar')]
+
+    :raises OptionError: ``dest`` is not an ``s3://`` URL (a local folder's partial files
+        are in its hidden ``.rheo_nb/`` folders).
+    :raises DestinationError: the bucket does not exist, refuses the credentials, or is
+        out of reach.
+    """
+    options = checked_storage_options({} if storage_options is None else storage_options)
+    target = ObjectPath.of(dest) if isinstance(dest, str) and "://" in dest else None
+    if target is None:
+        raise OptionError(
+            f"clean takes an s3:// destination, not {dest!r}: a local folder's partial "
+            "files are in its hidden .rheo_nb/ folders"
+        )
+    return run_sync(lambda: objstore.clean(target, options))

@@ -1,11 +1,12 @@
-"""The ``rheo-nb`` command: ``get`` downloads, ``demo`` shows it all on a local server.
+"""The ``rheo-nb`` command: ``get`` downloads, ``clean`` gives up on the uploads that
+interrupted downloads left in a bucket, ``demo`` shows it all on a local server.
 
 Every bad input ends in one line on stderr that names the problem and how to fix it, and
 an exit status from :class:`Exit`; no traceback reaches the user. Flags are added in
-groups (:func:`_transfer_flags`, :func:`_dataset_flags`, :func:`_private_flags`), and
-:func:`_options` turns the parsed flags into ``fetch`` options: a new flag is a line in
-each. ``-i`` inputs are this command's own 'URL [hash] [path]' lists or manifests, read
-by :func:`rheo_nb.read_manifest`.
+groups (:func:`_transfer_flags`, :func:`_dataset_flags`, :func:`_private_flags`,
+:func:`_storage_flags`), and :func:`_options` turns the parsed flags into ``fetch``
+options: a new flag is a line in each. ``-i`` inputs are this command's own
+'URL [hash] [path]' lists or manifests, read by :func:`rheo_nb.read_manifest`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .display import TextProgress
 from .errors import DestinationError, ManifestError, OptionError, RheoNbError
 from .hashing import parse_hash
 from .items import File, Items, check_headers, check_url
-from .manifest import COLUMNS, FORMATS, detect_format, read_manifest
+from .options import is_secret_option
 
 
 class Exit(IntEnum):
@@ -44,7 +45,8 @@ class Exit(IntEnum):
     #: Usage error: an unknown flag, a bad value, an unreadable URL list or manifest.
     #: Nothing was downloaded.
     USAGE = 2
-    #: The destination folder cannot be created or written. Nothing was downloaded.
+    #: The destination folder cannot be created or written, or its bucket does not exist
+    #: or refuses the credentials. Nothing was downloaded.
     DESTINATION = 3
     #: A bug in rheo_nb: the message says what happened; please report it.
     INTERNAL = 70
@@ -58,7 +60,7 @@ exit status:
   1    some downloads failed (each failure is printed on stderr, even with -q)
   2    usage error: unknown flag, bad value, unreadable URL list or manifest
        (nothing downloaded)
-  3    the destination folder cannot be created or written (nothing downloaded)
+  3    the destination (folder or bucket) cannot be used (nothing downloaded)
   70   internal error: a bug in rheo_nb, please report it
   130  interrupted (Ctrl-C): partial files are kept; run the same command to resume"""
 
@@ -120,7 +122,10 @@ def _segments(text: str) -> int | str:
 
 
 #: What ``--format`` takes: ``list`` is this command's own 'URL [hash] [path]' lines.
-INPUT_FORMATS = ("auto", "list", *FORMATS)
+#: The manifest module (csv, gzip, json…) is imported only once a manifest is read, for a
+#: quick start-up; a test pins these to its ``FORMATS`` and ``COLUMNS``.
+INPUT_FORMATS = ("auto", "list", "sums", "registry", "aria2", "csv", "tsv", "jsonl", "parquet")
+COLUMNS = ("url", "path", "hash", "mirrors")
 
 
 def _manifest_format(text: str) -> str:
@@ -167,7 +172,8 @@ def _transfer_flags(get: argparse.ArgumentParser) -> None:
         "--output",
         default=".",
         metavar="DIR",
-        help="destination folder, created when missing (default: .)",
+        help="destination folder, created when missing (default: .), or a bucket: "
+        "s3://bucket/prefix",
     )
     get.add_argument(
         "-j",
@@ -319,6 +325,26 @@ def _private_flags(get: argparse.ArgumentParser) -> None:
     )
 
 
+def _storage_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "object storage",
+        _wrap(
+            "An s3://bucket/prefix destination takes its credentials from the environment "
+            "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) or the shared "
+            "AWS config files, never from the command line."
+        ),
+    )
+    group.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an s3fs storage option, e.g. endpoint_url=http://127.0.0.1:9000 or "
+        "client_kwargs.region_name=eu-west-1 (repeatable; true/false and whole numbers "
+        "are converted)",
+    )
+
+
 def _wrap(text: str) -> str:
     # The help keeps the exit-status table as written, so prose is wrapped here.
     return textwrap.fill(text, width=78)
@@ -350,6 +376,20 @@ def _parser() -> _Parser:
     _transfer_flags(get)
     _dataset_flags(get)
     _private_flags(get)
+    _storage_flags(get)
+    clean = sub.add_parser(
+        "clean",
+        help="abort the uploads interrupted downloads left in a bucket",
+        description=_wrap(
+            "Abort the multipart uploads that interrupted downloads left under an "
+            "s3://bucket/prefix (a rerun would have resumed them), so that none is billed. "
+            "Uploads of other tools are left alone. Prints the objects they were for."
+        ),
+        epilog="example:\n  rheo-nb clean s3://my-bucket/datasets\n\n" + EXIT_STATUSES,
+        formatter_class=formatter,
+    )
+    clean.add_argument("dest", metavar="s3://BUCKET/PREFIX", help="where the downloads went")
+    _storage_flags(clean)
     demo = sub.add_parser(
         "demo",
         help="download sample files from a bundled local server (no internet needed)",
@@ -368,7 +408,7 @@ def _parser() -> _Parser:
         help="destination folder (default: a folder in your cache that the next run "
         "reuses, so a second run shows files being skipped)",
     )
-    parser.commands = {"get": get, "demo": demo}
+    parser.commands = {"get": get, "clean": clean, "demo": demo}
     return parser
 
 
@@ -376,7 +416,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if args.command is None:
-        parser.error("give a command: 'get' to download URLs, or 'demo'")
+        parser.error("give a command: 'get' to download URLs, 'clean', or 'demo'")
     if extra:
         sub = parser.commands[args.command]
         flags = [s for a in sub._actions for s in a.option_strings]
@@ -492,6 +532,8 @@ def _input(path: str, args: argparse.Namespace, client: dict[str, Any]) -> Seque
         kind = _local_format(path, kind)
         if kind == "list":
             return _read_list(path)
+    from .manifest import read_manifest
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -527,6 +569,8 @@ def _local_format(path: str, given: str) -> str:
         )
     if given != "auto":
         return given
+    from .manifest import detect_format
+
     try:
         kind = detect_format(path)
     except ManifestError:
@@ -598,13 +642,51 @@ def _private_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _storage_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``storage_options`` from ``--storage-option NAME=VALUE`` flags (dotted names nest).
+
+    :raises UsageError: a malformed flag, or a secret on the command line.
+    """
+    options: dict[str, Any] = {}
+    where = f"rheo-nb {args.command}: --storage-option"
+    for raw in args.storage_option:
+        name, equals, text = raw.partition("=")
+        path = name.strip().split(".")
+        if not equals or not all(path):
+            raise UsageError(
+                f"{where} {raw!r}: expected NAME=VALUE, e.g. endpoint_url=http://127.0.0.1:9000"
+            )
+        if is_secret_option(name):
+            raise UsageError(
+                f"{where} {name}: a secret on the command line is visible to other users; "
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the "
+                "environment instead"
+            )
+        target = options
+        for part in path[:-1]:
+            inner = target.setdefault(part, {})
+            if not isinstance(inner, dict):
+                raise UsageError(f"{where} {name}: {part} is given a value already")
+            target = inner
+        target[path[-1]] = _option_value(text)
+    return options
+
+
+def _option_value(text: str) -> Any:
+    if text in ("true", "false"):
+        return text == "true"
+    return int(text) if text.isascii() and text.isdigit() else text
+
+
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     """``fetch`` options from the flags of ``get``."""
     if args.extract_remove and not args.extract:
         raise UsageError(
             "rheo-nb get: --extract-remove deletes archives once extracted: give --extract too"
         )
+    storage = _storage_options(args)
     return {
+        **({"storage_options": storage} if storage else {}),
         "concurrency": args.concurrency,
         "retries": args.retries,
         "timeout": args.timeout,
@@ -639,6 +721,14 @@ def _get(args: argparse.Namespace) -> Exit:
     return Exit.FAILED if results.failed else Exit.OK
 
 
+def _clean(args: argparse.Namespace) -> Exit:
+    from .api import clean
+
+    for path in clean(args.dest, storage_options=_storage_options(args)):
+        print(path)
+    return Exit.OK
+
+
 def _demo(args: argparse.Namespace) -> Exit:
     from . import demo
 
@@ -650,11 +740,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``rheo-nb`` and return its exit status (:class:`Exit`)."""
     try:
         args = _parse(argv)
-        return int(_demo(args) if args.command == "demo" else _get(args))
+        run = {"get": _get, "clean": _clean, "demo": _demo}[args.command]
+        return int(run(args))
     except UsageError as exc:
         return _fail(str(exc), Exit.USAGE)
     except DestinationError as exc:
-        return _fail(f"rheo-nb: -o {exc.url}: {exc.cause}", Exit.DESTINATION)
+        where = "rheo-nb clean:" if args.command == "clean" else "rheo-nb: -o"
+        return _fail(f"{where} {exc.url}: {exc.cause}", Exit.DESTINATION)
     except RheoNbError as exc:  # an option the library refused before any download
         return _fail(f"rheo-nb: {exc}", Exit.USAGE)
     except KeyboardInterrupt as exc:

@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import netrc as netrc_module
 import os
+import socket
 import ssl
 import urllib.request
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import certifi
@@ -218,13 +220,19 @@ class ClientFactory:
             _read_netrc(self.netrc, self.trust_env),
         )
 
-    def create(self, network: Network | None = None) -> aiohttp.ClientSession:
+    def create(
+        self,
+        network: Network | None = None,
+        *,
+        socket_factory: Callable[[tuple[Any, ...]], socket.socket] | None = None,
+    ) -> aiohttp.ClientSession:
         """A new session; the caller closes it. Must run inside the loop that will use it.
 
         ``network`` is this factory's :meth:`network` (read now when not given). The
         downloads take proxies and ``.netrc`` logins from it, per request, rather than
         from aiohttp's own ``trust_env``: that keeps a login from following a redirect,
-        and lets ``netrc=False`` keep the environment's proxies.
+        and lets ``netrc=False`` keep the environment's proxies. ``socket_factory`` makes
+        the connections' sockets (a bandwidth cap keeps their receive buffers small).
         """
         if network is None:
             network = self.network()
@@ -233,6 +241,7 @@ class ClientFactory:
             limit_per_host=self.limit_per_host,
             ssl=network.tls,
             ttl_dns_cache=300,
+            socket_factory=socket_factory,
         )
         return aiohttp.ClientSession(
             connector=connector,

@@ -5,11 +5,14 @@ where its bytes land; a :class:`Destination` keeps the promises in its own terms
 
 * :class:`LocalDestination`: a part file and its resume record in the hidden working
   folder beside the final path, one writer at a time by ``flock``, an atomic rename;
-* ``objstore.ObjectDestination``: a multipart upload in a bucket, completed only once
-  verified, its record in the bucket.
+* :class:`~rheo_nb.objstore.ObjectDestination`: a multipart upload in a bucket,
+  completed only once verified, its record in the bucket.
 
 The shape below was drawn from those two: what a download asks of its destination, in
-the order it asks.
+the order it asks. The object store added what the local disk never needed: a policy
+for a download that failed for good (:attr:`Destination.keep_failed`), the boundary the
+ranges of a split must start on (:meth:`Destination.alignment`: a part), and a commit
+that may find the same file completed by another writer (:class:`Present`).
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from . import extract, files, segments
+from . import files, segments
 from .errors import DownloadError, ExtractError
 from .hashing import ExpectedHash, hash_file
 from .http import Answer, Decision, Restart
@@ -31,6 +34,9 @@ from .partfile import PartFile, Partial, Record, destination_error, destination_
 from .runner import ThreadLane
 from .segments import Segment, Split
 from .stream import Sink
+
+if TYPE_CHECKING:
+    from .objstore import ObjectPath
 
 _LOCK_POLL = (0.02, 0.5)  # first and longest wait between tries of a busy lock
 _BUSY = -1  # another writer holds the file's lock
@@ -42,6 +48,15 @@ class Skip:
 
     nbytes: int
     reason: str
+
+
+class Present(Exception):
+    """Raised from the middle of a download: a complete file is where it goes (the name
+    the server gave is taken, or another writer completed the same object): skip it."""
+
+    def __init__(self, skip: Skip) -> None:
+        super().__init__(skip.reason)
+        self.skip = skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +87,23 @@ class Resume:
 class Destination(Protocol):
     """The destination of one download (see the module docstring)."""
 
-    #: Where the file is, or will be: shown in outcomes and events.
-    path: Path
+    @property
+    def path(self) -> Path | ObjectPath:
+        """Where the file is, or will be: shown in outcomes and events."""
+        ...
+
+    #: Whether a download that fails for good after a transient error (retries
+    #: exhausted) keeps its bytes for a rerun, as a cancel does; else they are dropped.
+    keep_failed: bool
 
     @property
     def size(self) -> int:
         """Bytes of the file held so far in order from its start (a resume's offset)."""
+        ...
+
+    def alignment(self, total: int) -> int | None:
+        """What the ranges of a segmented download of ``total`` bytes must start on (a
+        multiple of it), or None when this download cannot be split."""
         ...
 
     async def claim(self, *, overwrite: bool) -> Skip | None:
@@ -123,6 +149,7 @@ class Destination(Protocol):
         """The last bytes, the length and hash checks, then the file at its path. Size.
 
         :raises IntegrityError: the bytes are not the file; nothing is at the path.
+        :raises Present: another writer put the same file there meanwhile.
         """
         ...
 
@@ -151,6 +178,8 @@ class LocalDestination:
     """A download into a local folder: a part file and its lock in the hidden working
     folder beside the final path, renamed into place once verified."""
 
+    keep_failed = True  # a partial costs nothing where it is, and a rerun resumes it
+
     def __init__(
         self,
         final: Path,
@@ -173,6 +202,9 @@ class LocalDestination:
     @property
     def size(self) -> int:
         return self.part.size
+
+    def alignment(self, total: int) -> int:
+        return segments.ALIGN
 
     # --- claim ---------------------------------------------------------------------------
 
@@ -349,6 +381,8 @@ class LocalDestination:
         return self.dest.joinpath(*folder.parts) if folder is not None else None
 
     async def extracted(self, folder: PurePosixPath | None) -> tuple[Skip, Path] | None:
+        from . import extract  # tarfile, zipfile and the codecs: only when extracting
+
         found = await self.lane.run(
             destination_errors(extract.recorded), self.final, self._target(folder)
         )
@@ -363,6 +397,8 @@ class LocalDestination:
         return Skip(nbytes, reason), target
 
     async def extract(self, folder: PurePosixPath | None, how: Unpacking) -> Path | None:
+        from . import extract  # tarfile, zipfile and the codecs: only when extracting
+
         archive, target = self.path, self._target(folder)
         kind = await self.lane.run(destination_errors(extract.archive_kind), archive)
         if kind is None:

@@ -13,7 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from .objstore import ObjectPath
+
+from .format import duration
 
 log = logging.getLogger("rheo_nb")
 
@@ -49,6 +54,7 @@ class EventType(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
+    THROTTLED = "throttled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +62,7 @@ class Queued:
     type: ClassVar[EventType] = EventType.QUEUED
     download_id: str
     url: str
-    path: Path
+    path: Path | ObjectPath
     priority: int
 
 
@@ -67,7 +73,7 @@ class Started:
     type: ClassVar[EventType] = EventType.STARTED
     download_id: str
     url: str
-    path: Path
+    path: Path | ObjectPath
     total: int | None
     resumed_from: int
 
@@ -133,7 +139,7 @@ class Completed:
     type: ClassVar[EventType] = EventType.COMPLETED
     download_id: str
     url: str
-    path: Path
+    path: Path | ObjectPath
     bytes: int
     elapsed: float
 
@@ -143,7 +149,7 @@ class Skipped:
     type: ClassVar[EventType] = EventType.SKIPPED
     download_id: str
     url: str
-    path: Path
+    path: Path | ObjectPath
     bytes: int
     reason: str
 
@@ -153,7 +159,7 @@ class Failed:
     type: ClassVar[EventType] = EventType.FAILED
     download_id: str
     url: str
-    path: Path
+    path: Path | ObjectPath
     error: str
     elapsed: float
 
@@ -163,8 +169,46 @@ class Cancelled:
     type: ClassVar[EventType] = EventType.CANCELLED
     download_id: str
     url: str
-    path: Path
+    path: Path | ObjectPath
     bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Throttled:
+    """rheo_nb changed how it treats an origin, because of how the origin answered.
+
+    ``origin`` is scheme, host and port (never user info or a path); ``concurrency`` the
+    connections it is now allowed (``previous`` before); ``delay`` the seconds every
+    request to it now waits (0: none); ``reason`` the cause in a few words (``"429"``,
+    ``"503, Retry-After"``, ``"quota spent"``). The download id and URL are those of the
+    response that led to the decision. :attr:`message` is a line a display can show::
+
+        >>> Throttled("id", "u", "https://example.org", 2, 4, "429").message
+        'example.org slowed to 2 connections: 429'
+    """
+
+    type: ClassVar[EventType] = EventType.THROTTLED
+    download_id: str
+    url: str
+    origin: str
+    concurrency: int
+    previous: int
+    reason: str
+    delay: float = 0.0
+
+    @property
+    def message(self) -> str:
+        host = self.origin.partition("://")[2] or self.origin
+        n = self.concurrency
+        conns = f"{n} connection{'s' if n != 1 else ''}"
+        wait = f", waiting {duration(self.delay)}" if self.delay > 0 else ""
+        if n < self.previous:
+            return f"{host} slowed to {conns}: {self.reason}{wait}"
+        if n > self.previous:
+            return f"{host} back up to {conns}: {self.reason}"
+        if self.delay > 0:
+            return f"{host} paused for {duration(self.delay)}: {self.reason}"
+        return f"{host} kept at {conns}: {self.reason}"
 
 
 Event = (
@@ -179,6 +223,7 @@ Event = (
     | Skipped
     | Failed
     | Cancelled
+    | Throttled
 )
 Handler = Callable[[Event], object]
 

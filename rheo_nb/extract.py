@@ -57,13 +57,14 @@ from typing import IO, Any
 
 from .errors import ExtractError
 from .files import WORKDIR
+from .options import MAX_EXTRACT_FILES
 
 #: The default cap on bytes written is this many times the archive's size…
 SIZE_RATIO = 100
 #: …and at least this much (1 GiB): small archives of very regular data expand a lot.
 SIZE_FLOOR = 1 << 30
 #: The default cap on members (files, folders and links).
-MAX_FILES = 1_000_000
+MAX_FILES = MAX_EXTRACT_FILES
 #: The hidden folder, in each destination folder, that holds rheo_nb's working files.
 WORK_DIR = WORKDIR
 

@@ -132,12 +132,20 @@ def short_name(name: str, width: int = 40) -> str:
     return name[: keep - keep // 3] + "…" + name[-(keep // 3) :]
 
 
-def shown_path(path: Path, dest: Path | None, url: str, width: int = 60) -> str:
+def shown_path(path: Path | str, dest: Path | str | None, url: str, width: int = 60) -> str:
     """How a file is named in tables and displays: its path relative to ``dest``
     (``raw/2024/a.csv``, so two ``a.csv`` stay apart), or its URL when it never had a path
-    (an item refused before any request is recorded at ``dest`` itself)."""
+    (an item refused before any request is recorded at ``dest`` itself).
+
+    A ``str`` is an object's URL in a bucket (``s3://bucket/prefix/raw/a.csv``): shown
+    by its key under the prefix ``dest``, never turned into a local path.
+    """
     if dest is not None and path == dest:
         return short_name(url, width)
-    if dest is not None and path.is_relative_to(dest):
+    if isinstance(path, str):
+        base = f"{str(dest).rstrip('/')}/" if isinstance(dest, str) else None
+        rest = path[len(base) :] if base and path.startswith(base) else path.rpartition("/")[2]
+        return short_name(rest, width)
+    if isinstance(dest, Path) and path.is_relative_to(dest):
         return short_name(path.relative_to(dest).as_posix(), width)
     return short_name(path.name, width)

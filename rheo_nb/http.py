@@ -31,6 +31,7 @@ from .errors import DownloadError, HTTPStatusError, OptionError, RedirectError, 
 from .items import SCHEMES
 from .options import Options
 from .retry import TRANSIENT_STATUSES, parse_retry_after
+from .traffic import Traffic
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 #: What aiohttp reads from a socket at a time, and so the largest chunk a body yields.
@@ -67,17 +68,24 @@ class Client:
         options: Options,
         network: Network,
         secret_params: frozenset[str] = frozenset(),
+        traffic: Traffic | None = None,
     ) -> None:
         self.session = session
         self.options = options
         self.network = network
         self.secret_params = secret_params
+        #: Pacing, pauses and backoff per origin (every request, redirects included).
+        self.traffic = traffic
         self.timeout = aiohttp.ClientTimeout(
             total=options.total_timeout, sock_connect=options.timeout, sock_read=options.timeout
         )
 
-    async def get(self, url: str, headers: Mapping[str, str]) -> aiohttp.ClientResponse:
+    async def get(
+        self, url: str, headers: Mapping[str, str], who: tuple[str, str] = ("", "")
+    ) -> aiohttp.ClientResponse:
         """GET ``url`` with credentials for its origin; the response is not yet read.
+
+        ``who``: the download id and the URL to show, for the traffic's events.
 
         :raises HTTPStatusError: 401 or 403 (final, naming the credentials sent, never
             the secret); :raises RedirectError: too many redirects, or to a refused
@@ -99,7 +107,7 @@ class Client:
             headers["Cookie"] = auth.cookie_header(self.options.cookies)
         renewed = False
         while True:
-            resp, sent = await self._send_handling_redirects(target, headers, credentials)
+            resp, sent = await self._send_handling_redirects(target, headers, credentials, who)
             if resp.status == 401 and sent is not None and credentials is not None and not renewed:
                 renewed = await self._refresh(credentials, sent, resp)
                 if renewed:
@@ -111,7 +119,11 @@ class Client:
             return resp
 
     async def _send_handling_redirects(
-        self, url: URL, headers: dict[str, str], credentials: auth.Auth | None
+        self,
+        url: URL,
+        headers: dict[str, str],
+        credentials: auth.Auth | None,
+        who: tuple[str, str],
     ) -> tuple[aiohttp.ClientResponse, auth.Request | None]:
         """Follow redirects; returns the response and, while still on the origin, the
         request as sent (what a 401 renewal needs)."""
@@ -125,7 +137,7 @@ class Client:
                     await credentials.apply(self.session, sent)
                 except auth.TokenError as exc:
                     raise _token_error(exc) from None
-            resp = await self._send_single(sent, on_origin)
+            resp = await self._send_single(sent, on_origin, who)
             if resp.status not in REDIRECTS:
                 return resp, sent if on_origin else None
             location = resp.headers.get("Location")
@@ -136,7 +148,18 @@ class Client:
                 headers = {k: v for k, v in headers.items() if k.lower() in _SAFE_ACROSS_ORIGINS}
                 on_origin = False
 
-    async def _send_single(self, sent: auth.Request, on_origin: bool) -> aiohttp.ClientResponse:
+    async def _send_single(
+        self, sent: auth.Request, on_origin: bool, who: tuple[str, str]
+    ) -> aiohttp.ClientResponse:
+        traffic = self.traffic
+        if traffic is None:
+            return await self._send(sent, on_origin)
+        ticket = await traffic.before_request(sent.url, *who)
+        resp = await self._send(sent, on_origin)
+        traffic.after_response(ticket, resp.status, resp.headers)
+        return resp
+
+    async def _send(self, sent: auth.Request, on_origin: bool) -> aiohttp.ClientResponse:
         return await self.session.get(
             sent.url,
             headers=sent.headers,

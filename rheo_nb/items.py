@@ -8,13 +8,16 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import SplitResult, urlsplit
 
 from . import files, format
 from .errors import InvalidItemError
 from .events import Status
 from .hashing import ExpectedHash, parse_hash
+
+if TYPE_CHECKING:
+    from .objstore import ObjectPath
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_URL_CHARS = re.compile(r"[\x00-\x20\x7f]")
@@ -96,12 +99,14 @@ class BadRow(File):
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What happened to one file. ``url`` is masked (safe to show); ``error`` is None
-    unless the download failed or was cancelled. ``source_url`` is the (masked) URL that
-    served the file when a mirror did; ``extracted`` the folder an archive was unpacked
-    into (None when nothing was extracted)."""
+    unless the download failed or was cancelled. ``path`` is a local ``Path``, or for an
+    object in a bucket its ``s3://bucket/key`` URL (an :class:`~rheo_nb.ObjectPath`).
+    ``source_url`` is the (masked) URL that served the file when a mirror did;
+    ``extracted`` the folder an archive was unpacked into (None when nothing was
+    extracted)."""
 
     url: str
-    path: Path
+    path: Path | ObjectPath
     status: Status
     bytes: int
     elapsed: float
@@ -117,6 +122,14 @@ class Outcome:
 
 
 Items = File | Iterable["str | File | Outcome"] | Mapping[str, "str | None"]
+
+
+def in_memory(items: Items) -> bool:
+    """True for items already in memory (a list, a tuple, a mapping, one item); any
+    other iterable is a lazy source, read as the downloads go."""
+    from .results import Results
+
+    return isinstance(items, list | tuple | str | File | Mapping | Results)
 
 
 def iter_files(items: Items) -> Iterator[File]:
@@ -150,12 +163,6 @@ def as_files(items: Items) -> list[File]:
     return list(iter_files(items))
 
 
-def in_memory(items: Items) -> bool:
-    """Whether ``items`` are already in memory (a list, a mapping, one File): reading them
-    costs no I/O. Anything else (a generator, a Parquet manifest) may block as it reads."""
-    return isinstance(items, list | tuple | str | File | Mapping)
-
-
 @dataclass(frozen=True, slots=True)
 class Planned:
     """A validated :class:`File`: where it goes and how it is checked."""
@@ -165,7 +172,7 @@ class Planned:
     url: str = field(repr=False)  # may hold a password: display_url is the one to show
     display_url: str
     relpath: PurePosixPath
-    final: Path
+    final: Path | ObjectPath
     expected: ExpectedHash | None
     headers: dict[str, str] = field(repr=False)
     #: ``scheme://host:port``: what connection limits count by.
@@ -176,13 +183,35 @@ class Planned:
     extract: bool | PurePosixPath = False
 
 
-def host_key(url: str) -> str:
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-    return f"{parts.scheme.lower()}://{parts.hostname}:{port}"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def host_key(url: str | SplitResult) -> str:
+    """The origin of ``url`` (``"https://example.org"``, ``"http://127.0.0.1:8080"``):
+    scheme, host, and the port unless it is the scheme's default. What connection limits,
+    caps and pacing count by; never user info, path or query, so it is safe to show."""
+    parts = urlsplit(url) if isinstance(url, str) else url
+    scheme, host = parts.scheme.lower(), parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    return (
+        f"{scheme}://{host}"
+        if port in (None, _DEFAULT_PORTS.get(scheme))
+        else f"{scheme}://{host}:{port}"
+    )
 
 
 def check_url(url: str, secret_params: frozenset[str] = frozenset()) -> str:
+    """``url`` when rheo_nb can download it.
+
+    :raises InvalidItemError: saying why not.
+    """
+    _check_url(url, secret_params)
+    return url
+
+
+def _check_url(url: str, secret_params: frozenset[str]) -> SplitResult:
     if not isinstance(url, str):
         raise InvalidItemError(f"URL must be a string, not {type(url).__name__}")
     if not url:
@@ -213,7 +242,7 @@ def check_url(url: str, secret_params: frozenset[str] = frozenset()) -> str:
         )
     if not parts.hostname:
         raise InvalidItemError(f"URL {format.mask_url(url, secret_params)!r} has no host")
-    return url
+    return parts
 
 
 def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -233,7 +262,7 @@ def download_id(url: str, relpath: PurePosixPath) -> str:
 
 def plan(
     file: File,
-    dest: Path,
+    dest: Path | ObjectPath,
     base_headers: Mapping[str, str],
     secret_params: frozenset[str] = frozenset(),
 ) -> Planned:
@@ -246,7 +275,8 @@ def plan(
     """
     if isinstance(file, BadRow):
         raise InvalidItemError(file.error)
-    url = check_url(file.url, secret_params)
+    url = file.url
+    parts = _check_url(url, secret_params)
     relpath = (
         files.relative_path(file.path)
         if file.path is not None
@@ -271,7 +301,7 @@ def plan(
         final=dest.joinpath(*relpath.parts),
         expected=expected,
         headers=headers,
-        host=host_key(url),
+        host=host_key(parts),
         mirrors=mirrors,
         extract=extract,
     )

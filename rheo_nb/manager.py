@@ -7,10 +7,13 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import resource
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import Callable, Iterator, Sized
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from types import TracebackType
@@ -34,21 +37,26 @@ from .events import (
 )
 from .http import Client
 from .items import File, Items, Outcome, Planned, describe, in_memory, iter_files, plan
+from .objstore import Bucket, ObjectPath
 from .options import Options, check_names
 from .queue import PriorityQueue
 from .results import Results
 from .retry import RetryPolicy
 from .runner import ThreadLane
 from .tracker import DownloadInfo, Stats, Tracker
+from .traffic import Traffic, capped_socket
 
 log = logging.getLogger("rheo_nb")
 
 #: Items queued by :meth:`DownloadManager.add` between two yields to the event loop.
 ADD_BATCH = 1024
+#: Items read from a lazy source at a time.
+PULL_BATCH = 256
 
 
 class DownloadManager:
-    """Downloads files into ``dest`` with a pool of workers, emitting typed events.
+    """Downloads files into ``dest`` (a folder, or ``s3://bucket/prefix``) with a pool of
+    workers, emitting typed events.
 
     >>> async with DownloadManager("data", concurrency=4) as m:     # doctest: +SKIP
     ...     m.on("completed", lambda e: print("done:", e.path))
@@ -61,6 +69,10 @@ class DownloadManager:
     the session keywords of :class:`~rheo_nb.ClientFactory` (``verify``, ``proxy``,
     ``trust_env``, ``netrc``, ``limit``, ``limit_per_host``), which cannot be combined
     with ``client``. A manager belongs to the event loop that entered it.
+
+    An ``s3://bucket/prefix`` destination is opened (one S3 client, the bucket and the
+    credentials checked by one request) when the manager is entered, and closed when it
+    exits; ``storage_options`` configure it.
     """
 
     def __init__(
@@ -72,7 +84,7 @@ class DownloadManager:
         clock: Callable[[], float] = time.monotonic,
         **option_changes: Any,
     ) -> None:
-        self.dest = Path(dest)
+        self.dest: Path | ObjectPath = _destination(dest)
         # None is each session setting's default: leave it to the ClientFactory.
         session_options = {
             k: v
@@ -81,6 +93,11 @@ class DownloadManager:
         }
         check_names(option_changes, Options.names() | SESSION_OPTIONS, "DownloadManager")
         self.options = Options.build(options, **option_changes)
+        if self.options.storage_options and not isinstance(self.dest, ObjectPath):
+            raise OptionError(
+                f"storage_options are for s3:// destinations; dest {str(self.dest)!r} is a "
+                "local folder"
+            )
         if client is not None and not isinstance(client, aiohttp.ClientSession | ClientFactory):
             raise OptionError("client must be an aiohttp.ClientSession or a rheo_nb.ClientFactory")
         if client is not None and session_options:
@@ -115,10 +132,14 @@ class DownloadManager:
         self.events = Emitter()
         self.tracker = Tracker(clock)
         self._queue: PriorityQueue[Planned] = PriorityQueue()
-        self._plans: dict[str, Planned] = {}
+        self._plans: dict[str, Planned] = {}  # queued and running downloads
+        #: Every download of the call, by id: what its item asked for (see _differs).
+        self._seen: dict[str, int] = {}
+        self._lazy: deque[_Lazy] = deque()
+        self._pulling = False
         self._outcomes: dict[str, Outcome] = {}
         self._order: list[str] = []
-        self._by_path: dict[Path, str] = {}
+        self._by_path: dict[Path | ObjectPath, str] = {}
         self._running: dict[str, asyncio.Task[Outcome]] = {}
         self._unfinished = 0
         self._idle: asyncio.Event | None = None
@@ -128,6 +149,7 @@ class DownloadManager:
         self._owns_session = False
         self._ctx: transfer.Context | None = None
         self._lane: ThreadLane | None = None
+        self._bucket: Bucket | None = None
         self._invalid = 0
         self._closed = False
 
@@ -141,8 +163,21 @@ class DownloadManager:
     # --- lifecycle ---------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        dest_real = await asyncio.to_thread(_prepare_dest, self.dest)
-        self.dest = dest_real
+        dest_real = None
+        if isinstance(self.dest, ObjectPath):
+            # One request checks the bucket and the credentials before any download.
+            bucket = Bucket(self.dest, self.options.storage_options)
+            self._bucket = await bucket.__aenter__()
+        else:
+            dest_real = await asyncio.to_thread(_prepare_dest, self.dest)
+            self.dest = dest_real
+        try:
+            return await self._enter(dest_real)
+        except BaseException:
+            await self._close_bucket()
+            raise
+
+    async def _enter(self, dest_real: Path | None) -> Self:
         network = Network()
         if isinstance(self._client, aiohttp.ClientSession):
             self._session = self._client
@@ -150,21 +185,28 @@ class DownloadManager:
             factory = self._client or self._factory
             assert factory is not None
             network = await asyncio.to_thread(factory.network)
-            self._session = factory.create(network)
+            capped = self.options.max_rate is not None or self.options.max_rate_per_host is not None
+            self._session = factory.create(
+                network, socket_factory=capped_socket if capped else None
+            )
             self._owns_session = True
         secrets = auth.secret_params(self.options.auth)
         self._lane = ThreadLane(asyncio.get_running_loop())
         per_host = getattr(self._session.connector, "limit_per_host", 0)
+        limiter = HostLimiter(per_host or self.options.concurrency)
+        traffic = Traffic(self.options, emit=self._emit, slots=limiter)
         self._ctx = transfer.Context(
-            http=Client(self._session, self.options, network, secrets),
+            http=Client(self._session, self.options, network, secrets, traffic),
             options=self.options,
             policy=RetryPolicy.from_options(self.options),
             emit=self._emit,
             dest=dest_real,
             lane=self._lane,
-            limiter=HostLimiter(per_host or self.options.concurrency),
+            limiter=limiter,
             clock=self._clock,
             paths=self._by_path,
+            traffic=traffic,
+            bucket=self._bucket,
         )
         self._idle = asyncio.Event()
         self._idle.set()
@@ -197,12 +239,26 @@ class DownloadManager:
                     with contextlib.suppress(Exception):
                         await self._lane.run(_remove_workdirs, folders)
                 self._lane.close()
-            if self._owns_session and self._session is not None:
-                await self._session.close()
+            try:
+                if self._owns_session and self._session is not None:
+                    await self._session.close()
+            finally:
+                await self._close_bucket()
+
+    async def _close_bucket(self) -> None:
+        bucket, self._bucket = self._bucket, None
+        if bucket is not None:
+            await bucket.close()
 
     def _drop_queued(self) -> None:
+        # A lazy source's unread items never started: they are not counted any more, and
+        # a rerun of the same source finds what is complete and resumes the rest.
+        while self._lazy:
+            self.tracker.expect(-self._lazy.popleft().announced)
         while (entry := self._queue.get_nowait()) is not None:
             self._cancel_queued(entry[0])
+        if self._idle is not None:
+            self._check_idle()
 
     # --- public API ------------------------------------------------------------------------
 
@@ -219,14 +275,26 @@ class DownloadManager:
         hash, other headers or other mirrors is refused, since only one of them could be
         honoured.
 
-        ``items`` is read lazily, ``ADD_BATCH`` at a time, and the loop is given back
-        between batches, so downloads start and displays redraw while the rest is queued.
-        A lazy source (a generator, a Parquet manifest) is read on a worker thread: reading
-        it may block.
+        A list, a tuple or a mapping is queued now, ``ADD_BATCH`` at a time, the loop
+        given back between batches. Any other iterable (a generator, a Parquet manifest of
+        a million rows) is a lazy source: it is read on a worker thread as the downloads
+        go, a batch at a time, so its items are never all in memory at once. ``add``
+        returns at once for it, with no ids (they are not known yet): its outcomes come in
+        :meth:`results` in the order of the source. Its length, when it has one, counts in
+        the totals from the start.
         """
         self._require_open()
+        if not in_memory(items):
+            announced = len(items) if isinstance(items, Sized) else 0
+            self._lazy.append(_Lazy(iter_files(items), announced))
+            self.tracker.expect(announced)
+            assert self._idle is not None
+            self._idle.clear()
+            self._queue.wake()
+            return []
         ids: list[str] = []
-        async for batch in _batches(items):
+        files = iter_files(items)
+        while batch := list(islice(files, ADD_BATCH)):
             ids.extend(self._queue_one(file) for file in batch)
             await asyncio.sleep(0)
         return ids
@@ -239,8 +307,10 @@ class DownloadManager:
         except InvalidItemError as exc:
             return self._reject(file, str(exc))
         did = planned.download_id
-        if did in self._plans:
-            differs = _differs(self._plans[did], planned)
+        seen = self._seen.get(did)
+        if seen is not None:
+            first = self._plans.get(did)
+            differs = _differs(seen, planned) if first is None else _precisely(first, planned)
             if not differs:
                 return did
             error = (
@@ -253,11 +323,12 @@ class DownloadManager:
             return self._reject(
                 file,
                 f"{planned.display_url}: {planned.relpath} is already the path of "
-                f"{self._plans[owner].display_url} in this call; give one of them "
-                "another path with File(url, path=...)",
+                f"{self._shown(owner)} in this call; give one of them another path with "
+                "File(url, path=...)",
                 planned,
             )
         self._plans[did] = planned
+        self._seen[did] = _spec(planned)
         self._by_path[planned.final] = did
         self._order.append(did)
         self._unfinished += 1
@@ -266,6 +337,55 @@ class DownloadManager:
         self._emit(Queued(did, planned.display_url, planned.final, file.priority))
         self._queue.put(did, planned, file.priority)
         return did
+
+    def _shown(self, did: str) -> str:
+        """The URL to show of a download of this call, running or finished."""
+        planned = self._plans.get(did)
+        if planned is not None:
+            return planned.display_url
+        outcome = self._outcomes.get(did)
+        return outcome.url if outcome is not None else did
+
+    async def _take(self) -> tuple[str, Planned]:
+        """The next download for a worker: from the queue, else from the lazy sources."""
+        while True:
+            entry = self._queue.get_nowait()
+            if entry is not None:
+                return entry
+            if self._lazy:
+                await self._pull()
+            else:
+                await self._queue.wait()
+
+    async def _pull(self) -> None:
+        """Queue the next batch of the first lazy source (one worker reads; the others
+        wait for what it queues)."""
+        if self._pulling:
+            await self._queue.wait()
+            return
+        self._pulling = True
+        try:
+            source = self._lazy[0]
+            try:
+                batch = await asyncio.to_thread(lambda: list(islice(source.files, PULL_BATCH)))
+            except Exception as exc:  # a manifest that breaks halfway: the rest cannot come
+                self._lazy.popleft()
+                self.tracker.expect(-source.announced)
+                text = format.mask_urls_in(str(exc), auth.secret_params(self.options.auth))
+                self._reject(File(""), f"reading the items stopped: {text}")
+                return
+            taken = min(len(batch), source.announced)
+            source.announced -= taken
+            self.tracker.expect(-taken)
+            if len(batch) < PULL_BATCH:  # the source is done; what it announced is all in
+                self._lazy.popleft()
+                self.tracker.expect(-source.announced)
+            for file in batch:
+                self._queue_one(file)
+            self._check_idle()
+        finally:
+            self._pulling = False
+            self._queue.wake()
 
     async def wait(self) -> Results:
         """Wait until every download added so far has finished; return all their outcomes."""
@@ -358,27 +478,36 @@ class DownloadManager:
 
     def _done(self, did: str, outcome: Outcome) -> None:
         self._outcomes[did] = outcome
+        self._plans.pop(did, None)  # the outcome keeps what is still worth keeping
         self._unfinished -= 1
-        if self._unfinished == 0:
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self._unfinished == 0 and not self._lazy:
             assert self._idle is not None
             self._idle.set()
 
     async def _worker(self) -> None:
         assert self._ctx is not None
         ctx = self._ctx
+        me = asyncio.current_task()
+        assert me is not None
         while True:
-            did, planned = await self._queue.get()
+            did, planned = await self._take()
             task = asyncio.create_task(transfer.download(ctx, planned), name=f"rheo_nb:{did}")
             self._running[did] = task
             try:
-                await asyncio.wait((task,))
-            except asyncio.CancelledError:
-                task.cancel()
-                while not task.done():  # its cleanup is short; a second cancel must wait too
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.wait((task,))
-                self._settle(did, planned, task)
-                raise
+                # Awaiting the task itself (cheaper than asyncio.wait for every file) also
+                # passes a cancel of this worker on to the download.
+                await task
+            except BaseException:
+                if me.cancelling():  # this worker is stopping, not just this download
+                    task.cancel()
+                    while not task.done():  # its cleanup is short; a second cancel waits too
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await asyncio.wait((task,))
+                    self._settle(did, planned, task)
+                    raise
             finally:
                 self._running.pop(did, None)
             self._settle(did, planned, task)
@@ -408,21 +537,21 @@ class DownloadManager:
         self._done(did, outcome)
 
 
-async def _batches(items: Items) -> AsyncIterator[list[File]]:
-    """``items`` as Files, ``ADD_BATCH`` at a time; a lazy source is read on a thread."""
-    files = iter_files(items)
-    here = in_memory(items)
-    while True:
-        if here:
-            batch = list(islice(files, ADD_BATCH))
-        else:
-            batch = await asyncio.to_thread(lambda: list(islice(files, ADD_BATCH)))
-        if not batch:
-            return
-        yield batch
+def _spec(p: Planned) -> int:
+    """What an item asks for beyond its URL and path, as a number: kept for every
+    download of a call (a million of them cost numbers, not objects)."""
+    return hash((p.expected, tuple(sorted(p.headers.items())), p.mirrors, p.extract))
 
 
-def _differs(first: Planned, again: Planned) -> str:
+def _differs(first: int, again: Planned) -> str:
+    """``""`` when ``again`` asks for what the first item with its URL and path did
+    (``first``: its :func:`_spec`), else what differs, in words."""
+    if first == _spec(again):
+        return ""
+    return "a different hash, headers, mirrors or extract= setting"
+
+
+def _precisely(first: Planned, again: Planned) -> str:
     """What two items for the same URL and path disagree on (``""``: nothing)."""
     if first.expected != again.expected:
         return "different hashes"
@@ -433,6 +562,15 @@ def _differs(first: Planned, again: Planned) -> str:
     if first.extract != again.extract:
         return "different extract= settings"
     return ""
+
+
+@dataclass(slots=True)
+class _Lazy:
+    """A lazy source of items, read as the downloads go."""
+
+    files: Iterator[File]
+    #: Items announced to the tracker (the source's length) and not yet read.
+    announced: int
 
 
 def _workers(concurrency: int) -> int:
@@ -453,6 +591,15 @@ def _workers(concurrency: int) -> int:
 
 #: Descriptors left to the rest of the process (the loop, the lane, the caller's files).
 _RESERVED_FDS = 64
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _destination(dest: str | os.PathLike[str]) -> Path | ObjectPath:
+    """A local folder, or the ``s3://`` URL of a bucket (never through ``pathlib``, which
+    would make ``s3://b`` into ``s3:/b``). :raises OptionError: another kind of URL."""
+    if isinstance(dest, str) and _URL.match(dest):
+        return ObjectPath.of(dest)
+    return Path(dest)
 
 
 def _remove_workdirs(folders: list[Path]) -> None:

@@ -25,15 +25,22 @@ promises in object-storage terms:
   guarded by ``If-Range``). Bytes that fall in a part already uploaded are not sent again:
   their MD5 is compared with the part's ETag, which proves the stored part holds the same
   bytes; a part that differs, or whose ETag is not an MD5 (SSE-KMS), is uploaded again.
-  Without a hash the stream continues after the parts already there.
-* **Two writers, one whole object.** Writers of one source join one upload (their parts
-  are the same bytes at the same numbers); writers of different sources use their own
-  uploads and the last completed wins, whole. A writer whose upload was completed by
-  another finds the object and says so (:class:`AlreadyComplete`).
+  Without a hash the stream continues after the parts already there, and a split that
+  was stopped asks only for the parts missing (:meth:`ObjectDestination.resumable`).
+* **Two writers, one whole object.** A call joins an upload of the same source that was
+  open when it opened the bucket (the parts are the same bytes at the same numbers);
+  writers that start together use their own uploads and the last completed wins, whole.
+  Completing aborts the other uploads of the same source: a writer whose upload was
+  aborted so, or completed by another, finds the object and says so
+  (:class:`AlreadyComplete`, a skip for the transfer).
+
+:class:`ObjectDestination` is the :class:`~rheo_nb.destination.Destination` the transfer
+writes through; :class:`ObjectPath` is what outcomes and events carry for an object.
 
 >>> async with Bucket("s3://my-bucket/data/", {"profile": "lab"}) as bucket:  # doctest: +SKIP
-...     up = await bucket.upload("train.csv", url=url, validator=etag, total=size)
-...     await up.append(chunks)           # from up.offset on
+...     up = await bucket.upload("data/train.csv", url=url)
+...     await up.start(etag, size, continuing=False)  # the response is in
+...     await up.append(chunks)           # from up.position on
 ...     await up.commit()                 # verify, then complete
 """
 
@@ -45,16 +52,28 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
-from .errors import DestinationError, IntegrityError, OptionError, TransferError
+from .destination import Present, Resume, Skip, Unpacking
+from .errors import (
+    DestinationError,
+    DownloadError,
+    ExtractError,
+    IntegrityError,
+    OptionError,
+    TransferError,
+)
 from .format import size as fmt_size
 from .hashing import ExpectedHash
+from .http import Answer, Decision, Restart
 from .partfile import url_key
+from .segments import Segment, Split
+from .stream import Sink
 
 MiB = 1 << 20
 #: Default part size; every part but the last must be at least 5 MiB on S3.
@@ -92,15 +111,72 @@ class AlreadyComplete(Exception):
 
 def split_url(url: str) -> tuple[str, str]:
     """``"s3://bucket/a/b/"`` → ``("bucket", "a/b/")``; the prefix ends in ``/`` unless empty."""
-    parts = urlsplit(url)
-    if parts.scheme != "s3" or not parts.netloc:
-        raise OptionError(f"not an s3:// destination: {url!r} (expected s3://bucket/prefix)")
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise OptionError("not an s3:// destination: the URL cannot be parsed") from None
     if parts.query or parts.fragment or "@" in parts.netloc:
         raise OptionError("an s3:// destination takes no query, fragment or credentials")
+    if parts.scheme != "s3" or not parts.netloc:
+        raise OptionError(
+            f"not an s3:// destination: {url!r}; object storage is written to as "
+            "s3://bucket/prefix (any S3-compatible store: give its endpoint_url in "
+            "storage_options)"
+        )
     prefix = parts.path.lstrip("/")
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     return parts.netloc, prefix
+
+
+class ObjectPath(str):
+    """Where an object is, or will be: its ``s3://bucket/key`` URL.
+
+    What outcomes, events and ``Results.paths`` carry for a download into a bucket: a
+    ``str``, so pandas, Dask, xarray and fsspec take it as it is (with the same
+    ``storage_options``), with the few path attributes a display needs.
+
+    >>> p = ObjectPath("s3://data/raw/2024/a.csv")
+    >>> p.bucket, p.key, p.name, p.parent
+    ('data', 'raw/2024/a.csv', 'a.csv', ObjectPath('s3://data/raw/2024'))
+    >>> pandas.read_csv(p, storage_options=options)     # doctest: +SKIP
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, url: str) -> ObjectPath:
+        """The destination ``url`` (``s3://bucket/prefix/``) checked, without a trailing
+        ``/``. :raises OptionError: not an ``s3://`` URL a bucket can be opened with."""
+        bucket, prefix = split_url(url)
+        return cls(f"s3://{bucket}/{prefix}".rstrip("/"))
+
+    @property
+    def bucket(self) -> str:
+        return self[5:].partition("/")[0]
+
+    @property
+    def key(self) -> str:
+        """The object's key in its bucket (empty for the bucket itself)."""
+        return self[5:].partition("/")[2]
+
+    @property
+    def name(self) -> str:
+        return self.key.rpartition("/")[2]
+
+    @property
+    def parent(self) -> ObjectPath:
+        folder = self.key.rpartition("/")[0]
+        return ObjectPath(f"s3://{self.bucket}/{folder}".rstrip("/"))
+
+    def joinpath(self, *parts: str) -> ObjectPath:
+        return ObjectPath("/".join([self.rstrip("/"), *parts]))
+
+    def with_name(self, name: str) -> ObjectPath:
+        return self.parent.joinpath(name)
+
+    def __repr__(self) -> str:
+        return f"ObjectPath({str(self)!r})"
 
 
 def part_size_for(total: int | None, part_size: int) -> int:
@@ -271,12 +347,16 @@ class Bucket:
         self._fs: Any = None
         self.client: Any = None
         self._errors: tuple[type[BaseException], ...] = ()
+        #: Keys with a multipart upload under the prefix when the bucket was opened
+        #: (None: too many to list at once). An upload started since belongs to a call
+        #: running now, which is not resumed but joined or outlived (see the module).
+        self._pending: set[str] | None = None
 
     def __repr__(self) -> str:
         return f"Bucket('s3://{self.name}/{self.prefix}')"
 
-    def url(self, key: str = "") -> str:
-        return f"s3://{self.name}/{key}"
+    def url(self, key: str = "") -> ObjectPath:
+        return ObjectPath(f"s3://{self.name}/{key}")
 
     def key(self, relative: str) -> str:
         return self.prefix + relative.lstrip("/")
@@ -294,12 +374,17 @@ class Bucket:
         except TypeError as exc:
             raise OptionError(f"storage_options not understood: {exc}") from None
         try:
-            await self.client.list_multipart_uploads(
-                Bucket=self.name, Prefix=self.prefix, MaxUploads=1
-            )
+            # One request checks the bucket and the credentials, and tells which keys
+            # have uploads a download may resume (most often none: no look-up per file).
+            page = await self.client.list_multipart_uploads(Bucket=self.name, Prefix=self.prefix)
         except self._errors as exc:
             await self.close()
-            raise _error(exc, self.url(self.prefix), "ListMultipartUploads") from None
+            error = _error(exc, self.url(self.prefix), "ListMultipartUploads")
+            if isinstance(error, DownloadError) and not isinstance(error, DestinationError):
+                error = DestinationError(error.url, error.cause)  # out of reach: unusable
+            raise error from None
+        if not page.get("IsTruncated"):
+            self._pending = {str(u["Key"]) for u in page.get("Uploads", [])}
         return self
 
     async def __aexit__(
@@ -314,6 +399,11 @@ class Bucket:
         client, self.client = self.client, None
         if client is not None:
             await client.close()
+
+    def started(self, key: str) -> None:
+        """An upload of ``key`` was created through this bucket: a later look-up sees it."""
+        if self._pending is not None:
+            self._pending.add(key)
 
     async def call(self, op: str, key: str, **kwargs: Any) -> Any:
         """The client's ``op`` on ``key``, its errors translated."""
@@ -437,7 +527,7 @@ class Bucket:
         if not isinstance(parts_in_flight, int) or parts_in_flight < 1:
             raise OptionError("parts_in_flight must be an int >= 1")
         up = MultipartUpload(self, key, url_key(url), expected, parts_in_flight)
-        if resume:
+        if resume and (self._pending is None or key in self._pending):
             for record in await self.records(key):
                 if up.matches(record):
                     parts = await self.list_parts(record)
@@ -482,18 +572,18 @@ class Bucket:
         return sorted(keys)
 
 
-async def clean(dest: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
-    """Abort the multipart uploads rheo_nb left under ``dest``; the keys they were for.
+async def clean(dest: str, storage_options: Mapping[str, Any] | None = None) -> list[ObjectPath]:
+    """Abort the multipart uploads rheo_nb left under ``dest``; the objects they were for.
 
     Interrupted downloads keep their uploads so that a rerun can resume them; this gives
     up on them. A bucket lifecycle rule (``AbortIncompleteMultipartUpload``) also expires
-    forgotten ones.
+    forgotten ones. (:func:`rheo_nb.clean` is the blocking call.)
 
     >>> await rheo_nb.objstore.clean("s3://my-bucket/datasets/")       # doctest: +SKIP
-    ['datasets/imagenet/train.tar']
+    [ObjectPath('s3://my-bucket/datasets/imagenet/train.tar')]
     """
     async with Bucket(dest, storage_options) as bucket:
-        return await bucket.clean()
+        return [bucket.url(key) for key in await bucket.clean()]
 
 
 # --- one download ---------------------------------------------------------------------------
@@ -526,6 +616,10 @@ class MultipartUpload:
     (a segment's bytes, each segment starting on a part boundary). :meth:`commit`
     verifies and completes; :meth:`discard` aborts; :meth:`keep` leaves the upload for a
     later run. Memory: at most ``part_size × parts_in_flight`` bytes of parts at once.
+
+    A write is interrupted (cancelled) only while it waits for a free part buffer, before
+    a part starts: what it had written is counted (:attr:`position`, or ``done``), so the
+    next write continues exactly there.
     """
 
     def __init__(
@@ -542,6 +636,7 @@ class MultipartUpload:
         self.url = url  # url_key() of the source: no secret
         self.expected = expected
         self.parts_in_flight = parts_in_flight
+        self._creating = asyncio.Lock()
         self._reset(None, None)
 
     def _reset(self, validator: str | None, total: int | None) -> None:
@@ -573,6 +668,21 @@ class MultipartUpload:
         checked against their ETag, not sent again."""
         return self._hashed
 
+    @property
+    def position(self) -> int:
+        """Where the next byte handed to :meth:`append` goes."""
+        return self.offset + self._sent
+
+    @property
+    def held(self) -> int:
+        """Bytes this upload holds or has been handed: what giving it up drops."""
+        return max(self.position, sum(p.size for p in self.parts.values()))
+
+    @property
+    def failed(self) -> bool:
+        """A part failed to upload: its bytes are lost (see :meth:`settle`)."""
+        return self._failure is not None
+
     # --- resume ------------------------------------------------------------------------
 
     def matches(self, record: Record) -> bool:
@@ -590,11 +700,36 @@ class MultipartUpload:
         self.total = record.total
         self.part_size = record.part_size
         self.parts = {n: p for n, p in parts.items() if self._is_whole(n, p.size)}
+        self._from_parts()
+
+    def _from_parts(self) -> None:
+        """Continue after the parts stored in order from the first; from 0 (re-read,
+        parts matched by MD5 rather than sent again) when a hash must see every byte."""
         done = 0
         while done // self.part_size + 1 in self.parts:
             done += self.parts[done // self.part_size + 1].size
         self.resumed = done
         self.offset = 0 if self.expected is not None else done
+        self._sent = 0
+        self._hasher = self.expected.new() if self.expected is not None else None
+        self._hashed = 0
+
+    def from_start(self) -> None:
+        """The body comes again from byte 0 (a full ``200``, the same version of the
+        source): it continues this upload all the same, each part already stored being
+        checked by its MD5 instead of sent again."""
+        self.offset = self._sent = self._hashed = 0
+        self._hasher = self.expected.new() if self.expected is not None else None
+
+    def joinable(self, validator: str | None, total: int | None) -> bool:
+        """A body from byte 0 with ``validator`` and ``total`` may continue this upload."""
+        return (
+            self.record is not None
+            and validator is not None
+            and validator == self.validator
+            and total == self.total
+            and self._sent == 0
+        )
 
     def _is_whole(self, number: int, size: int) -> bool:
         if self.total is None:
@@ -602,29 +737,43 @@ class MultipartUpload:
         start = (number - 1) * self.part_size
         return start < self.total and size == min(self.part_size, self.total - start)
 
-    async def start(self, validator: str | None, total: int | None, *, continuing: bool) -> None:
-        """The response is in: ``validator`` and ``total`` of the source, and whether the
-        body continues the upload found (a ``206`` from :attr:`offset`, same validator).
+    async def settle(self) -> None:
+        """After a part failed to upload, or ranges stopped: let the parts on their way
+        land (as :meth:`keep` does), drop those filling, and continue after what is
+        stored, as a resume from an earlier run does."""
+        await self.keep()
+        self._failure = None
+        self._from_parts()
 
-        When it does not, the upload found is given up (aborted) and the file starts at 0:
-        the source changed, or its server ignored the range.
+    async def start(self, validator: str | None, total: int | None, *, continuing: bool) -> bool:
+        """The response is in: ``validator`` and ``total`` of the source, and whether the
+        body continues this upload (a ``206`` from :attr:`position`, same validator).
+
+        When it does not, the upload is given up (aborted) and the file starts at 0: the
+        source changed, or its server ignored the range. Returns whether it continued.
         """
-        if continuing and self.record is not None and validator == self.validator:
+        if continuing and validator == self.validator and self.validator is not None:
+            if self.total is None and self.record is None:
+                self.total = total  # nothing stored was sized by it yet
             if total == self.total:
-                return
+                return True
+        await self._stop_tasks()
         if self.record is not None:
             await self.bucket.abort(self.record)
         self._reset(validator, total)
+        return False
 
     # --- bytes in ------------------------------------------------------------------------
 
     async def append(self, chunks: Sequence[bytes]) -> None:
-        """The next bytes of the stream, which started at :attr:`offset`."""
-        await self.write_at(self.offset + self._sent, chunks)
+        """The next bytes of the stream, from :attr:`position` on."""
+        await self.write_at(self.position, chunks)
 
-    async def write_at(self, offset: int, chunks: Sequence[bytes]) -> None:
+    async def write_at(
+        self, offset: int, chunks: Sequence[bytes], done: Callable[[int], None] | None = None
+    ) -> None:
         """Bytes starting at ``offset``: the start of a part, or where an earlier call of
-        the same segment stopped."""
+        the same segment stopped. ``done(n)`` is told of each piece as it is written."""
         await self._check()
         for chunk in chunks:
             view = memoryview(chunk)
@@ -637,7 +786,7 @@ class MultipartUpload:
                         raise ValueError(
                             f"bytes at {offset} do not continue a part of {self.where}"
                         )
-                    await self._slots.acquire()
+                    await self._slots.acquire()  # the one place a write may be cancelled
                     buf = self._open[number] = _Buffer(number)
                 elif within != len(buf):
                     raise ValueError(f"bytes at {offset} do not continue part {number}")
@@ -655,21 +804,13 @@ class MultipartUpload:
                     self._hashed += take
                 offset += take
                 self._sent += take
+                if done is not None:
+                    done(take)
                 view = view[take:]
                 if len(buf) == self.part_size or offset == self.total:
-                    await self._part_full(self._open.pop(number))
+                    self._part_full(self._open.pop(number))
 
-    def rewind(self, offset: int) -> int:
-        """A segment's stream broke at ``offset``: drop its unfinished part; where to resume."""
-        number = offset // self.part_size + 1
-        buf = self._open.pop(number, None)
-        if buf is not None:
-            self._slots.release()
-            self._sent -= len(buf)
-            return offset - len(buf)
-        return offset
-
-    async def _part_full(self, buf: _Buffer) -> None:
+    def _part_full(self, buf: _Buffer) -> None:
         if self.record is None and self.total is not None and self.total <= self.part_size:
             self._open[buf.number] = buf  # the whole file: one PutObject at commit
             return
@@ -679,17 +820,33 @@ class MultipartUpload:
             if match and buf.md5() == match[1]:
                 self._slots.release()  # the stored part already holds these bytes
                 return
-        if self.record is None:
-            await self._create()
+        # Created and sent by a task, so that a write never stops between taking a
+        # part's bytes and handing them over.
         task = asyncio.create_task(self._send_part(buf), name=f"rheo_nb part {buf.number}")
         self._tasks.add(task)
         task.add_done_callback(self._part_done)
+
+    async def _created(self) -> Record:
+        """The multipart upload, created (with its record) by the first part to need it."""
+        async with self._creating:
+            if self.record is None:
+                creation = asyncio.ensure_future(self._create())
+                try:
+                    await asyncio.shield(creation)
+                except asyncio.CancelledError:
+                    # Its requests are on their way: let them land, so that the upload
+                    # and its record are known (kept, or aborted by whoever cancelled).
+                    await asyncio.wait((creation,))
+                    raise
+            assert self.record is not None
+            return self.record
 
     async def _create(self) -> None:
         meta = self._metadata()
         resp = await self.bucket.call("create_multipart_upload", self.key, Metadata=meta)
         upload_id = str(resp["UploadId"])
-        self.record = Record(
+        self.bucket.started(self.key)
+        record = Record(
             upload_id,
             self.key,
             self.url,
@@ -698,13 +855,22 @@ class MultipartUpload:
             self.part_size,
             str(self.expected) if self.expected else None,
         )
-        # Written even without a validator (no resume then): clean() knows its uploads by it.
-        await self.bucket.call(
-            "put_object",
-            record_key(self.key, upload_id),
-            Body=self.record.to_json(),
-            ContentType="application/json",
-        )
+        try:
+            # Written even without a validator (no resume then): clean() knows its uploads
+            # by it.
+            await self.bucket.call(
+                "put_object",
+                record_key(self.key, upload_id),
+                Body=record.to_json(),
+                ContentType="application/json",
+            )
+        except BaseException:
+            # The record's PUT failed, perhaps after it landed: neither the upload nor its
+            # record may outlive this.
+            with contextlib.suppress(Exception):
+                await self.bucket.abort(record)
+            raise
+        self.record = record
 
     def _metadata(self) -> dict[str, str]:
         meta = {f"{_META}source": self.url}
@@ -713,14 +879,14 @@ class MultipartUpload:
         return meta
 
     async def _send_part(self, buf: _Buffer) -> None:
-        assert self.record is not None
         size = len(buf)
         buf.data.seek(0)
         try:
+            record = await self._created()
             resp = await self.bucket.call(
                 "upload_part",
                 self.key,
-                UploadId=self.record.upload_id,
+                UploadId=record.upload_id,
                 PartNumber=buf.number,
                 Body=buf.data,
                 ContentLength=size,
@@ -762,8 +928,8 @@ class MultipartUpload:
         the size."""
         if self.total is None and self._open:  # the stream's end says where the file ends
             last = max(self._open)
-            if self.record is not None or last > 1:
-                await self._part_full(self._open.pop(last))
+            if self.record is not None or self._tasks or self.parts or last > 1:
+                self._part_full(self._open.pop(last))
         if self._tasks:
             await asyncio.wait(set(self._tasks))
         await self._check()
@@ -829,8 +995,9 @@ class MultipartUpload:
         assert self.record is not None
         with contextlib.suppress(DestinationError):
             await self.bucket.call("delete_object", record_key(self.key, self.record.upload_id))
+        self.record = None  # completed: nothing of it is left to abort
         for record in await self.bucket.records(self.key):
-            if record.url == self.url and record.upload_id != self.record.upload_id:
+            if record.url == self.url:
                 await self.bucket.abort(record)
 
     async def discard(self) -> None:
@@ -863,3 +1030,239 @@ class MultipartUpload:
         for _ in self._open:
             self._slots.release()
         self._open.clear()
+
+
+# --- the destination of one download ------------------------------------------------------------
+
+
+class ObjectDestination:
+    """A download into a bucket (:class:`~rheo_nb.destination.Destination`): its bytes go
+    into a :class:`MultipartUpload` of the final key, completed only once verified.
+
+    Nothing here touches the local disk: the resume record is in the bucket, so any
+    machine with the credentials (a cluster worker, a new notebook server) can continue.
+    """
+
+    #: A download that failed for good aborts its upload: an incomplete upload is billed
+    #: and invisible in listings, unlike a local partial. A cancel keeps it.
+    keep_failed = False
+
+    def __init__(
+        self,
+        bucket: Bucket,
+        path: ObjectPath,
+        url: str,
+        expected: ExpectedHash | None,
+        *,
+        parts_in_flight: int = PARTS_IN_FLIGHT,
+    ) -> None:
+        self.bucket, self.path, self.url, self.expected = bucket, path, url, expected
+        self.parts_in_flight = parts_in_flight
+        self.up = self._fresh()
+        self._dropped = 0  # bytes of an upload given up by a rename, for the next restart
+        self._split = False  # ranges were written: what is stored is not one prefix
+
+    def _fresh(self) -> MultipartUpload:
+        return MultipartUpload(
+            self.bucket, self.path.key, url_key(self.url), self.expected, self.parts_in_flight
+        )
+
+    @property
+    def size(self) -> int:
+        return self.up.position
+
+    def alignment(self, total: int) -> int | None:
+        # The in-order hash would see only the first range: the rest would have to be
+        # fetched twice (see the object-storage docs for the figures). One stream then.
+        if self.expected is not None:
+            return None
+        return part_size_for(total, self.bucket.part_size)
+
+    async def claim(self, *, overwrite: bool) -> Skip | None:
+        if not overwrite and (skip := await self._present(self.path)) is not None:
+            return skip
+        self.up = await self.bucket.upload(
+            self.path.key,
+            url=self.url,
+            expected=self.expected,
+            parts_in_flight=self.parts_in_flight,
+        )
+        return None
+
+    async def _present(self, path: ObjectPath, note: str = "") -> Skip | None:
+        size = await self.bucket.existing(path.key, expected=self.expected)
+        if size is None:
+            return None
+        how = f", {self.expected.algorithm} verified" if self.expected is not None else ""
+        return Skip(size, f"already downloaded{how}{note}")
+
+    async def rename(self, name: str, *, overwrite: bool) -> Skip | None:
+        """The key becomes ``name`` in the same folder. An upload belongs to one key: one
+        the claim found under the URL's name cannot become the server's, so it is given
+        up and the file fetched again (once: the next attempt asks for the new key)."""
+        target = self.path = self.path.with_name(name)
+        if not overwrite and (skip := await self._present(target, f" as {name}")) is not None:
+            return skip
+        old = self.up
+        if old.record is not None or old.position:
+            self._dropped = old.held
+            await old.discard()
+            self.up = self._fresh()
+            raise Restart(f"the server names it {name}; the upload kept was for another name")
+        self.up = await self.bucket.upload(
+            target.key, url=self.url, expected=self.expected, parts_in_flight=self.parts_in_flight
+        )
+        return None
+
+    async def resumable(
+        self, url: str, sources: tuple[str, ...], *, no_split: bool
+    ) -> Resume | None:
+        up = self.up
+        if up.failed or self._split:
+            # A part was lost, or ranges were written out of order: continue after what
+            # is stored, as a later run would.
+            self._split = False
+            await up.settle()
+        if up.record is None and up.position == 0:
+            return None
+        if not up.validator:
+            raise Restart("the server gave no validator to continue the upload with")
+        validator = up.validator
+        if up.url != url_key(url):  # the upload came from another of the file's sources
+            if up.url not in {url_key(s) for s in sources}:
+                raise Restart("the upload kept is of another file")
+            if self.expected is not None:
+                validator = ""  # the hash checks the result: no If-Range across sources
+            elif not validator.startswith('"'):
+                raise Restart("the upload kept came from another source, without a strong ETag")
+        split = None if no_split or self.expected is not None else self._stored_split()
+        if split is not None:
+            seg = split.first_missing()
+            assert seg is not None
+            return Resume((seg.position, seg.end - 1), validator, up.total, split)
+        return Resume((up.position, None), validator, up.total)
+
+    async def extracted(self, folder: PurePosixPath | None) -> tuple[Skip, Path] | None:
+        return None
+
+    async def extract(self, folder: PurePosixPath | None, how: Unpacking) -> Path | None:
+        raise ExtractError(
+            how.label,
+            "extraction into object storage is not available yet: download the archive to "
+            "a local folder to extract it",
+        )
+
+    def _stored_split(self) -> Split | None:
+        """The split that fetches only the parts missing from the upload, when parts past
+        the first gap are stored (a segmented download was stopped); else None."""
+        up = self.up
+        total, size = up.total, up.part_size
+        if total is None or not any(n * size > up.position for n in up.parts):
+            return None
+        segments: list[Segment] = []
+        for start in range(0, total, size):
+            end = min(start + size, total)
+            done = end - start if start // size + 1 in up.parts else 0
+            last = segments[-1] if segments else None
+            if last is not None and (last.done == last.size) == (done > 0):
+                last.end, last.done = end, last.done + done  # a run of stored or missing
+            else:
+                segments.append(Segment(start, end, done))
+        if all(s.remaining == 0 for s in segments):
+            return None
+        assert up.validator is not None
+        return Split(segments, total, up.validator, up.url, ranges_ok=True, align=size)
+
+    async def restart(self) -> int:
+        dropped, self._dropped = self.up.held + self._dropped, 0
+        await self.up.start(None, None, continuing=False)
+        return dropped
+
+    async def stream(self, url: str, answer: Answer) -> Sink:
+        up = self.up
+        if answer.decision is Decision.FULL:
+            if up.joinable(answer.validator, answer.total):
+                up.from_start()
+            else:
+                await up.start(answer.validator, answer.total, continuing=False)
+        else:
+            total = up.position if answer.decision is Decision.COMPLETE else answer.total
+            if not await up.start(answer.validator, total, continuing=True):
+                raise Restart("the upload kept does not match the file any more")
+        return _UploadSink(up)
+
+    async def open_split(self, split: Split) -> None:
+        up = self.up
+        self._split = True
+        if split.done:  # the parts missing from an upload found (:meth:`resumable`)
+            if not await up.start(split.validator, split.total, continuing=True):
+                raise Restart("the upload kept does not match the file any more")
+        elif up.joinable(split.validator, split.total):
+            up.from_start()
+        else:
+            await up.start(split.validator, split.total, continuing=False)
+
+    def range_sink(self, split: Split, seg: Segment) -> Sink:
+        return _UploadRange(self.up, seg)
+
+    async def save(self, split: Split) -> None:
+        """Nothing to write: S3 lists the parts stored (``ListParts``)."""
+
+    async def commit(self, tail: list[bytes], total: int | None, split: Split | None) -> int:
+        up = self.up
+        if tail:
+            await up.append(tail)
+        with _completed_elsewhere():
+            return await up.commit()
+
+    async def stop(self, *, keep: bool) -> None:
+        if keep:
+            await self.up.keep()
+        else:
+            await self.up.discard()
+
+
+@contextlib.contextmanager
+def _completed_elsewhere() -> Iterator[None]:
+    """Another writer completed the object while this one wrote it: a skip, not an error
+    (found at the commit, or at a write once the upload it fed was aborted by that
+    writer's completion)."""
+    try:
+        yield
+    except AlreadyComplete as done:
+        raise Present(Skip(done.size, "completed by another writer at the same time")) from None
+
+
+class _UploadSink:
+    """The stream loop's sink for a whole body: the next parts of the upload."""
+
+    keep_partial = True
+
+    def __init__(self, up: MultipartUpload) -> None:
+        self.up = up
+
+    def room(self) -> None:
+        return None
+
+    async def write(self, chunks: list[bytes]) -> None:
+        with _completed_elsewhere():
+            await self.up.append(chunks)
+
+
+class _UploadRange:
+    """The stream loop's sink for one range of a split; each range starts on a part."""
+
+    keep_partial = True
+
+    def __init__(self, up: MultipartUpload, seg: Segment) -> None:
+        self.up, self.seg = up, seg
+
+    def room(self) -> int:
+        return self.seg.end - self.seg.position
+
+    async def write(self, chunks: list[bytes]) -> None:
+        with _completed_elsewhere():
+            await self.up.write_at(self.seg.position, chunks, self._done)
+
+    def _done(self, n: int) -> None:
+        self.seg.done += n

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -11,10 +12,11 @@ from typing import Any, Literal
 
 from .auth import Auth, check_cookies, coerce
 from .errors import OptionError
-from .extract import MAX_FILES
 from .format import MASK
 
 MiB = 1 << 20
+#: The default cap on the members of an archive (``max_extract_files``).
+MAX_EXTRACT_FILES = 1_000_000
 
 #: Names of storage options whose values are secrets (s3fs's ``key``/``secret``/``token``,
 #: botocore's ``aws_secret_access_key``, Azure's ``account_key``/``sas_token``…).
@@ -33,6 +35,11 @@ class StorageOptions(dict[str, Any]):
 
     def __repr__(self) -> str:
         return repr(_masked(self))
+
+
+def is_secret_option(name: str) -> bool:
+    """Whether the storage option ``name`` (or a part of a dotted name) holds a secret."""
+    return _SECRET_OPTION.search(name) is not None
 
 
 def _masked(options: Mapping[Any, Any]) -> dict[Any, Any]:
@@ -54,6 +61,78 @@ def storage_options(value: object) -> StorageOptions:
             "fsspec/s3fs (e.g. {'endpoint_url': 'http://127.0.0.1:9000'})"
         )
     return StorageOptions(value)
+
+
+#: Rate units: bare letters are 1024-based as curl and wget read them (``20M``, ``500k``);
+#: ``kB``/``MB``/``GB``/``TB`` are SI (1000-based); ``KiB``/``MiB``/``GiB``/``TiB`` are
+#: 1024-based; ``kbit``/``Mbit``/``Gbit`` are bits (an eighth of the SI bytes).
+_RATE_UNITS: dict[str, float] = {
+    "": 1,
+    "B": 1,
+    **{c: 1024.0**i for i, c in enumerate("KMGTP", 1)},
+    **{c.lower(): 1024.0**i for i, c in enumerate("KMGTP", 1)},
+    **{f"{c}B": 1000.0**i for i, c in enumerate("kMGT", 1)},
+    "KB": 1000.0,
+    **{f"{c}iB": 1024.0**i for i, c in enumerate("KMGT", 1)},
+    "bit": 1 / 8,
+    **{f"{c}bit": 1000.0**i / 8 for i, c in enumerate("kMG", 1)},
+    "Kbit": 1000.0 / 8,
+}
+_RATE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*(?:/\s*s)?\s*")
+
+
+def parse_rate(value: int | float | str, name: str = "max_rate") -> int:
+    """Bytes per second from ``value``: a number, or text as curl and wget spell it.
+
+    >>> parse_rate("20M"), parse_rate("20MB/s"), parse_rate("500KiB/s"), parse_rate(4096)
+    (20971520, 20000000, 512000, 4096)
+
+    Bare suffixes (``k``, ``M``, ``G``, ``T``, ``P``, either case) are 1024-based, as in
+    ``curl --limit-rate`` and ``wget --limit-rate``; ``kB``, ``MB``, ``GB``, ``TB`` are
+    1000-based; ``KiB``, ``MiB``, ``GiB``, ``TiB`` 1024-based; ``kbit``, ``Mbit``, ``Gbit``
+    are bits. ``/s`` may follow. Raises :class:`OptionError` for anything else, and for
+    rates under one byte per second.
+    """
+    if isinstance(value, bool):
+        raise OptionError(f"{name} must be bytes per second, not a bool")
+    if isinstance(value, int | float):
+        rate = float(value)
+    elif isinstance(value, str):
+        m = _RATE.fullmatch(value)
+        factor = _RATE_UNITS.get(m.group(2)) if m else None
+        if m is None or factor is None:
+            raise OptionError(
+                f"{name}={value!r} is not a rate: write bytes per second as a number, or "
+                'as "20M" (1024-based, as curl), "20MB/s" (1000-based), "20MiB/s" '
+                '(1024-based) or "100Mbit/s"'
+            )
+        rate = float(m.group(1)) * factor
+    else:
+        raise OptionError(f"{name} must be an int or a string such as '20MB/s' (or None)")
+    if not math.isfinite(rate) or rate < 1:
+        raise OptionError(f"{name} must be at least 1 byte per second (None: no limit)")
+    return round(rate)
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise OptionError(message)
+
+
+def _whole(name: str, value: object, what: str, least: int = 0, none: bool = False) -> None:
+    """A count: an int of at least ``least`` (None too when ``none``), never a bool."""
+    if value is None and none:
+        return
+    # bool is an int to isinstance; concurrency=True is a mistake, not "1".
+    _need(not isinstance(value, bool), f"{name} must be a number, not a bool")
+    _need(isinstance(value, int) and value >= least, f"{name} must be {what}")
+
+
+def _number(value: object, above: float | None = None) -> bool:
+    """An int or a float (not a bool), at least 0, or more than ``above`` when given."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return value > above if above is not None else value >= 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,7 +188,7 @@ class Options:
     #: archive's size, and at least 1 GiB: see :func:`rheo_nb.extract.size_limit`).
     max_extract_size: int | None = None
     #: Refuse an archive with more members (files, folders and links) than this.
-    max_extract_files: int = MAX_FILES
+    max_extract_files: int = MAX_EXTRACT_FILES
     #: Delete an archive once it is extracted (a ``File``'s ``extract_remove`` wins).
     extract_remove: bool = False
     #: Unpack every archive of the call once it is complete, into a folder beside it
@@ -120,30 +199,19 @@ class Options:
     #: hash when one is given), the others fail with "offline: not downloaded". None: as
     #: the ``RHEO_NB_OFFLINE`` environment variable says (``1``: offline).
     offline: bool | None = None
+    #: Most bytes per second for the whole call, across every connection and file: an
+    #: int, or a string such as ``"20MB/s"``, ``"500KiB/s"`` or ``"20M"`` (see
+    #: :func:`parse_rate`: bare suffixes are 1024-based, as in curl). Stored as an int.
+    max_rate: int | float | str | None = None
+    #: The same for each origin (scheme, host and port) on its own.
+    max_rate_per_host: int | float | str | None = None
+    #: Most request starts per second to each origin (HEAD, GET and ranges alike), evenly
+    #: spaced (None: no pacing).
+    requests_per_second: float | None = None
 
     def __post_init__(self) -> None:
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise OptionError(message)
-
-        # bool is an int to isinstance; concurrency=True is a mistake, not "1".
-        for name in (
-            "concurrency",
-            "retries",
-            "max_size",
-            "max_redirects",
-            "chunk_size",
-            "segments",
-            "max_extract_size",
-            "max_extract_files",
-        ):
-            need(not isinstance(getattr(self, name), bool), f"{name} must be a number, not a bool")
-
-        need(
-            isinstance(self.concurrency, int) and self.concurrency >= 1,
-            "concurrency must be an int >= 1",
-        )
-        need(isinstance(self.retries, int) and self.retries >= 0, "retries must be an int >= 0")
+        _whole("concurrency", self.concurrency, "an int >= 1", least=1)
+        _whole("retries", self.retries, "an int >= 0")
         for name in (
             "timeout",
             "backoff",
@@ -152,49 +220,26 @@ class Options:
             "low_speed_time",
             "progress_interval",
         ):
-            value = getattr(self, name)
-            need(isinstance(value, int | float) and value >= 0, f"{name} must be a number >= 0")
-        need(self.timeout > 0, "timeout must be > 0 seconds")
+            _need(_number(getattr(self, name)), f"{name} must be a number >= 0")
+        _need(self.timeout > 0, "timeout must be > 0 seconds")
         # Type checks first, so a wrong type is an OptionError rather than a TypeError.
-        need(
-            self.total_timeout is None
-            or (isinstance(self.total_timeout, int | float) and self.total_timeout > 0),
+        _need(
+            self.total_timeout is None or _number(self.total_timeout, above=0),
             "total_timeout must be > 0 or None",
         )
-        need(
-            self.max_size is None or (isinstance(self.max_size, int) and self.max_size >= 0),
-            "max_size must be an int >= 0 or None",
-        )
-        need(
-            isinstance(self.low_speed_limit, int | float) and self.low_speed_limit >= 0,
-            "low_speed_limit must be >= 0 (0 turns the check off)",
-        )
-        need(
-            isinstance(self.max_redirects, int) and self.max_redirects >= 0,
-            "max_redirects must be an int >= 0",
-        )
-        need(
-            isinstance(self.chunk_size, int) and self.chunk_size >= 4096,
-            "chunk_size must be an int of at least 4096 bytes",
-        )
-        need(
-            self.segments == "auto" or (isinstance(self.segments, int) and self.segments >= 1),
-            "segments must be 'auto' or an int >= 1",
-        )
-        need(
-            self.max_extract_size is None
-            or (isinstance(self.max_extract_size, int) and self.max_extract_size >= 1),
-            "max_extract_size must be an int >= 1 (bytes) or None",
-        )
-        need(
-            isinstance(self.max_extract_files, int) and self.max_extract_files >= 1,
-            "max_extract_files must be an int >= 1",
-        )
-        need(isinstance(self.extract_remove, bool), "extract_remove must be True or False")
-        need(
+        _whole("max_size", self.max_size, "an int >= 0 or None", none=True)
+        _need(_number(self.low_speed_limit), "low_speed_limit must be >= 0 (0 turns the check off)")
+        _whole("max_redirects", self.max_redirects, "an int >= 0")
+        _whole("chunk_size", self.chunk_size, "an int of at least 4096 bytes", least=4096)
+        if self.segments != "auto":
+            _whole("segments", self.segments, "'auto' or an int >= 1", least=1)
+        _whole("max_extract_size", self.max_extract_size, "an int >= 1 (bytes) or None", 1, True)
+        _whole("max_extract_files", self.max_extract_files, "an int >= 1", least=1)
+        _need(isinstance(self.extract_remove, bool), "extract_remove must be True or False")
+        _need(
             isinstance(self.extract, bool), "extract must be True or False (a File takes a folder)"
         )
-        need(
+        _need(
             self.offline is None or isinstance(self.offline, bool),
             "offline must be True, False or None",
         )
@@ -202,7 +247,24 @@ class Options:
             object.__setattr__(
                 self, "offline", os.environ.get("RHEO_NB_OFFLINE", "").strip() not in ("", "0")
             )
-        need(isinstance(self.headers, Mapping), "headers must be a mapping of names to values")
+        for name in ("max_rate", "max_rate_per_host"):
+            value = getattr(self, name)
+            if value is not None:
+                rate = parse_rate(value, name)
+                object.__setattr__(self, name, rate)
+                # A cap under the low-speed floor would end every download as too slow.
+                _need(
+                    not self.low_speed_limit or rate >= self.low_speed_limit,
+                    f"{name}={rate} B/s is under low_speed_limit={self.low_speed_limit} B/s, "
+                    "so every download would be ended as too slow: raise the rate, or lower "
+                    "low_speed_limit (0 turns the check off)",
+                )
+        rps = self.requests_per_second
+        _need(
+            rps is None or (_number(rps, above=0) and math.isfinite(rps)),
+            "requests_per_second must be a number > 0 or None",
+        )
+        _need(isinstance(self.headers, Mapping), "headers must be a mapping of names to values")
         object.__setattr__(self, "headers", dict(self.headers))
         object.__setattr__(self, "auth", coerce(self.auth))
         object.__setattr__(self, "cookies", check_cookies(self.cookies))
@@ -223,7 +285,16 @@ class Options:
         return cls(**{**current, **changes})
 
 
-_NULLABLE = frozenset({"max_size", "total_timeout", "max_extract_size"})
+_NULLABLE = frozenset(
+    {
+        "max_size",
+        "total_timeout",
+        "max_extract_size",
+        "max_rate",
+        "max_rate_per_host",
+        "requests_per_second",
+    }
+)
 
 
 def check_names(given: Iterable[str], known: Iterable[str], where: str) -> None:

@@ -319,7 +319,9 @@ class PartFile:
         self.record = None
 
     def _drop_record(self) -> None:
-        if not self.unique:
+        # Only a record this run wrote or found: a small file, which never has one, is
+        # spared a system call that could only fail.
+        if self.record is not None and not self.unique:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.record_path)
         self.record = None

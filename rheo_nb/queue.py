@@ -35,12 +35,16 @@ class PriorityQueue(Generic[T]):
             return False
         count = self._queued[item_id] = next(self._counter)
         heapq.heappush(self._heap, (-priority, count, item_id, item))
-        # Wake every waiter: the losers simply wait again, and no wake-up is lost when a
-        # woken worker is cancelled before it takes the item.
+        self.wake()
+        return True
+
+    def wake(self) -> None:
+        """Wake every waiter (an item was put, or more may come from elsewhere): the
+        losers simply wait again, and no wake-up is lost when a woken worker is cancelled
+        before it takes the item."""
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
-        return True
 
     def remove(self, item_id: str) -> bool:
         """Drop a queued id; return False when it was not queued."""
@@ -62,9 +66,13 @@ class PriorityQueue(Generic[T]):
             entry = self.get_nowait()
             if entry is not None:
                 return entry
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                self._waiters.remove(waiter)
+            await self.wait()
+
+    async def wait(self) -> None:
+        """Until the next :meth:`put` or :meth:`wake`."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            self._waiters.remove(waiter)

@@ -6,12 +6,15 @@ import html
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import overload
+from typing import TYPE_CHECKING, overload
 
 from . import format
 from .errors import DownloadsFailed
 from .events import Status
 from .items import Outcome
+
+if TYPE_CHECKING:
+    from .objstore import ObjectPath
 
 #: Rows shown by ``_repr_html_`` and ``repr`` before the rest is summarised as a count.
 MAX_ROWS = 30
@@ -35,13 +38,16 @@ class Results(Sequence[Outcome]):
     >>> results.raise_for_errors()                               # doctest: +SKIP
     >>> rheo_nb.fetch_sync(results.failed, dest="data")          # re-run only those
 
-    In a notebook a ``Results`` renders as a table. ``dest``: the folder the paths are
-    relative to, in tables (``raw/2024/one.bin``); without it a table shows file names.
+    In a notebook a ``Results`` renders as a table. ``dest``: the folder (or the
+    ``s3://bucket/prefix`` of a bucket) the paths are relative to, in tables
+    (``raw/2024/one.bin``); without it a table shows file names.
     """
 
     __slots__ = ("_outcomes", "dest")
 
-    def __init__(self, outcomes: Sequence[Outcome] = (), *, dest: Path | None = None) -> None:
+    def __init__(
+        self, outcomes: Sequence[Outcome] = (), *, dest: Path | ObjectPath | None = None
+    ) -> None:
         self._outcomes = tuple(outcomes)
         self.dest = dest
 
@@ -79,8 +85,9 @@ class Results(Sequence[Outcome]):
         return self._like([o for o in self._outcomes if not o.status.ok])
 
     @property
-    def paths(self) -> list[Path]:
-        """Paths of the files on disk (completed and skipped)."""
+    def paths(self) -> list[Path | ObjectPath]:
+        """Paths of the files on disk (completed and skipped); for a bucket, the objects'
+        ``s3://`` URLs, which pandas, Dask and fsspec open as they are."""
         return [o.path for o in self._outcomes if o.status.ok]
 
     @property

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,8 @@ MiB = 1 << 20
 MIN_SEGMENT = 8 * MiB
 #: Most connections one file uses on its own.
 MAX_SEGMENTS = 16
-_ALIGN = 64 * 1024
+#: Where ranges of a local file start (a multiple of it): whole pages of the part file.
+ALIGN = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -89,27 +91,32 @@ def restore(raw: list[list[int]], total: int) -> list[Segment] | None:
     return segments if position == total and segments else None
 
 
-def cut(segments: list[Segment], min_size: int = MIN_SEGMENT) -> tuple[Segment, Segment] | None:
+def cut(
+    segments: list[Segment], min_size: int = MIN_SEGMENT, align: int = ALIGN
+) -> tuple[Segment, Segment] | None:
     """Where to split for an idle connection, without splitting yet: the segment with
     the most bytes left (the victim), and the new segment that would take the second
-    half of what it has left. None when nothing is worth splitting."""
+    half of what it has left, starting on a multiple of ``align`` (an object store's
+    part). None when nothing is worth splitting."""
     victim = max(segments, key=lambda s: s.remaining, default=None)
     if victim is None or victim.remaining < 2 * min_size:
         return None
     middle = victim.position + victim.remaining // 2
-    middle = -(-middle // _ALIGN) * _ALIGN
+    middle = -(-middle // align) * align
     if middle >= victim.end:
         return None
     return victim, Segment(middle, victim.end)
 
 
-def steal(segments: list[Segment], min_size: int = MIN_SEGMENT) -> Segment | None:
+def steal(
+    segments: list[Segment], min_size: int = MIN_SEGMENT, align: int = ALIGN
+) -> Segment | None:
     """Split the segment with the most bytes left, for an idle connection (see :func:`cut`).
 
     The victim keeps the first half of what it has left; the returned new segment takes
     the second half. The caller inserts the new segment into its list in order.
     """
-    planned = cut(segments, min_size)
+    planned = cut(segments, min_size, align)
     if planned is None:
         return None
     victim, new = planned
@@ -145,6 +152,8 @@ class Split:
     refused: bool = False
     hasher: Any = None  # fed by the range at ``hashed`` while the file is contiguous
     hashed: int = 0
+    #: New ranges start on a multiple of it (the destination's :meth:`alignment`).
+    align: int = ALIGN
     #: Other sources of the file its ranges may also come from (with a hash only).
     mirrors: list[str] = field(default_factory=list)
     #: Some bytes came from a mirror (a failed hash is then worth one more try alone).
@@ -168,7 +177,7 @@ class Split:
         seg = next((s for s in self.segments if s.remaining and id(s) not in self.owned), None)
         if seg is not None:
             return seg, None
-        planned = cut(self.segments)
+        planned = cut(self.segments, align=self.align)
         if planned is None:
             return None
         victim, new = planned
@@ -190,10 +199,17 @@ class Split:
 
 
 def plan(
-    total: int | None, validator: str | None, url: str, accept_ranges: str, segments: object
+    total: int | None,
+    validator: str | None,
+    url: str,
+    accept_ranges: str,
+    segments: object,
+    align: Callable[[int], int | None] = lambda total: ALIGN,
 ) -> Split | None:
     """The split of a fresh download, or None when it stays on one stream: too small,
-    ``segments=1``, or a server that offers no usable validator or no byte ranges."""
+    ``segments=1``, a server that offers no usable validator or no byte ranges, or a
+    destination that cannot take ranges (``align(total)`` None; else new ranges start on
+    its multiples)."""
     if (
         total is None
         or total < 2 * MIN_SEGMENT
@@ -202,7 +218,10 @@ def plan(
         or accept_ranges.lower() != "bytes"
     ):
         return None
-    return Split([Segment(0, total)], total, validator, url_key(url))
+    unit = align(total)
+    if unit is None:
+        return None
+    return Split([Segment(0, total)], total, validator, url_key(url), align=unit)
 
 
 def resumable(record: Record, size: int) -> Split | None:
@@ -372,7 +391,7 @@ async def _fetch_range(
                         victim = None
                     split.mirrored |= url != job.url
                     batch = WriteBatch(ctx.write_size)
-                    tail = await pump(resp.content, sink, job.meter, dog, batch)
+                    tail = await pump(resp.content, sink, job.meter, dog, batch, job.bucket(url))
                     if tail:
                         await sink.write(tail)
         except DownloadError as exc:
@@ -422,7 +441,7 @@ async def _open_range(
     asked = (seg.position, seg.end - 1)
     sent = split.validator if url == job.url else ""
     headers = {**job.headers, **range_headers(asked, sent)}
-    resp = await job.ctx.http.get(url, headers)
+    resp = await job.ctx.http.get(url, headers, job.who)
     try:
         answer = decide(
             resp.status, resp.reason or "", resp.headers, asked, sent or None, split.total

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Protocol
@@ -21,6 +22,7 @@ import aiohttp
 from .errors import TooLargeError, TransferError
 from .events import Event, Progress
 from .format import size
+from .traffic import READ_SIZE, TokenBucket
 
 
 class Sink(Protocol):
@@ -122,12 +124,15 @@ class Watchdog:
     ...     dog.bytes += len(chunk)                   # the stream loop counts
     """
 
-    __slots__ = ("_handle", "_mark", "_task", "_tripped", "bytes", "limit", "window")
+    __slots__ = ("_handle", "_mark", "_task", "_tripped", "bytes", "limit", "waited", "window")
 
     def __init__(self, limit: float, window: float) -> None:
         self.limit = limit
         self.window = window
         self.bytes = 0
+        #: Seconds the stream spent waiting for a bandwidth cap's tokens: not the
+        #: server's slowness, so not held against it.
+        self.waited = 0.0
         self._mark = 0
         self._task: asyncio.Task[object] | None = None
         self._handle: asyncio.TimerHandle | None = None
@@ -140,7 +145,8 @@ class Watchdog:
         return self
 
     def _check(self) -> None:
-        if self.bytes - self._mark >= self.limit * self.window:
+        waited, self.waited = self.waited, 0.0
+        if self.bytes - self._mark >= self.limit * (self.window - waited):
             self._mark = self.bytes
             assert self._task is not None
             self._handle = asyncio.get_running_loop().call_later(self.window, self._check)
@@ -169,12 +175,19 @@ class Watchdog:
 
 
 async def pump(
-    content: aiohttp.StreamReader, sink: Sink, meter: Meter, dog: Watchdog, batch: WriteBatch
+    content: aiohttp.StreamReader,
+    sink: Sink,
+    meter: Meter,
+    dog: Watchdog,
+    batch: WriteBatch,
+    bucket: TokenBucket | None = None,
 ) -> list[bytes]:
     """Read ``content`` into ``sink`` until the body ends or the sink has no more room.
 
-    Returns the bytes read but not yet written (the caller writes them with its last
-    step). Raises :class:`TransferError` when a range's body ends before the range does.
+    With a ``bucket`` (a bandwidth cap), tokens are taken for the bytes about to be read
+    before reading them. Returns the bytes read but not yet written (the caller writes
+    them with its last step). Raises :class:`TransferError` when a range's body ends
+    before the range does.
     """
     try:
         while True:
@@ -183,7 +196,10 @@ async def pump(
                 room -= batch.nbytes
                 if room <= 0:
                     break
-            chunk, end_of_chunk = await content.readchunk()
+            if bucket is None:
+                chunk, end_of_chunk = await content.readchunk()
+            else:
+                chunk, end_of_chunk = await _capped_read(content, bucket, dog, room), False
             if not chunk:
                 if end_of_chunk:  # the boundary of a chunked body: more follows
                     continue
@@ -207,3 +223,15 @@ async def pump(
                 await sink.write(batch.take())
         raise
     return batch.take()
+
+
+async def _capped_read(
+    content: aiohttp.StreamReader, bucket: TokenBucket, dog: Watchdog, room: int | None
+) -> bytes:
+    """The next bytes of a capped stream: tokens first, then at most that many bytes."""
+    t0 = time.monotonic()
+    n = await bucket.take(READ_SIZE if room is None else min(room, READ_SIZE))
+    dog.waited += time.monotonic() - t0
+    chunk = await content.read(n)
+    bucket.refund(n - len(chunk))
+    return chunk

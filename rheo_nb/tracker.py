@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .events import (
     Cancelled,
@@ -30,6 +31,9 @@ from .events import (
     Validating,
 )
 
+if TYPE_CHECKING:
+    from .objstore import ObjectPath
+
 #: Speeds are averaged over this many seconds.
 SPEED_WINDOW = 3.0
 _SAMPLE_EVERY = 0.1
@@ -42,7 +46,7 @@ class DownloadInfo:
 
     download_id: str
     url: str
-    path: Path
+    path: Path | ObjectPath
     priority: int = 0
     status: Status = Status.QUEUED
     bytes: int = 0
@@ -105,11 +109,22 @@ class Stats:
         return self.completed + self.skipped
 
 
+#: Finished downloads whose record :attr:`Tracker.downloads` keeps (the most recent);
+#: older ones are forgotten, so that a million files cost counts, not records.
+KEEP_FINISHED = 10_000
+
+
 class Tracker:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
+        #: The record of every download queued or running, and of the last
+        #: :data:`KEEP_FINISHED` finished ones (failed ones stay in :attr:`failures`).
         self.downloads: dict[str, DownloadInfo] = {}
         self.failures: list[DownloadInfo] = []
+        self._files = 0
+        #: Files announced but not yet queued (a lazy source of known length).
+        self._pending = 0
+        self._finished: deque[str] = deque()
         self._counts = dict.fromkeys(Status, 0)
         self._running: dict[str, DownloadInfo] = {}  # in the order they started
         self._bytes_done = 0
@@ -156,6 +171,7 @@ class Tracker:
                 self._t0 = now
             info = DownloadInfo(event.download_id, event.url, event.path, event.priority)
             self.downloads[event.download_id] = info
+            self._files += 1
             self._counts[Status.QUEUED] += 1
             self._unknown_sizes += 1
             return
@@ -234,6 +250,16 @@ class Tracker:
         info.speed = 0.0
         info.validating = False
         info.extracting = None
+        self._finished.append(info.download_id)
+        if len(self._finished) > KEEP_FINISHED:
+            self.downloads.pop(self._finished.popleft(), None)
+
+    def expect(self, n: int) -> None:
+        """``n`` more files are coming (a lazy source of known length): count them in the
+        totals (sizes unknown) until they are queued; a negative ``n`` takes back files
+        announced, once they are queued or known not to come."""
+        n = max(n, -self._pending)
+        self._pending += n
 
     def _sample(self, now: float) -> None:
         samples = self._samples
@@ -256,22 +282,24 @@ class Tracker:
     def stats(self) -> Stats:
         now = self.clock()
         c = self._counts
-        total = self._known_total if self._unknown_sizes == 0 else None
+        total = self._known_total if self._unknown_sizes == 0 and not self._pending else None
         speed = self.speed()
         elapsed = 0.0 if self._t0 is None else now - self._t0
-        unfinished = c[Status.QUEUED] + c[Status.RUNNING]
+        queued = c[Status.QUEUED] + self._pending
+        unfinished = queued + c[Status.RUNNING]
+        files = self._files + self._pending
         eta: float | None = None
         if unfinished == 0:
-            eta = 0.0 if self.downloads else None
+            eta = 0.0 if files else None
         elif total is not None and speed > 0:
             eta = max(0.0, total - self._bytes_done - self._abandoned) / speed
         elif elapsed > 1:
-            done = len(self.downloads) - unfinished
+            done = files - unfinished
             if done:
                 eta = unfinished * elapsed / done
         return Stats(
-            files=len(self.downloads),
-            queued=c[Status.QUEUED],
+            files=files,
+            queued=queued,
             running=c[Status.RUNNING],
             completed=c[Status.COMPLETED],
             skipped=c[Status.SKIPPED],

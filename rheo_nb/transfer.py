@@ -22,17 +22,19 @@ import aiohttp
 
 from . import events, segments
 from .client import HostLimiter
-from .destination import Destination, LocalDestination, Resume, Skip, Unpacking
+from .destination import Destination, LocalDestination, Present, Resume, Unpacking
 from .errors import DestinationError, DownloadError, IntegrityError, TooLargeError
 from .events import Status
 from .files import name_from_disposition
 from .format import mask_url, size
 from .http import Answer, Client, Decision, Restart, decide, range_headers
 from .items import Outcome, Planned, host_key
+from .objstore import Bucket, ObjectDestination, ObjectPath
 from .options import Options
 from .retry import RetryPolicy, is_transient
 from .runner import ThreadLane
 from .stream import Meter, Watchdog, WriteBatch, pump
+from .traffic import TokenBucket, Traffic
 
 #: Bytes all connections may hold in memory before writing, together; each connection
 #: writes once it holds its share (at most ``Options.chunk_size``), which keeps memory
@@ -49,12 +51,14 @@ class Context:
     options: Options
     policy: RetryPolicy
     emit: Callable[[events.Event], None]
-    dest: Path  # real path of the destination folder
+    dest: Path | None  # real path of the destination folder (None: a bucket)
     lane: ThreadLane
     limiter: HostLimiter
     clock: Callable[[], float] = time.monotonic
+    #: Caps, pacing and backoff per origin (None: none of it asked for).
+    traffic: Traffic | None = None
     #: Final paths of this call and the download writing each (server-given names too).
-    paths: dict[Path, str] = field(default_factory=dict)
+    paths: dict[Path | ObjectPath, str] = field(default_factory=dict)
     #: Folders already created and found inside ``dest``: checked once per call.
     checked_dirs: set[Path] = field(default_factory=set)
 
@@ -63,7 +67,16 @@ class Context:
         share = _WRITE_BUDGET // max(1, self.limiter.total_in_use)
         return max(_MIN_WRITE, min(self.options.chunk_size, share))
 
+    #: The bucket of an ``s3://`` destination, opened for the call.
+    bucket: Bucket | None = None
+
     def destination(self, p: Planned) -> Destination:
+        """Where ``p``'s bytes go: a multipart upload into the call's bucket, or a part
+        file in the destination folder."""
+        if isinstance(p.final, ObjectPath):
+            assert self.bucket is not None
+            return ObjectDestination(self.bucket, p.final, p.url, p.expected)
+        assert self.dest is not None
         return LocalDestination(
             p.final, dest=self.dest, lane=self.lane, checked=self.checked_dirs, expected=p.expected
         )
@@ -76,14 +89,6 @@ async def download(ctx: Context, p: Planned) -> Outcome:
 
 class _Offline(DownloadError):
     """Offline mode, and the file is not complete here (what is kept stays kept)."""
-
-
-class _Present(Exception):
-    """The file the server named (Content-Disposition) is already complete: skip it."""
-
-    def __init__(self, skip: Skip) -> None:
-        super().__init__(skip.reason)
-        self.skip = skip
 
 
 class Download:
@@ -102,6 +107,7 @@ class Download:
         )
         self.headers = {"Accept-Encoding": "identity", **p.headers}
         self.sources = (p.url, *p.mirrors)
+        self.who = (p.download_id, p.display_url)  # for the traffic's events
         self.url, self.host = p.url, p.host  # the source being tried (a mirror, maybe)
         self.resumed = False  # this attempt continues an earlier partial
         self.no_split = False  # ranges failed once: one stream from now on
@@ -116,6 +122,12 @@ class Download:
 
     def received(self) -> int:
         return self.meter.received
+
+    def bucket(self, url: str | None = None) -> TokenBucket | None:
+        """The bandwidth cap the streams from ``url`` (default: the current source) take
+        tokens from, if any."""
+        traffic = self.ctx.traffic
+        return None if traffic is None else traffic.bucket(url or self.url)
 
     def started(self, total: int | None, resumed_from: int) -> None:
         self.meter.total, self.meter.received = total, resumed_from
@@ -160,7 +172,7 @@ class Download:
                 nbytes = await self._sources()
             if unpack is not None:
                 self.extracted = await self.dest.extract(self._folder(), unpack)
-        except _Present as present:
+        except Present as present:
             skip = present.skip
             await self.dest.stop(keep=False)
         except asyncio.CancelledError:
@@ -169,7 +181,8 @@ class Download:
             raise
         except DownloadError as exc:
             exc.attach(p.display_url)
-            await self.dest.stop(keep=is_transient(exc) or isinstance(exc, _Offline))
+            keep = (is_transient(exc) and self.dest.keep_failed) or isinstance(exc, _Offline)
+            await self.dest.stop(keep=keep)
             self.emit(events.Failed, p.final, str(exc), ctx.clock() - t0)
             return self._outcome(Status.FAILED, self.meter.received, t0, str(exc))
         except BaseException:
@@ -188,7 +201,7 @@ class Download:
         sources = self.sources
         failures: list[str] = []
         for number, url in enumerate(sources, 1):
-            self.url, self.host = url, host_key(url)
+            self.url, self.host = url, p.host if number == 1 else host_key(url)
             await limiter.acquire(self.host)
             try:
                 return await self._attempts()
@@ -266,7 +279,7 @@ class Download:
         opts = ctx.options
         async with Watchdog(opts.low_speed_limit, opts.low_speed_time) as dog:
             with ctx.http.errors(self.received):
-                resp = await ctx.http.get(self.url, headers)
+                resp = await ctx.http.get(self.url, headers, self.who)
                 try:
                     answer, split = await self._receive(resp, resume)
                     if split is None:
@@ -285,19 +298,26 @@ class Download:
     ) -> tuple[Answer, segments.Split | None]:
         """Decide what the answer means; the split to run, or None for one stream."""
         p, opts = self.planned, self.ctx.options
-        answer = decide(
-            resp.status,
-            resp.reason or "",
-            resp.headers,
-            resume.asked if resume is not None else None,
-            resume.validator or None if resume is not None else None,
-            resume.total if resume is not None else None,
-            verifiable=p.expected is not None,
-        )
+        verifiable = p.expected is not None
+        if resume is None:
+            answer = decide(resp.status, resp.reason or "", resp.headers, None, None)
+        else:
+            asked, sent, total = resume.asked, resume.validator or None, resume.total
+            answer = decide(
+                resp.status,
+                resp.reason or "",
+                resp.headers,
+                asked,
+                sent,
+                total,
+                verifiable=verifiable,
+            )
+            if answer.decision is Decision.FULL:
+                # The range was refused (a changed file, or no range support): from zero.
+                # A range from 0 is a resume too: an upload's parts are checked against it.
+                await self._restart(answer.reason)
         if answer.decision is Decision.RESTART:
             raise Restart(answer.reason)
-        if answer.decision is Decision.FULL and resume is not None and resume.asked[0] > 0:
-            await self._restart(answer.reason)  # the server ignored the range: from zero
         total = answer.total
         if opts.max_size is not None and total is not None and total > opts.max_size:
             raise TooLargeError(cause=f"file is {size(total)}, over max_size={size(opts.max_size)}")
@@ -309,7 +329,10 @@ class Download:
         if answer.decision is not Decision.FULL or self.no_split:
             return answer, None
         ranges = resp.headers.get("Accept-Ranges", "")
-        return answer, segments.plan(total, answer.validator, self.url, ranges, opts.segments)
+        split = segments.plan(
+            total, answer.validator, self.url, ranges, opts.segments, self.dest.alignment
+        )
+        return answer, split
 
     async def _stream(self, resp: aiohttp.ClientResponse, answer: Answer, dog: Watchdog) -> int:
         """The body (or the rest of it) on one connection, then verify and commit."""
@@ -321,7 +344,8 @@ class Download:
         tail: list[bytes] = []
         if answer.decision is not Decision.COMPLETE:
             self.started(total, offset)
-            tail = await pump(resp.content, sink, self.meter, dog, WriteBatch(ctx.write_size))
+            batch = WriteBatch(ctx.write_size)
+            tail = await pump(resp.content, sink, self.meter, dog, batch, self.bucket())
         if p.expected is not None:
             self.emit(events.Validating)
         return await self.dest.commit(tail, total, None)
@@ -342,4 +366,4 @@ class Download:
             )
         skip = await self.dest.rename(name, overwrite=self.ctx.options.overwrite)
         if skip is not None:
-            raise _Present(skip)
+            raise Present(skip)

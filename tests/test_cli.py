@@ -7,6 +7,7 @@ on any traceback; what it saw (input, exit status, message) is written to
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -17,14 +18,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
+from faults import closed_port
+from s3 import PART, attempt, pending
 from server import Server, Spec
 
 import rheo_nb
-from rheo_nb import __version__
+from rheo_nb import __version__, objstore
 from rheo_nb.cli import EXIT_STATUSES, Exit, main
+from rheo_nb.testing import S3Server
 
 #: The installed console script, beside the interpreter running the tests.
 SCRIPT = Path(sys.executable).with_name("rheo-nb")
@@ -38,11 +43,19 @@ def command() -> list[str]:
 def environment() -> dict[str, str]:
     env = {**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
     env.pop("RHEO_NB_TEST_UNSET", None)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        env.pop(name, None)
+    # Without credentials, botocore would ask an instance metadata service: not here.
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    env["AWS_CONFIG_FILE"] = env["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
     return env
 
 
 def run(
-    *args: str, stdin: str | None = None, cwd: Path | None = None
+    *args: str,
+    stdin: str | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*command(), *args],
@@ -50,7 +63,7 @@ def run(
         capture_output=True,
         text=True,
         timeout=60,
-        env=environment(),
+        env={**environment(), **(env or {})},
         cwd=cwd,
         check=False,
     )
@@ -323,6 +336,19 @@ def test_offline_sends_no_request_and_fails_what_is_missing(
     assert capsys.readouterr().err.splitlines() == [f"failed: {b}: offline: not downloaded"]
 
 
+def test_the_format_and_column_names_are_the_manifest_readers() -> None:
+    from rheo_nb import cli, manifest
+
+    assert cli.INPUT_FORMATS == ("auto", "list", *manifest.FORMATS)
+    assert cli.COLUMNS == manifest.COLUMNS
+
+
+def test_the_command_starts_without_the_manifest_readers() -> None:
+    code = "import sys, rheo_nb.cli; print('rheo_nb.manifest' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"
+
+
 def test_version_and_help() -> None:
     proc = run("--version")
     assert proc.returncode == 0
@@ -525,7 +551,7 @@ ROWS = [
         "no-command",
         (),
         Exit.USAGE,
-        "rheo-nb: give a command: 'get' to download URLs, or 'demo'; see 'rheo-nb --help'",
+        "rheo-nb: give a command: 'get' to download URLs, 'clean', or 'demo'; see 'rheo-nb --help'",
     ),
     Row(
         "unknown-command",
@@ -582,6 +608,49 @@ ROWS = [
         "rheo-nb get: --ca {tmp}/nosuch.pem: no such file",
     ),
     Row(
+        "bucket-of-another-kind",
+        ("get", "{url}", "-o", "gs://bucket/data"),
+        Exit.USAGE,
+        "rheo-nb: not an s3:// destination: 'gs://bucket/data'; object storage is written to "
+        "as s3://bucket/prefix (any S3-compatible store: give its endpoint_url in "
+        "storage_options)",
+    ),
+    Row(
+        "storage-option-without-value",
+        ("get", "{url}", "-o", "s3://bucket/data", "--storage-option", "endpoint_url"),
+        Exit.USAGE,
+        "rheo-nb get: --storage-option 'endpoint_url': expected NAME=VALUE, e.g. "
+        "endpoint_url=http://127.0.0.1:9000",
+    ),
+    Row(
+        "storage-option-secret",
+        ("get", "{url}", "-o", "s3://bucket/data", "--storage-option", "secret=hush"),
+        Exit.USAGE,
+        "rheo-nb get: --storage-option secret: a secret on the command line is visible to "
+        "other users; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the "
+        "environment instead",
+    ),
+    Row(
+        "storage-option-for-a-folder",
+        ("get", "{url}", "-o", "{tmp}/out", "--storage-option", "endpoint_url=http://127.0.0.1:9"),
+        Exit.USAGE,
+        "rheo-nb: storage_options are for s3:// destinations; dest '{tmp}/out' is a local folder",
+    ),
+    Row(
+        "bucket-without-credentials",
+        ("get", "{url}", "-o", "s3://bucket/data", "--storage-option", "endpoint_url={closed}"),
+        Exit.DESTINATION,
+        "rheo-nb: -o s3://bucket/data/: no S3 credentials found: set key/secret in "
+        "storage_options, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile",
+    ),
+    Row(
+        "clean-a-folder",
+        ("clean", "{tmp}"),
+        Exit.USAGE,
+        "rheo-nb: clean takes an s3:// destination, not '{tmp}': a local folder's partial "
+        "files are in its hidden .rheo_nb/ folders",
+    ),
+    Row(
         "proxy-password",
         ("get", "--proxy", "http://me:secret@127.0.0.1:3128", "{url}"),
         Exit.USAGE,
@@ -619,6 +688,7 @@ def test_bad_input_gets_one_line_and_its_exit_status(
         "url": server.url("fine.bin"),
         "gone": server.url("gone.bin", status=404),
         "file": str(blocker),
+        "closed": f"http://127.0.0.1:{closed_port()}",
     }
     args = [a.format(**names) for a in row.args]
     proc = run(*args, cwd=tmp_path)
@@ -633,7 +703,13 @@ def test_bad_input_gets_one_line_and_its_exit_status(
         assert lines[0].startswith(message)
     else:
         assert message in lines
-    placeholders = {"tmp": "$TMP", "url": "URL", "gone": "URL-of-a-404", "file": "$TMP/afile.txt"}
+    placeholders = {
+        "tmp": "$TMP",
+        "url": "URL",
+        "gone": "URL-of-a-404",
+        "file": "$TMP/afile.txt",
+        "closed": "http://127.0.0.1:PORT",
+    }
     shown = " ".join(["rheo-nb", *(a.format(**placeholders) for a in row.args)])
     first = lines[0] if row.match != "among" else message
     for real, placeholder in ((names["gone"], "URL-of-a-404"), (str(tmp_path), "$TMP")):
@@ -700,3 +776,85 @@ def test_an_internal_error_is_one_line_with_status_70(
         f"rheo-nb: internal error (RuntimeError: planted); this is a bug in rheo_nb "
         f"{__version__}: please report it with the command that caused it"
     ]
+
+
+# --- into a bucket ---------------------------------------------------------------------------
+
+
+def test_get_into_a_bucket_then_again_then_clean(
+    s3_server: S3Server, s3_bucket: str, s3: Any, server: Server
+) -> None:
+    url, gone = server.url("a.bin", 300_000), server.url("b.bin", status=404)
+    flags = ["--storage-option", f"endpoint_url={s3_server.endpoint_url}"]
+    flags += ["--storage-option", f"client_kwargs.region_name={s3_server.region}"]
+    env = {
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+    }
+    dest = f"s3://{s3_bucket}/cli"
+    first = run("get", url, "-o", dest, *flags, env=env)
+    assert first.returncode == Exit.OK, first.stderr
+    assert s3.get_object(Bucket=s3_bucket, Key="cli/a.bin")["Body"].read() == server.content(
+        "a.bin", 300_000
+    )
+    assert "1 completed" in first.stderr
+    again = run("get", url, gone, "-o", dest, *flags, env=env)
+    assert again.returncode == Exit.FAILED
+    assert "1 skipped, 1 failed" in again.stderr
+    assert s3_server.secret_key not in first.stderr + again.stderr
+    s3.create_multipart_upload(Bucket=s3_bucket, Key="cli/foreign.bin")  # not rheo_nb's
+    cut = server.route_url("truncate", "left.bin", 2 * PART + 1, cut=PART + 10)
+
+    async def interrupted() -> None:  # an upload kept for a rerun, with its record
+        async with objstore.Bucket(dest, s3_server.storage_options, part_size=PART) as b:
+            with pytest.raises(rheo_nb.TransferError):
+                await attempt(b, "cli/left.bin", cut)
+
+    asyncio.run(interrupted())
+    assert pending(s3, s3_bucket) == ["cli/foreign.bin", "cli/left.bin"]
+    cleaned = run("clean", dest, *flags, env=env)
+    assert (cleaned.returncode, cleaned.stderr) == (Exit.OK, "")
+    assert cleaned.stdout.splitlines() == [f"{dest}/left.bin"]
+    assert pending(s3, s3_bucket) == ["cli/foreign.bin"]
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        (
+            "wrong-secret",
+            "rheo-nb: -o s3://{bucket}/cli/: S3 refused the credentials "
+            "(SignatureDoesNotMatch on ListMultipartUploads): check the access key and "
+            "secret (storage_options, the environment or the profile)",
+        ),
+        (
+            "no-bucket",
+            "rheo-nb: -o s3://no-such-bucket/cli/: bucket 'no-such-bucket' does not exist "
+            "(ListMultipartUploads)",
+        ),
+        (
+            "clean-no-bucket",
+            "rheo-nb clean: s3://no-such-bucket/cli/: bucket 'no-such-bucket' does not exist "
+            "(ListMultipartUploads)",
+        ),
+    ],
+)
+def test_a_bucket_that_cannot_be_used_is_one_line_and_status_3(
+    case: str, message: str, s3_server: S3Server, s3_bucket: str, server: Server
+) -> None:
+    secret = "wrong-" + s3_server.secret_key[6:]
+    env = {
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": secret if case == "wrong-secret" else s3_server.secret_key,
+    }
+    bucket = s3_bucket if case == "wrong-secret" else "no-such-bucket"
+    flags = ["--storage-option", f"endpoint_url={s3_server.endpoint_url}"]
+    args = ["clean"] if case.startswith("clean") else ["get", server.url("x.bin"), "-o"]
+    proc = run(*args, f"s3://{bucket}/cli", *flags, env=env)
+    assert "Traceback" not in proc.stderr
+    assert (proc.returncode, proc.stderr.splitlines()) == (
+        Exit.DESTINATION,
+        [message.format(bucket=s3_bucket)],
+    )
+    assert secret not in proc.stderr
+    assert server.count() == 0

@@ -24,6 +24,7 @@ from rheo_nb.events import (
     Skipped,
     Started,
     Status,
+    Throttled,
     Validating,
 )
 
@@ -40,6 +41,7 @@ ONE_OF_EACH: list[Event] = [
     Failed("id", "u", P, "boom", 1.0),
     Skipped("id", "u", P, 10, "already downloaded"),
     Cancelled("id", "u", P, 3),
+    Throttled("id", "u", "https://example.org", 2, 4, "429", 0.5),
 ]
 
 
@@ -57,6 +59,7 @@ def test_one_event_class_per_event_type() -> None:
         "failed",
         "skipped",
         "cancelled",
+        "throttled",
     ]
 
 
@@ -175,3 +178,32 @@ def test_a_failing_handler_is_logged_and_the_others_still_run(
     assert got == [ONE_OF_EACH[0]]
     assert "handler bug" in caplog.text
     assert caplog.records[0].name == events.log.name
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        (
+            Throttled("id", "u", "https://example.org", 2, 4, "429"),
+            "example.org slowed to 2 connections: 429",
+        ),
+        (
+            Throttled("id", "u", "http://127.0.0.1:8080", 1, 2, "503", 0.75),
+            "127.0.0.1:8080 slowed to 1 connection: 503, waiting 0.8s",
+        ),
+        (
+            Throttled("id", "u", "https://example.org", 3, 2, "8 good answers in a row"),
+            "example.org back up to 3 connections: 8 good answers in a row",
+        ),
+        (
+            Throttled("id", "u", "https://example.org", 4, 4, "quota spent", 30.0),
+            "example.org paused for 0:30: quota spent",
+        ),
+        (
+            Throttled("id", "u", "https://example.org", 1, 1, "429", 0.0),
+            "example.org kept at 1 connection: 429",
+        ),
+    ],
+)
+def test_throttled_says_what_changed_in_a_few_words(event: Throttled, message: str) -> None:
+    assert event.message == message

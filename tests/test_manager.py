@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from faults import closed_port
 from server import DEFAULT_SIZE, FAST_ENGINE, Server, names, of_type, run_manager
 
 from rheo_nb import (
@@ -33,7 +34,7 @@ from rheo_nb import (
 )
 from rheo_nb.files import working_path
 from rheo_nb.items import BadRow
-from rheo_nb.manager import ADD_BATCH
+from rheo_nb.manager import ADD_BATCH, PULL_BATCH
 
 SIZE = DEFAULT_SIZE
 
@@ -235,7 +236,12 @@ async def test_cancel_a_running_download_by_id_keeps_its_partial(
     progressed = asyncio.Event()
     slow = server.url("slow.bin", 400_000, rate=100_000, slowfor=1)
     async with manager(dest, chunk_size=4096, progress_interval=0.01) as m:
-        m.on("progress", lambda e: progressed.set())
+        # The slow file's own progress: the other file's could come before it has a byte.
+        def on_progress(event: Event) -> None:
+            if "slow.bin" in event.url:
+                progressed.set()
+
+        m.on("progress", on_progress)
         slow_id, _ = await m.add([slow, server.url("other.bin")])
         await asyncio.wait_for(progressed.wait(), 10)
         assert await m.cancel(slow_id)
@@ -429,10 +435,9 @@ async def test_bad_manifest_rows_fail_alone_and_rerun_as_failures(
     assert [o.error for o in again] == [o.error for o in res.failed]
 
 
-async def test_add_takes_items_lazily_and_lets_the_loop_run(dest: Path) -> None:
-    """A long add gives the loop back: other tasks run while items are still being read."""
+async def test_add_takes_a_list_in_batches_and_lets_the_loop_run(dest: Path) -> None:
+    """A long add gives the loop back: other tasks run while items are being queued."""
     ticks = 0
-    read = 0
 
     async def ticker() -> None:
         nonlocal ticks
@@ -440,22 +445,42 @@ async def test_add_takes_items_lazily_and_lets_the_loop_run(dest: Path) -> None:
             ticks += 1
             await asyncio.sleep(0)
 
-    def rows() -> Iterator[File]:
-        nonlocal read
-        for i in range(3 * ADD_BATCH):
-            read += 1
-            yield File(f"http://127.0.0.1:9/{i}.bin")
-
+    items = [File(f"http://127.0.0.1:9/{i}.bin") for i in range(3 * ADD_BATCH)]
     async with manager(dest, concurrency=1) as m:
         await m.cancel_all()
         task = asyncio.create_task(ticker())
         await asyncio.sleep(0)
         start = ticks
-        ids = await m.add(rows())
+        ids = await m.add(items)
         task.cancel()
         await m.cancel_all()
-    assert len(ids) == read == 3 * ADD_BATCH
+    assert len(ids) == 3 * ADD_BATCH
     assert ticks - start >= 3
+
+
+async def test_a_lazy_source_is_read_as_the_downloads_go(dest: Path) -> None:
+    """A generator (or a Parquet manifest) is never read all at once: add() returns at
+    once, and the workers read it a batch at a time."""
+    read = 0
+
+    port = closed_port()
+
+    def rows() -> Iterator[File]:
+        nonlocal read
+        for i in range(20 * PULL_BATCH):
+            read += 1
+            yield File(f"http://127.0.0.1:{port}/{i}.bin")
+
+    async with manager(dest, concurrency=1, retries=0) as m:
+        assert await m.add(rows()) == []
+        assert read == 0  # nothing read yet: the workers read as they go
+        while len(m.results()) < 5:  # noqa: ASYNC110 - waits for a few to finish
+            await asyncio.sleep(0.01)
+        assert PULL_BATCH <= read <= 3 * PULL_BATCH
+        await m.cancel_all()
+        results = m.results()
+    assert 5 <= len(results) <= read  # in the order read; the unread rows never started
+    assert [o.url.rsplit("/", 1)[1] for o in results] == [f"{i}.bin" for i in range(len(results))]
 
 
 async def test_every_failure_is_reported_with_its_url_and_cause(server: Server, dest: Path) -> None:

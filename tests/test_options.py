@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from rheo_nb import OptionError, Options
+from rheo_nb.options import parse_rate
 
 
 def test_defaults() -> None:
@@ -63,6 +64,18 @@ def test_options_are_frozen() -> None:
         ({"max_extract_files": None}, "max_extract_files"),
         ({"extract_remove": "yes"}, "extract_remove"),
         ({"extract_remove": None}, "extract_remove"),
+        ({"max_rate": 0}, "max_rate must be at least 1 byte per second"),
+        ({"max_rate": -5}, "max_rate"),
+        ({"max_rate": "fast"}, "max_rate='fast' is not a rate"),
+        ({"max_rate": True}, "max_rate must be bytes per second, not a bool"),
+        ({"max_rate": [20]}, "max_rate must be an int or a string"),
+        ({"max_rate": float("inf")}, "max_rate"),
+        ({"max_rate_per_host": "20 parsecs"}, "max_rate_per_host='20 parsecs' is not a rate"),
+        ({"requests_per_second": 0}, "requests_per_second"),
+        ({"requests_per_second": -1.0}, "requests_per_second"),
+        ({"requests_per_second": "5/s"}, "requests_per_second"),
+        ({"requests_per_second": True}, "requests_per_second"),
+        ({"requests_per_second": float("nan")}, "requests_per_second"),
     ],
 )
 def test_bad_values_are_an_option_error(changes: dict[str, Any], words: str) -> None:
@@ -151,3 +164,68 @@ def test_storage_options_default_to_none_and_mask_their_secrets_in_reprs() -> No
 def test_storage_options_must_be_a_mapping_of_names(bad: Any) -> None:
     with pytest.raises(OptionError, match="storage_options must be a mapping"):
         Options(storage_options=bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "rate"),
+    [
+        # Bare suffixes are 1024-based, as curl --limit-rate and wget --limit-rate read them.
+        ("20M", 20 * 1024**2),
+        ("20m", 20 * 1024**2),
+        ("500k", 500 * 1024),
+        ("500K", 500 * 1024),
+        ("1G", 1024**3),
+        ("1.5k", 1536),
+        # SI units with a B are 1000-based; IEC units 1024-based.
+        ("20MB/s", 20_000_000),
+        ("20 MB / s", 20_000_000),
+        ("500kB/s", 500_000),
+        ("500KB", 500_000),
+        ("2GB/s", 2_000_000_000),
+        ("500KiB/s", 500 * 1024),
+        ("20MiB", 20 * 1024**2),
+        ("1GiB/s", 1024**3),
+        # Bits, for a network link's figure.
+        ("100Mbit/s", 12_500_000),
+        ("8kbit", 1000),
+        # Plain numbers are bytes per second.
+        ("4096", 4096),
+        ("4096B/s", 4096),
+        (".5k", 512),
+    ],
+)
+def test_parse_rate_reads_curl_and_si_and_iec_units(text: str, rate: int) -> None:
+    assert parse_rate(text) == rate
+
+
+@pytest.mark.parametrize(
+    "text", ["", "M", "20mb/s", "20Mb/s", "20 M B", "1e3", "-5M", "20M/h", "20MBps", "٢٠M", "0"]
+)
+def test_parse_rate_refuses_what_it_cannot_read_for_sure(text: str) -> None:
+    # "20mb/s" could be bits or bytes: ask rather than guess.
+    with pytest.raises(OptionError, match="max_rate"):
+        parse_rate(text)
+
+
+def test_rates_are_parsed_once_into_ints() -> None:
+    o = Options(max_rate="20MB/s", max_rate_per_host="1M", requests_per_second=2)
+    assert (o.max_rate, o.max_rate_per_host, o.requests_per_second) == (20_000_000, 1 << 20, 2)
+    assert Options(max_rate=1234.4).max_rate == 1234
+    assert Options.build(o, concurrency=2).max_rate == 20_000_000
+
+
+def test_traffic_options_are_off_by_default_and_none_turns_them_off() -> None:
+    o = Options()
+    assert (o.max_rate, o.max_rate_per_host, o.requests_per_second) == (None, None, None)
+    base = Options(max_rate="1M", max_rate_per_host="1M", requests_per_second=1.0)
+    o = Options.build(base, max_rate=None, max_rate_per_host=None, requests_per_second=None)
+    assert (o.max_rate, o.max_rate_per_host, o.requests_per_second) == (None, None, None)
+
+
+def test_a_rate_cap_under_the_low_speed_limit_is_refused() -> None:
+    with pytest.raises(OptionError, match="under low_speed_limit=1024 B/s"):
+        Options(max_rate=500)
+    with pytest.raises(OptionError, match="max_rate_per_host=800 B/s"):
+        Options(max_rate_per_host=800)
+    assert Options(max_rate=500, low_speed_limit=0).max_rate == 500
+    assert Options(max_rate=500, low_speed_limit=100).max_rate == 500

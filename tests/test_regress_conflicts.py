@@ -59,7 +59,7 @@ async def invoices(server: Server, dest: Path, concurrency: int) -> tuple[list[S
         if not outcome.ok:
             if not outcome.error:
                 lies.append(f"{name} is {outcome.status} without a reason")
-        elif not outcome.path.is_file():
+        elif not isinstance(outcome.path, Path) or not outcome.path.is_file():
             lies.append(f"{name} is {outcome.status} but not on disk")
         elif outcome.path.read_bytes() != server.content(name):
             lies.append(f"{name} is {outcome.status} at {outcome.path.name}, another URL's file")

@@ -120,6 +120,7 @@ async def test_a_url_name_of_250_bytes_downloads(server: Server, dest: Path) -> 
     res = await fetch([server.url(LONG_URL_NAME, 2 * MiB)], dest)
     assert res[0].status is Status.COMPLETED, res[0].error
     assert res[0].path.parent.name == dest.name
+    assert isinstance(res[0].path, Path)
     assert res[0].path.read_bytes() == server.content(LONG_URL_NAME, 2 * MiB)
 
 
@@ -130,6 +131,7 @@ async def test_a_url_name_of_250_bytes_resumes_after_an_interrupt(
     await interrupt_after([url], dest, 1_300_000, **FAST)
     res = await fetch([url], dest)
     assert res[0].status is Status.COMPLETED, res[0].error
+    assert isinstance(res[0].path, Path)
     assert res[0].path.read_bytes() == server.content(LONG_URL_NAME, 2 * MiB)
     rerun = server.requests(LONG_URL_NAME)[-1]
     assert rerun.headers.get("Range", "").startswith("bytes="), (

@@ -93,9 +93,9 @@ async def test_soak_thousands_of_files_under_random_faults(server: Server, dest:
     work = working_files(dest)
     parts = {p.stem for p in work if p.suffix == ".part"}
     assert parts == {p.stem for p in work if p.suffix == ".json"}
-    kept = [o for o in failed if read_partial(o.path) is not None]
-    assert {files.working_path(o.path, ".part").stem for o in kept} == parts
-    assert all(getattr(read_partial(o.path), "record", None) for o in kept)
+    kept = [Path(o.path) for o in failed if read_partial(Path(o.path)) is not None]
+    assert {files.working_path(path, ".part").stem for path in kept} == parts
+    assert all(getattr(read_partial(path), "record", None) for path in kept)
     assert len([n for n in left if files.WORKDIR not in n]) == len(finals)
 
     # Memory stayed flat: a few MiB of buffers per connection at most, whatever the total.

@@ -359,3 +359,21 @@ def test_a_file_speed_is_its_real_rate_from_the_first_sample() -> None:
     view = render(tracker.stats(), tracker.active(5), [], failed=0)
     assert "2.0 MiB/s" in view.active
     assert rheo_nb.format.duration(0.5) == "0.5s"
+
+
+def test_objects_in_a_bucket_are_shown_by_their_key_under_the_prefix() -> None:
+    # What the widget and the text display draw for an s3:// destination: the key under
+    # the prefix, as for a folder, never the URL mangled into a local path ("s3:/b").
+    tracker = Tracker(Clock())
+    dest = rheo_nb.ObjectPath.of("s3://bucket/data/")
+    path = dest.joinpath("raw", "2024", "one.bin")
+    tracker.apply(Queued("x", "u/one.bin", path, 0))
+    tracker.apply(Started("x", "u/one.bin", path, 10 * MiB, 0))
+    tracker.apply(Progress("x", "u/one.bin", MiB, 10 * MiB))
+    view = render(tracker.stats(), tracker.active(5), [], failed=0, dest=dest)
+    assert "raw/2024/one.bin" in view.active
+    assert "s3:" not in view.active
+    outcome = rheo_nb.Outcome("u/one.bin", path, rheo_nb.Status.COMPLETED, 10 * MiB, 1.0)
+    table = rheo_nb.Results([outcome], dest=dest).table()
+    assert "raw/2024/one.bin" in table
+    assert "s3:" not in table

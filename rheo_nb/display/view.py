@@ -238,7 +238,9 @@ def _row_state(info: DownloadInfo) -> str:
     return f"↻ {state}" if info.restarts else state
 
 
-def active_rows(active: Sequence[DownloadInfo], stats: Stats, dest: Path | None = None) -> str:
+def active_rows(
+    active: Sequence[DownloadInfo], stats: Stats, dest: Path | str | None = None
+) -> str:
     """The running downloads: name, own bar, share or state, speed; then what else waits."""
     rows = []
     for info in active:
@@ -329,7 +331,7 @@ def render(
     can_cancel: bool = True,
     cancel_requested: bool = False,
     notices: Sequence[str] = (),
-    dest: Path | None = None,
+    dest: Path | str | None = None,
 ) -> View:
     """What the widget shows (pure: a test compares views, no kernel needed).
 
