@@ -13,7 +13,7 @@ import asyncio
 import functools
 import inspect
 import os
-from collections.abc import Callable, Generator, Mapping, Sized
+from collections.abc import Callable, Generator, Mapping
 from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 import aiohttp
@@ -21,11 +21,12 @@ import aiohttp
 from . import format, objstore
 from .auth import AuthArg
 from .client import SESSION_OPTIONS, ClientFactory, NetrcArg, Verify
+from .cluster import ClusterArg, ClusterRun
 from .display import Display, ProgressArg, choose
 from .display.view import fraction, percent
 from .errors import OptionError
 from .events import Status
-from .items import Items, as_files, in_memory
+from .items import Items, as_files, count, in_memory
 from .manager import DownloadManager
 from .objstore import ObjectPath
 from .options import Options, check_names
@@ -90,6 +91,8 @@ async def fetch(
     netrc: NetrcArg = None,
     limit: int | None = None,
     limit_per_host: int | None = None,
+    cluster: ClusterArg = None,
+    shard_size: int | None = None,
     client: Client = None,
     progress: ProgressArg = "auto",
 ) -> Results:
@@ -123,6 +126,17 @@ async def fetch(
     ``concurrency``) are those of :class:`ClientFactory`; ``client`` takes a ready
     ``aiohttp.ClientSession`` (used as is, never closed) or a ``ClientFactory`` instead.
 
+    ``cluster``: run the same call on a Dask cluster: a ``dask.distributed.Client``,
+    ``"local"`` (a ``LocalCluster`` with a worker process per core, closed at the end) or
+    a scheduler's address (``"tcp://scheduler:8786"``); needs ``rheo_nb[cluster]``. The
+    files are cut into shards of ``shard_size`` (default: several per worker), each
+    downloaded on a worker with these options (``concurrency`` downloads at once on each);
+    ``dest`` must be a folder every worker can write at the same path, and
+    ``limit_per_host`` holds for the whole cluster. Progress, results and cancelling work
+    as for a local call.
+
+    >>> await rheo_nb.fetch(urls, "/shared/data", cluster="tcp://sched:8786")  # doctest: +SKIP
+
     ``progress``: ``"auto"`` (a widget in a notebook, text on stderr elsewhere),
     ``"text"``, ``"notebook"``, ``False``, or an object with ``open(manager)`` and
     ``close(results, *, interrupted)`` methods.
@@ -142,22 +156,38 @@ async def fetch(
     return await _run(*_prepare(locals()))
 
 
-Prepared = tuple[DownloadManager, Items, Display | None]
+#: What runs a call: its downloads here, or its shards on a Dask cluster.
+Engine = DownloadManager | ClusterRun
+Prepared = tuple[Engine, Items, Display | None]
 
 
 def _prepare(call: dict[str, Any]) -> Prepared:
-    """The engine, the files and the display of one call, from ``fetch``'s arguments by
+    """The engine, the items and the display of one call, from ``fetch``'s arguments by
     name. Runs on the caller's thread, so a bad option fails there, and a warning points
     at the caller's line."""
     options = dict(call)
     items, dest = options.pop("items"), options.pop("dest")
     display = choose(options.pop("progress"))
     client = options.pop("client")
+    cluster, shard_size = options.pop("cluster"), options.pop("shard_size")
     session = {k: v for k in SESSION_OPTIONS if (v := options.pop(k)) != _SESSION_DEFAULTS[k]}
-    manager = DownloadManager(dest, Options.build(**options), client=client, **session)
-    # Items in memory are checked here, on the caller's thread; a lazy source (a Parquet
-    # manifest) goes to the manager as it is, which reads it as the downloads go.
-    return manager, as_files(items) if in_memory(items) else items, display
+    if cluster is None:
+        if shard_size is not None:
+            raise OptionError("shard_size= cuts a call into shards for a cluster: give cluster=")
+        manager = DownloadManager(dest, Options.build(**options), client=client, **session)
+        # Items in memory are checked here, on the caller's thread; a lazy source (a
+        # Parquet manifest) goes to the manager as it is, read as the downloads go.
+        return manager, as_files(items) if in_memory(items) else items, display
+    if client is not None:
+        raise OptionError(
+            "client= is a session of this process, which a cluster's workers cannot use: "
+            "give verify=, proxy=, limit_per_host=… instead, for each worker's own session"
+        )
+    run = ClusterRun(
+        dest, Options.build(**options), cluster=cluster, shard_size=shard_size, session=session
+    )
+    # Read shard by shard on the cluster: a long or lazy input is never held whole here.
+    return run, items, display
 
 
 def _bind(where: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +199,7 @@ def _bind(where: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str
 
 
 async def _run(
-    manager: DownloadManager, files: Items, display: Display | None, *, shown: bool = False
+    manager: Engine, files: Items, display: Display | None, *, shown: bool = False
 ) -> Results:
     opened = interrupted = False
     try:
@@ -207,13 +237,13 @@ _SIGNATURE = inspect.signature(fetch)
 _SESSION_DEFAULTS = {k: _SIGNATURE.parameters[k].default for k in SESSION_OPTIONS}
 
 
-def _stopped(manager: DownloadManager) -> str:
+def _stopped(manager: Engine) -> str:
     """What an interrupted blocking call says: what is done, what is kept, how to resume."""
-    results = manager.results()
-    kept = sum(1 for o in results if o.status is Status.CANCELLED and o.bytes)
+    stats = manager.stats  # counts the files of a cluster call not read yet, too
+    kept = sum(1 for o in manager.results() if o.status is Status.CANCELLED and o.bytes)
     where = f" in {manager.dest}" if kept else ""
     return (
-        f"downloads stopped: {len(results.ok)} of {len(results)} files done, "
+        f"downloads stopped: {stats.done} of {stats.files} files done, "
         f"{kept} partial file{'s' if kept != 1 else ''} kept{where}; run it again to resume"
     )
 
@@ -252,9 +282,9 @@ class Job:
     updating while other cells run; its Cancel button calls :meth:`cancel`.
     """
 
-    def __init__(self, manager: DownloadManager, files: Items, display: Display | None) -> None:
+    def __init__(self, manager: Engine, files: Items, display: Display | None) -> None:
         self._manager, self._display = manager, display
-        self._asked = len(files) if isinstance(files, Sized) else 0
+        self._asked = count(files) or 0
         show = getattr(self._display, "show", None)
         if callable(show):
             # Here, on the caller's thread: the widget must land in the cell that started
@@ -266,8 +296,10 @@ class Job:
         )
 
     @property
-    def manager(self) -> DownloadManager:
-        """The engine of this job (events: ``job.manager.on(...)``; totals: ``.stats``).
+    def manager(self) -> Engine:
+        """The engine of this job (events: ``job.manager.on(...)``; totals: ``.stats``):
+        its :class:`DownloadManager`, or with ``cluster=`` its
+        :class:`~rheo_nb.cluster.ClusterRun`.
 
         Handlers run on the job's thread; events that fired before you subscribed are
         already counted in ``job.manager.stats``.

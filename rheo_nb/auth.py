@@ -227,6 +227,11 @@ class DigestAuth:
     def __repr__(self) -> str:
         return f"DigestAuth({self.user!r}, {format.MASK!r})"
 
+    def __reduce__(self) -> tuple[type[DigestAuth], tuple[str, str]]:
+        # A copy (a worker of a cluster call) answers its own challenges: the nonces of
+        # this one's middlewares stay here.
+        return DigestAuth, (self.user, self.password)
+
     def describe(self) -> str:
         return f"digest auth as user {self.user!r}"
 
@@ -287,6 +292,13 @@ class OAuth2ClientCredentials:
             f"client_id={self.client_id!r}, client_secret={format.MASK!r}"
             + (f", scope={self.scope!r})" if self.scope is not None else ")")
         )
+
+    def __reduce__(
+        self,
+    ) -> tuple[type[OAuth2ClientCredentials], tuple[str, str, str, str | None]]:
+        # A copy (a worker of a cluster call) requests its own token: a token's expiry is
+        # kept on this machine's monotonic clock, which means nothing on another.
+        return OAuth2ClientCredentials, (self.token_url, self.client_id, self._secret, self.scope)
 
     def describe(self) -> str:
         return f"an OAuth2 token for client {self.client_id!r}"

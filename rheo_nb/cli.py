@@ -4,9 +4,10 @@ interrupted downloads left in a bucket, ``demo`` shows it all on a local server.
 Every bad input ends in one line on stderr that names the problem and how to fix it, and
 an exit status from :class:`Exit`; no traceback reaches the user. Flags are added in
 groups (:func:`_transfer_flags`, :func:`_dataset_flags`, :func:`_private_flags`,
-:func:`_storage_flags`), and :func:`_options` turns the parsed flags into ``fetch``
-options: a new flag is a line in each. ``-i`` inputs are this command's own
-'URL [hash] [path]' lists or manifests, read by :func:`rheo_nb.read_manifest`.
+:func:`_storage_flags`, :func:`_cluster_flags`), and :func:`_options` turns the parsed
+flags into ``fetch`` options: a new flag is a line in each. ``-i`` inputs are this
+command's own 'URL [hash] [path]' lists or manifests, read by
+:func:`rheo_nb.read_manifest`.
 """
 
 from __future__ import annotations
@@ -345,6 +346,38 @@ def _storage_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _cluster(text: str) -> str:
+    if text == "local" or ":" in text:
+        return text
+    raise argparse.ArgumentTypeError(
+        f"expected 'local' or a scheduler address such as tcp://scheduler:8786, not {text!r}"
+    )
+
+
+def _cluster_flags(get: argparse.ArgumentParser) -> None:
+    cluster = get.add_argument_group(
+        "cluster",
+        _wrap(
+            "Run the downloads on a Dask cluster (pip install 'rheo_nb[cluster]'). The "
+            "folder of -o must be one every worker can write at the same path; -j is the "
+            "downloads at once on each worker."
+        ),
+    )
+    cluster.add_argument(
+        "--cluster",
+        type=_cluster,
+        metavar="ADDRESS",
+        help="'local': a cluster of this machine's cores, closed at the end; or the address "
+        "of a running scheduler, such as tcp://scheduler:8786",
+    )
+    cluster.add_argument(
+        "--shard-size",
+        type=_count(1),
+        metavar="N",
+        help="files per task on the cluster (default: several tasks per worker)",
+    )
+
+
 def _wrap(text: str) -> str:
     # The help keeps the exit-status table as written, so prose is wrapped here.
     return textwrap.fill(text, width=78)
@@ -370,12 +403,14 @@ def _parser() -> _Parser:
         epilog="examples:\n  rheo-nb get -i urls.txt -o data/ -j 16\n"
         "  rheo-nb get -i https://example.org/v1/SHA256SUMS -o data/ --extract\n"
         "  rheo-nb get -i images.parquet --columns url=image_url,path=key -o images/\n\n"
+        "  rheo-nb get -i urls.txt -o /shared/data --cluster tcp://scheduler:8786\n\n"
         + EXIT_STATUSES,
         formatter_class=formatter,
     )
     _transfer_flags(get)
     _dataset_flags(get)
     _private_flags(get)
+    _cluster_flags(get)
     _storage_flags(get)
     clean = sub.add_parser(
         "clean",
@@ -684,9 +719,13 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(
             "rheo-nb get: --extract-remove deletes archives once extracted: give --extract too"
         )
+    if args.shard_size is not None and args.cluster is None:
+        raise UsageError("rheo-nb get: --shard-size cuts the work for a cluster: give --cluster")
     storage = _storage_options(args)
     return {
         **({"storage_options": storage} if storage else {}),
+        "cluster": args.cluster,
+        "shard_size": args.shard_size,
         "concurrency": args.concurrency,
         "retries": args.retries,
         "timeout": args.timeout,

@@ -27,7 +27,7 @@ from yarl import URL
 from . import format
 from ._version import __version__
 from .auth import Basic
-from .errors import OptionError
+from .errors import OptionError, warn
 
 USER_AGENT = f"rheo_nb/{__version__} aiohttp/{aiohttp.__version__}"
 
@@ -84,6 +84,16 @@ def ssl_context(verify: Verify = True) -> ssl.SSLContext | bool:
         return ssl.create_default_context(cafile=str(path))
     except ssl.SSLError as exc:
         raise OptionError(f"verify={os.fspath(verify)!r}: not a PEM CA bundle ({exc})") from None
+
+
+def warn_unverified(verify: Verify) -> None:
+    """Warn, at the caller's line, when ``verify=False`` leaves a call open to tampering."""
+    if verify is False:
+        warn(
+            "verify=False: TLS certificates are not checked in this call, so anyone on "
+            "the network path can read or alter the downloads; prefer verify='ca.pem' "
+            "or verify='system'"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -132,11 +132,19 @@ def in_memory(items: Items) -> bool:
     return isinstance(items, list | tuple | str | File | Mapping | Results)
 
 
+def count(items: Items) -> int | None:
+    """How many items ``items`` holds, when that is known without reading them."""
+    if isinstance(items, str | File):
+        return 1
+    return len(items) if isinstance(items, Sized) else None
+
+
 def iter_files(items: Items) -> Iterator[File]:
     """Normalise ``items`` one at a time: URL strings, :class:`File` objects, outcomes of an
     earlier call (``results.failed`` re-runs just those), or a mapping ``{url: hash}``.
 
-    Lazy, so that a manifest of a million rows is never a million objects at once here.
+    Lazy, so that a manifest of a million rows is never a million objects at once here
+    (a cluster call cuts it into shards as it reads it).
     """
     if isinstance(items, str | File):
         items = [items]
@@ -330,6 +338,101 @@ def check_extract(extract: bool | str | os.PathLike[str]) -> bool | PurePosixPat
         return files.relative_path(extract)
     except InvalidItemError as exc:
         raise InvalidItemError(f"extract folder: {exc}") from None
+
+
+class Claims:
+    """The files of one call by download id and by final path: an item given again is the
+    same download, and no two items share a path. One call's manager keeps one; a cluster
+    call keeps one for all its shards, so that the rule holds across them too.
+
+    What stays for every file of the call is small (a number for what it asked, its path,
+    its URL to show): a million files cost numbers, not plans. The plans of the files not
+    finished yet are in :attr:`active`.
+    """
+
+    def __init__(self) -> None:
+        #: Final paths taken, and the download taking each (server-given names join later).
+        self.paths: dict[Path | ObjectPath, str] = {}
+        #: The plans of the downloads queued or running (see :meth:`release`).
+        self.active: dict[str, Planned] = {}
+        self._specs: dict[str, int] = {}
+        self._shown: dict[str, str] = {}
+
+    def take(self, planned: Planned) -> bool:
+        """Claim ``planned``'s path: True when it is new, False when the same file (same
+        URL and path, and the same hash, headers, mirrors and extraction) came before.
+
+        :raises InvalidItemError: the same URL and path asking for something else, or a
+            path another item of the call already has.
+        """
+        did = planned.download_id
+        spec = _spec(planned)
+        first = self._specs.get(did)
+        if first is not None:
+            if first == spec:
+                return False
+            earlier = self.active.get(did)
+            differs = _differs(earlier, planned) if earlier is not None else ""
+            raise InvalidItemError(
+                f"{planned.display_url}: given twice with "
+                f"{differs or 'a different hash, headers, mirrors or extract= setting'}; give "
+                "it once, or give the copies different paths with File(url, path=...)"
+            )
+        owner = self.paths.get(planned.final)
+        if owner is not None:
+            raise InvalidItemError(
+                f"{planned.display_url}: {planned.relpath} is already the path of "
+                f"{self.shown(owner)} in this call; give one of them another path with "
+                "File(url, path=...)"
+            )
+        self._specs[did] = spec
+        self._shown[did] = planned.display_url
+        self.paths[planned.final] = did
+        self.active[did] = planned
+        return True
+
+    def release(self, download_id: str) -> None:
+        """The download is over: forget its plan (its claim stays)."""
+        self.active.pop(download_id, None)
+
+    def shown(self, download_id: str) -> str:
+        """The URL to show of a download of the call."""
+        return self._shown.get(download_id, download_id)
+
+
+def _spec(p: Planned) -> int:
+    """What an item asks for beyond its URL and path, as one number."""
+    return hash((p.expected, tuple(sorted(p.headers.items())), p.mirrors, p.extract))
+
+
+def _differs(first: Planned, again: Planned) -> str:
+    """What two items for the same URL and path disagree on, in words."""
+    if first.expected != again.expected:
+        return "different hashes"
+    if first.headers != again.headers:
+        return "different headers"
+    if first.mirrors != again.mirrors:
+        return "different mirrors"
+    if first.extract != again.extract:
+        return "different extract= settings"
+    return ""
+
+
+def refusal(
+    file: File,
+    error: str,
+    planned: Planned | None,
+    dest: Path | ObjectPath,
+    download_id: str,
+    secret_params: frozenset[str] = frozenset(),
+) -> Outcome:
+    """The outcome of an item refused before any request: failed, with a message that
+    names its (masked) URL."""
+    url = planned.display_url if planned else describe(file, secret_params)
+    path = planned.final if planned else dest
+    if url not in error:  # every message names its URL (an unsafe path's does not)
+        error = f"{url}: {error}"
+    return Outcome(url, path, Status.FAILED, 0, 0.0, error, download_id, file)
 
 
 def describe(item: Any, secret_params: frozenset[str] = frozenset()) -> str:

@@ -7,7 +7,6 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import resource
 import tempfile
 import time
@@ -22,8 +21,8 @@ from typing import Any, Self
 import aiohttp
 
 from . import auth, files, format, transfer
-from .client import SESSION_OPTIONS, ClientFactory, HostLimiter, Network
-from .errors import DestinationError, InvalidItemError, OptionError, warn
+from .client import SESSION_OPTIONS, ClientFactory, HostLimiter, Network, warn_unverified
+from .errors import DestinationError, InvalidItemError, OptionError
 from .events import (
     Cancelled,
     Emitter,
@@ -36,8 +35,8 @@ from .events import (
     Subscription,
 )
 from .http import Client
-from .items import File, Items, Outcome, Planned, describe, in_memory, iter_files, plan
-from .objstore import Bucket, ObjectPath
+from .items import Claims, File, Items, Outcome, Planned, in_memory, iter_files, plan, refusal
+from .objstore import Bucket, ObjectPath, destination_of
 from .options import Options, check_names
 from .queue import PriorityQueue
 from .results import Results
@@ -84,7 +83,7 @@ class DownloadManager:
         clock: Callable[[], float] = time.monotonic,
         **option_changes: Any,
     ) -> None:
-        self.dest: Path | ObjectPath = _destination(dest)
+        self.dest: Path | ObjectPath = destination_of(dest)
         # None is each session setting's default: leave it to the ClientFactory.
         session_options = {
             k: v
@@ -122,24 +121,17 @@ class DownloadManager:
                 **{**defaults, **session_options},
             )
         factory = client if isinstance(client, ClientFactory) else self._factory
-        if factory is not None and factory.verify is False:
-            warn(
-                "verify=False: TLS certificates are not checked in this call, so anyone on "
-                "the network path can read or alter the downloads; prefer verify='ca.pem' "
-                "or verify='system'"
-            )
+        if factory is not None:
+            warn_unverified(factory.verify)
         self._clock = clock
         self.events = Emitter()
         self.tracker = Tracker(clock)
         self._queue: PriorityQueue[Planned] = PriorityQueue()
-        self._plans: dict[str, Planned] = {}  # queued and running downloads
-        #: Every download of the call, by id: what its item asked for (see _differs).
-        self._seen: dict[str, int] = {}
+        self._claims = Claims()
         self._lazy: deque[_Lazy] = deque()
         self._pulling = False
         self._outcomes: dict[str, Outcome] = {}
         self._order: list[str] = []
-        self._by_path: dict[Path | ObjectPath, str] = {}
         self._running: dict[str, asyncio.Task[Outcome]] = {}
         self._unfinished = 0
         self._idle: asyncio.Event | None = None
@@ -204,7 +196,7 @@ class DownloadManager:
             lane=self._lane,
             limiter=limiter,
             clock=self._clock,
-            paths=self._by_path,
+            paths=self._claims.paths,
             traffic=traffic,
             bucket=self._bucket,
         )
@@ -300,36 +292,17 @@ class DownloadManager:
         return ids
 
     def _queue_one(self, file: File) -> str:
+        planned: Planned | None = None
         try:
             planned = plan(
                 file, self.dest, self.options.headers, auth.secret_params(self.options.auth)
             )
+            new = self._claims.take(planned)
         except InvalidItemError as exc:
-            return self._reject(file, str(exc))
+            return self._reject(file, str(exc), planned)
         did = planned.download_id
-        seen = self._seen.get(did)
-        if seen is not None:
-            first = self._plans.get(did)
-            differs = _differs(seen, planned) if first is None else _precisely(first, planned)
-            if not differs:
-                return did
-            error = (
-                f"{planned.display_url}: given twice with {differs}; give it once, or give "
-                "the copies different paths with File(url, path=...)"
-            )
-            return self._reject(file, error, planned)
-        owner = self._by_path.get(planned.final)
-        if owner is not None:
-            return self._reject(
-                file,
-                f"{planned.display_url}: {planned.relpath} is already the path of "
-                f"{self._shown(owner)} in this call; give one of them another path with "
-                "File(url, path=...)",
-                planned,
-            )
-        self._plans[did] = planned
-        self._seen[did] = _spec(planned)
-        self._by_path[planned.final] = did
+        if not new:
+            return did  # the same file again: one download, one outcome
         self._order.append(did)
         self._unfinished += 1
         assert self._idle is not None
@@ -337,14 +310,6 @@ class DownloadManager:
         self._emit(Queued(did, planned.display_url, planned.final, file.priority))
         self._queue.put(did, planned, file.priority)
         return did
-
-    def _shown(self, did: str) -> str:
-        """The URL to show of a download of this call, running or finished."""
-        planned = self._plans.get(did)
-        if planned is not None:
-            return planned.display_url
-        outcome = self._outcomes.get(did)
-        return outcome.url if outcome is not None else did
 
     async def _take(self) -> tuple[str, Planned]:
         """The next download for a worker: from the queue, else from the lazy sources."""
@@ -445,22 +410,16 @@ class DownloadManager:
     def _reject(self, file: File, error: str, planned: Planned | None = None) -> str:
         self._invalid += 1
         did = f"invalid-{self._invalid}"
-        url = (
-            planned.display_url
-            if planned
-            else describe(file, auth.secret_params(self.options.auth))
-        )
-        path = planned.final if planned else self.dest
-        if url not in error:  # every message names its URL (an unsafe path's does not)
-            error = f"{url}: {error}"
+        secrets = auth.secret_params(self.options.auth)
+        outcome = refusal(file, error, planned, self.dest, did, secrets)
         self._order.append(did)
-        self._emit(Queued(did, url, path, 0))
-        self._emit(Failed(did, url, path, error, 0.0))
-        self._outcomes[did] = Outcome(url, path, Status.FAILED, 0, 0.0, error, did, file)
+        self._emit(Queued(did, outcome.url, outcome.path, 0))
+        self._emit(Failed(did, outcome.url, outcome.path, outcome.error or error, 0.0))
+        self._outcomes[did] = outcome
         return did
 
     def _cancel_queued(self, did: str) -> None:
-        p = self._plans[did]
+        p = self._claims.active[did]
         self._emit(Cancelled(did, p.display_url, p.final, 0))
         self._done(
             did,
@@ -478,7 +437,7 @@ class DownloadManager:
 
     def _done(self, did: str, outcome: Outcome) -> None:
         self._outcomes[did] = outcome
-        self._plans.pop(did, None)  # the outcome keeps what is still worth keeping
+        self._claims.release(did)  # the outcome keeps what is still worth keeping
         self._unfinished -= 1
         self._check_idle()
 
@@ -537,33 +496,6 @@ class DownloadManager:
         self._done(did, outcome)
 
 
-def _spec(p: Planned) -> int:
-    """What an item asks for beyond its URL and path, as a number: kept for every
-    download of a call (a million of them cost numbers, not objects)."""
-    return hash((p.expected, tuple(sorted(p.headers.items())), p.mirrors, p.extract))
-
-
-def _differs(first: int, again: Planned) -> str:
-    """``""`` when ``again`` asks for what the first item with its URL and path did
-    (``first``: its :func:`_spec`), else what differs, in words."""
-    if first == _spec(again):
-        return ""
-    return "a different hash, headers, mirrors or extract= setting"
-
-
-def _precisely(first: Planned, again: Planned) -> str:
-    """What two items for the same URL and path disagree on (``""``: nothing)."""
-    if first.expected != again.expected:
-        return "different hashes"
-    if first.headers != again.headers:
-        return "different headers"
-    if first.mirrors != again.mirrors:
-        return "different mirrors"
-    if first.extract != again.extract:
-        return "different extract= settings"
-    return ""
-
-
 @dataclass(slots=True)
 class _Lazy:
     """A lazy source of items, read as the downloads go."""
@@ -591,15 +523,6 @@ def _workers(concurrency: int) -> int:
 
 #: Descriptors left to the rest of the process (the loop, the lane, the caller's files).
 _RESERVED_FDS = 64
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def _destination(dest: str | os.PathLike[str]) -> Path | ObjectPath:
-    """A local folder, or the ``s3://`` URL of a bucket (never through ``pathlib``, which
-    would make ``s3://b`` into ``s3:/b``). :raises OptionError: another kind of URL."""
-    if isinstance(dest, str) and _URL.match(dest):
-        return ObjectPath.of(dest)
-    return Path(dest)
 
 
 def _remove_workdirs(folders: list[Path]) -> None:

@@ -51,6 +51,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1266,3 +1267,14 @@ class _UploadRange:
 
     def _done(self, n: int) -> None:
         self.seg.done += n
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def destination_of(dest: str | os.PathLike[str]) -> Path | ObjectPath:
+    """A local folder, or the ``s3://`` URL of a bucket (never through ``pathlib``, which
+    would make ``s3://b`` into ``s3:/b``). :raises OptionError: another kind of URL."""
+    if isinstance(dest, str) and _URL.match(dest):
+        return ObjectPath.of(dest)
+    return Path(dest)

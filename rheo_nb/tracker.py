@@ -76,6 +76,20 @@ class DownloadInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterStats:
+    """Where a call on a Dask cluster stands: ``stats.cluster`` (None for a local call)."""
+
+    #: Workers in the cluster, and how many are running a shard of this call.
+    workers: int
+    busy: int
+    #: Shards finished, and in all (None while a lazy input is still being read).
+    shards_done: int
+    shards: int | None
+    #: Shards that started again on another worker after theirs died.
+    reruns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     """Totals at one moment (``m.stats``)."""
 
@@ -97,6 +111,8 @@ class Stats:
     #: Seconds left, or None when it cannot be told.
     eta: float | None
     elapsed: float
+    #: For a call on a Dask cluster: its workers and shards.
+    cluster: ClusterStats | None = None
 
     @property
     def finished(self) -> int:
@@ -288,15 +304,7 @@ class Tracker:
         queued = c[Status.QUEUED] + self._pending
         unfinished = queued + c[Status.RUNNING]
         files = self._files + self._pending
-        eta: float | None = None
-        if unfinished == 0:
-            eta = 0.0 if files else None
-        elif total is not None and speed > 0:
-            eta = max(0.0, total - self._bytes_done - self._abandoned) / speed
-        elif elapsed > 1:
-            done = files - unfinished
-            if done:
-                eta = unfinished * elapsed / done
+        left = None if total is None else total - self._bytes_done - self._abandoned
         return Stats(
             files=files,
             queued=queued,
@@ -308,10 +316,24 @@ class Tracker:
             bytes_done=self._bytes_done,
             bytes_total=total,
             speed=speed,
-            eta=eta,
+            eta=eta(unfinished, files - unfinished, elapsed, left, speed),
             elapsed=elapsed,
         )
 
     def active(self, limit: int = 5) -> list[DownloadInfo]:
         """Up to ``limit`` running downloads, the earliest started first."""
         return list(itertools.islice(self._running.values(), limit))
+
+
+def eta(
+    unfinished: int, finished: int, elapsed: float, bytes_left: int | None, speed: float
+) -> float | None:
+    """Seconds left, or None when it cannot be told: by bytes when every size is known
+    and bytes are moving, else by the pace of the files finished so far."""
+    if unfinished == 0:
+        return 0.0 if finished else None
+    if bytes_left is not None and speed > 0:
+        return max(0, bytes_left) / speed
+    if elapsed > 1 and finished:
+        return unfinished * elapsed / finished
+    return None

@@ -39,6 +39,7 @@ from server import RouteHandler, Spec, requested_range, route
 
 import rheo_nb
 from rheo_nb import files, partfile, testing
+from rheo_nb.display import Source
 
 MiB = 1 << 20
 
@@ -123,7 +124,7 @@ class _Watch:
         self.received = received
         self.reached = asyncio.Event()
 
-    def open(self, manager: rheo_nb.DownloadManager) -> None:
+    def open(self, manager: Source) -> None:
         manager.on("progress", self._progress)
 
     def _progress(self, event: rheo_nb.Event) -> None:

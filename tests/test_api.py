@@ -34,6 +34,7 @@ from rheo_nb import (
     TextProgress,
 )
 from rheo_nb.client import SESSION_OPTIONS
+from rheo_nb.display import Source
 from rheo_nb.files import working_path
 from rheo_nb.runner import LoopThread, new_event_loop, run_sync
 
@@ -193,7 +194,7 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
 
-    def open(self, manager: DownloadManager) -> None:
+    def open(self, manager: Source) -> None:
         self.calls.append(("open", manager.stats.files))
 
     def close(self, results: Results, *, interrupted: bool) -> None:
@@ -231,7 +232,7 @@ async def test_fetch_sync_from_inside_a_running_loop(server: Server, dest: Path)
     threads: set[int] = set()
 
     class Where:
-        def open(self, manager: DownloadManager) -> None:
+        def open(self, manager: Source) -> None:
             threads.add(threading.get_ident())
 
         def close(self, results: Results, *, interrupted: bool) -> None:
@@ -400,7 +401,7 @@ def test_fetch_sync_in_a_script_runs_on_the_private_loop(
 # --- signatures: every option in sight, and the same for all three ------------------------
 
 
-SIGNATURE_ONLY = {"items", "dest", "client", "progress"}
+SIGNATURE_ONLY = {"items", "dest", "cluster", "shard_size", "client", "progress"}
 
 
 def test_fetch_names_every_option_of_options_with_its_default() -> None:
@@ -451,8 +452,8 @@ def test_a_misspelt_option_gets_a_suggestion(call: Any, where: str) -> None:
         call(concurency=4)
     with pytest.raises(OptionError, match="'limit_per_hots' \\(did you mean limit_per_host\\?\\)"):
         call(limit_per_hots=2, retires=1)
-    with pytest.raises(OptionError, match="no option 'colour'; its options are auth, backoff"):
-        call(colour="red")
+    with pytest.raises(OptionError, match="no option 'palette'; its options are auth, backoff"):
+        call(palette="red")
 
 
 def test_a_bad_progress_is_an_option_error(dest: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -463,3 +464,28 @@ def test_client_factory_refuses_credential_headers() -> None:
 def test_start_takes_the_same_options(a: AuthServer, dest: Path) -> None:
     job = rheo_nb.start([a.url("bearer")], dest, auth=BearerToken(TOKEN), progress=False)
     assert_ok(job.result(timeout=30))
+
+
+# --- copies, as a cluster call sends them to its workers ---------------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(MODES))
+def test_a_pickled_copy_of_each_auth_works_after_the_original_was_used(
+    a: AuthServer, dest: Path, kind: str
+) -> None:
+    auth = MODES[kind]
+    assert_ok(fetch([a.url(kind, "first.bin")], dest, auth=auth))
+    copy = pickle.loads(pickle.dumps(rheo_nb.Options(auth=auth).auth))
+    assert repr(copy) == repr(rheo_nb.Options(auth=auth).auth)  # masked as the original
+    assert_ok(fetch([a.url(kind, "second.bin")], dest, auth=copy))
+
+
+def test_a_pickled_oauth2_copy_requests_a_token_of_its_own(a: AuthServer, dest: Path) -> None:
+    auth = oauth(a)
+    assert_ok(fetch([a.url("oauth", "one.bin")], dest, auth=auth))
+    assert a.token_requests == 1
+    copy = pickle.loads(pickle.dumps(auth))
+    assert_ok(fetch([a.url("oauth", "two.bin")], dest, auth=copy))
+    assert a.token_requests == 2
+    assert_ok(fetch([a.url("oauth", "three.bin")], dest, auth=auth))  # the original's token
+    assert a.token_requests == 2

@@ -278,11 +278,16 @@ class Run:
         """Seconds from cell ``i``'s start to the first paint of its widget.
 
         With Run All the next cell starts as soon as the one before it ends: its start is
-        when the prompt of the code cell before it turned into a number.
+        when the prompt of the code cell before it turned into a number, after ``[*]`` (a
+        saved notebook shows the numbers of its last run before this one starts).
         """
-        before = max(int(j) for j, p, _ in self.watch["prompts"] if int(j) < i and p[1:2].isdigit())
+        prompts = self.watch["prompts"]
+        before = max(int(j) for j, p, _ in prompts if int(j) < i and p[1:2].isdigit())
+        queued = min(float(t) for j, p, t in prompts if j == before and p == "[*]:")
         ended = min(
-            float(t) for j, p, t in self.watch["prompts"] if j == before and p[1:2].isdigit()
+            float(t)
+            for j, p, t in prompts
+            if j == before and p[1:2].isdigit() and float(t) > queued
         )
         painted = float(self.watch["painted"][str(i)])
         return (painted - ended) / 1000

@@ -21,7 +21,7 @@ import pytest
 
 import rheo_nb
 from rheo_nb import File, Results
-from rheo_nb.display import TextProgress, choose
+from rheo_nb.display import Source, TextProgress, choose
 from rheo_nb.display.notebook import NotebookProgress
 from rheo_nb.display.view import SCALE, View
 from rheo_nb.events import Completed, Event, Restarted, Status
@@ -166,7 +166,7 @@ def test_a_job_binds_its_cancel_to_the_display(local: LocalServer, tmp_path: Pat
         def show(self, *, cancel: Callable[[], object] | None) -> None:
             self.cancel = cancel
 
-        def open(self, manager: DownloadManager) -> None:
+        def open(self, manager: Source) -> None:
             pass
 
         def close(self, results: Results, *, interrupted: bool) -> None:
@@ -195,7 +195,7 @@ def test_a_shown_display_is_closed_even_when_the_job_fails_before_it_opens(
         def show(self, *, cancel: Callable[[], object] | None) -> None:
             self.events.append("show")
 
-        def open(self, manager: DownloadManager) -> None:
+        def open(self, manager: Source) -> None:
             self.events.append("open")
 
         def close(self, results: Results, *, interrupted: bool) -> None:
@@ -231,7 +231,7 @@ class Log:
         self.seen: list[str] = []
         self.closed: list[tuple[int, bool]] = []
 
-    def open(self, manager: DownloadManager) -> None:
+    def open(self, manager: Source) -> None:
         manager.on("completed", self.completed)
 
     def completed(self, event: Event) -> None:

@@ -17,6 +17,7 @@ from rheo_nb.items import (
     as_files,
     check_headers,
     check_url,
+    count,
     describe,
     download_id,
     iter_files,
@@ -233,3 +234,11 @@ def test_a_bad_row_fails_planning_with_its_message() -> None:
     assert "abc" not in repr(row)
     assert "error='list.csv, line 4: no url'" in repr(row)
     assert as_files([row]) == [row]
+
+
+def test_count_knows_how_many_items_without_reading_them() -> None:
+    assert count("http://example.org/a") == 1  # one URL, not its characters
+    assert count(File("http://example.org/a")) == 1
+    assert count({"http://example.org/a": None, "http://example.org/b": None}) == 2
+    assert count(["http://example.org/a"] * 3) == 3
+    assert count(u for u in ["http://example.org/a"]) is None  # lazy: unknown until read

@@ -23,6 +23,7 @@ from server import FAST, FAST_ENGINE, Server
 
 import rheo_nb
 from rheo_nb import DownloadManager, File, Status
+from rheo_nb.display import Source
 
 GiB = 1 << 30
 #: One byte this often keeps a read timeout from ever firing.
@@ -236,7 +237,7 @@ class ClosingDisplay:
     def __init__(self, box: dict[str, rheo_nb.Job], caught: list[BaseException | None]) -> None:
         self.box, self.caught = box, caught
 
-    def open(self, manager: DownloadManager) -> None:
+    def open(self, manager: Source) -> None:
         pass
 
     def close(self, results: rheo_nb.Results, *, interrupted: bool) -> None:

@@ -16,6 +16,7 @@ import rheo_nb
 from rheo_nb.display.view import (
     SCALE,
     bar,
+    cluster,
     final_line,
     final_phase,
     fraction,
@@ -36,7 +37,7 @@ from rheo_nb.events import (
     Started,
 )
 from rheo_nb.format import shown_path
-from rheo_nb.tracker import DownloadInfo, Stats, Tracker
+from rheo_nb.tracker import ClusterStats, DownloadInfo, Stats, Tracker
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -377,3 +378,27 @@ def test_objects_in_a_bucket_are_shown_by_their_key_under_the_prefix() -> None:
     table = rheo_nb.Results([outcome], dest=dest).table()
     assert "raw/2024/one.bin" in table
     assert "s3:" not in table
+
+
+# --- a call on a Dask cluster ----------------------------------------------------------------
+
+
+def test_a_cluster_call_shows_workers_busy_and_shards_done_in_the_line_and_the_widget() -> None:
+    running = stats(cluster=ClusterStats(workers=2, busy=2, shards_done=3, shards=8))
+    assert line(running).endswith(" · 2/2 workers busy · 3/8 shards done")
+    drawn = render(running, (), (), failed=0)
+    assert "cluster: 2/2 workers busy · 3/8 shards done" in drawn.details
+    assert drawn.plain == line(running)
+    # At the end: the shards, not the workers; a rerun after a worker died is said.
+    done = stats(queued=0, running=0, completed=10, cluster=ClusterStats(2, 0, 8, 8, reruns=1))
+    assert final_line(done, "done").endswith(" · 8/8 shards done · 1 rerun · ✔ done")
+    assert (
+        "cluster: 8/8 shards done · 1 rerun" in render(done, (), (), failed=0, phase="done").details
+    )
+    # A lazy input of unknown length: the total is not known yet.
+    assert cluster(ClusterStats(3, 1, 0, None)) == "1/3 workers busy · 0/? shards done"
+
+
+def test_a_local_call_has_no_cluster_line() -> None:
+    assert "shards" not in line(stats())
+    assert "cluster" not in render(stats(), (), (), failed=0).details

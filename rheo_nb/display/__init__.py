@@ -2,7 +2,7 @@
 
 A display is any object with two methods (this is the whole protocol)::
 
-    def open(self, manager: DownloadManager) -> None
+    def open(self, manager: Source) -> None
         # called on the manager's loop before the first download is added: subscribe
         # with manager.on(...), read manager.stats / manager.tracker on a timer
         # (loop.call_later), never per event
@@ -26,6 +26,12 @@ For example, a display that logs each finished file::
 
     await rheo_nb.fetch(urls, dest="data", progress=Log())
 
+``manager`` is the call's :class:`~rheo_nb.DownloadManager`, or for a call on a Dask
+cluster (``cluster=``) the call's local view of its shards; both are a :class:`Source`.
+On a cluster, ``failed``, ``retrying`` and ``restarted`` events arrive as they happen,
+``completed``, ``skipped`` and ``cancelled`` ones as each shard ends, and there are no
+per-file ``queued``, ``started`` or ``progress`` events: read the totals instead.
+
 What a display shows is computed in :mod:`rheo_nb.display.view` (pure functions of the
 tracker's state: the bar, the text line, the widget's view), so a display of your own can
 draw the same figures. Displays hold no download logic, and nothing in the engine imports
@@ -35,19 +41,50 @@ a display.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from ..errors import OptionError
 from .text import TextProgress
 
 if TYPE_CHECKING:
-    from ..manager import DownloadManager
+    from ..events import EventType, Handler, Subscription
+    from ..objstore import ObjectPath
+    from ..options import Options
     from ..results import Results
+    from ..tracker import DownloadInfo, Stats
+
+
+class TrackerView(Protocol):
+    """The state a display reads on its timer (a :class:`~rheo_nb.tracker.Tracker`)."""
+
+    @property
+    def downloads(self) -> Mapping[str, DownloadInfo]: ...
+    def stats(self) -> Stats: ...
+    def active(self, limit: int = 5) -> list[DownloadInfo]: ...
+
+
+class Source(Protocol):
+    """What a display watches: a :class:`~rheo_nb.DownloadManager`, or the local view of a
+    call's shards on a Dask cluster, which keeps the same totals, events and results."""
+
+    options: Options
+
+    @property
+    def dest(self) -> Path | ObjectPath: ...
+    @property
+    def tracker(self) -> TrackerView: ...
+    @property
+    def stats(self) -> Stats: ...
+    def on(self, event_type: EventType | str | None, handler: Handler) -> Subscription: ...
+    def results(self, ids: list[str] | None = None) -> Results: ...
+    async def cancel_all(self) -> None: ...
 
 
 @runtime_checkable
 class Display(Protocol):
-    def open(self, manager: DownloadManager) -> None: ...
+    def open(self, manager: Source) -> None: ...
     def close(self, results: Results, *, interrupted: bool) -> None: ...
 
 
@@ -95,4 +132,4 @@ def choose(progress: ProgressArg) -> Display | None:
     )
 
 
-__all__ = ["Display", "TextProgress", "choose", "in_notebook"]
+__all__ = ["Display", "Source", "TextProgress", "TrackerView", "choose", "in_notebook"]

@@ -34,8 +34,8 @@ from . import view
 from .view import SCALE, WORDS, View, final_phase, render
 
 if TYPE_CHECKING:
-    from ..manager import DownloadManager
     from ..results import Results
+    from . import Source
 
 log = logging.getLogger("rheo_nb")
 
@@ -110,7 +110,7 @@ class NotebookProgress:
         self.notices: deque[str] = deque(maxlen=rows)
         self._cancel: CancelAction | _Auto = AUTO
         self._cancel_requested = False
-        self._manager: DownloadManager | None = None
+        self._manager: Source | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._subscriptions: list[Subscription] = []
@@ -136,7 +136,7 @@ class NotebookProgress:
         if self._handle is None:
             self._publish()
 
-    def open(self, manager: DownloadManager) -> None:
+    def open(self, manager: Source) -> None:
         if self._manager is not None:
             raise RuntimeError("a NotebookProgress serves one call: create one per call")
         self._manager = manager
@@ -356,7 +356,7 @@ class NotebookProgress:
             )
 
 
-def _canceller(manager: DownloadManager, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+def _canceller(manager: Source, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
     """Cancel every download of ``manager`` on its loop, from any thread."""
 
     def cancel() -> None:

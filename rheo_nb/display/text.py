@@ -12,8 +12,8 @@ from ..events import Event, EventType, Failed, Restarted, Retrying
 from . import view
 
 if TYPE_CHECKING:
-    from ..manager import DownloadManager
     from ..results import Results
+    from . import Source
 
 
 class TextProgress:
@@ -44,10 +44,10 @@ class TextProgress:
         self.interval = interval if self.tty else log_interval
         self.failures_only = failures_only
         self.width = shutil.get_terminal_size((100, 24)).columns
-        self._manager: DownloadManager | None = None
+        self._manager: Source | None = None
         self._timer: asyncio.TimerHandle | None = None
 
-    def open(self, manager: DownloadManager) -> None:
+    def open(self, manager: Source) -> None:
         self._manager = manager
         manager.on(EventType.FAILED, self._on_event)
         if self.failures_only:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from .. import format
-from ..tracker import DownloadInfo, Stats
+from ..tracker import ClusterStats, DownloadInfo, Stats
 
 BAR_WIDTH: Final = 20
 #: The widget's bar counts in thousandths: finer steps would only cost messages.
@@ -110,10 +110,26 @@ def _counts(stats: Stats) -> list[str]:
     ]
 
 
+def cluster(c: ClusterStats, *, running: bool = True) -> str:
+    """The line of a call on a Dask cluster: ``2/2 workers busy · 3/8 shards done``; at
+    the end, ``8/8 shards done``. A shard started again after its worker died is a rerun."""
+    total = "?" if c.shards is None else str(c.shards)
+    parts = [f"{c.busy}/{c.workers} workers busy"] if running else []
+    parts.append(f"{c.shards_done}/{total} shards done")
+    if c.reruns:
+        parts.append(f"{c.reruns} rerun{'s' if c.reruns != 1 else ''}")
+    return " · ".join(parts)
+
+
+def _cluster(stats: Stats, *, running: bool) -> list[str]:
+    return [] if stats.cluster is None else [cluster(stats.cluster, running=running)]
+
+
 def line(stats: Stats, running: Sequence[DownloadInfo] = ()) -> str:
     """One line of progress while downloads run, e.g.
-    ``▕████████████░░░░░░░░▏  61% 12/20 files · 48.0 MiB/78.7 MiB · 9.8 MiB/s · ETA 3.1s``;
-    while an archive is being extracted, ``· train.tar.gz: extracting 120/400`` too.
+    ``▕████████████░░░░░░░░▏  61% 12/20 files · 48.0 MiB/78.7 MiB · 9.8 MiB/s · ETA 3.1s``
+    (and, on a cluster, ``· 2/2 workers busy · 3/8 shards done``); while an archive is
+    being extracted, ``· train.tar.gz: extracting 120/400`` too.
     """
     share = fraction(stats, running)
     parts = [
@@ -122,6 +138,7 @@ def line(stats: Stats, running: Sequence[DownloadInfo] = ()) -> str:
         format.rate(stats.speed),
         f"ETA {format.duration(stats.eta)}",
         *_counts(stats),
+        *_cluster(stats, running=True),
     ]
     unpacking = next((info for info in running if info.extracting is not None), None)
     if unpacking is not None:
@@ -148,6 +165,7 @@ def final_line(stats: Stats, phase: Phase) -> str:
         _bytes(stats),
         f"in {format.duration(stats.elapsed)}",
         *_counts(stats),
+        *_cluster(stats, running=False),
         WORDS[phase],
     ]
     return " · ".join(parts)
@@ -359,7 +377,11 @@ def render(
         bar_style=style,
         bar_color=colour,
         label=html.escape(label),
-        details=f"<div style='{_SMALL};{_MUTED}'>{html.escape(details)}</div>",
+        details=f"<div style='{_SMALL};{_MUTED}'>{html.escape(details)}</div>"
+        + "".join(
+            f"<div style='{_SMALL};{_MUTED}'>cluster: {html.escape(text)}</div>"
+            for text in _cluster(stats, running=running)
+        ),
         active=active_rows(active[:rows], stats, dest) if running else "",
         notices=notice_rows(notices),
         failures=failure_rows(failures, failed),
@@ -372,6 +394,7 @@ __all__ = [
     "SCALE",
     "View",
     "bar",
+    "cluster",
     "extracting",
     "final_line",
     "final_phase",
