@@ -3,18 +3,23 @@ interrupted downloads left in a bucket, ``demo`` shows it all on a local server.
 
 Every bad input ends in one line on stderr that names the problem and how to fix it, and
 an exit status from :class:`Exit`; no traceback reaches the user. Flags are added in
-groups (:func:`_transfer_flags`, :func:`_private_flags`, :func:`_cluster_flags`), and
-:func:`_options` turns the parsed flags into ``fetch`` options: a new flag is a line in each.
+groups (:func:`_transfer_flags`, :func:`_dataset_flags`, :func:`_private_flags`,
+:func:`_storage_flags`, :func:`_cluster_flags`), and :func:`_options` turns the parsed
+flags into ``fetch`` options: a new flag is a line in each. ``-i`` inputs are this
+command's own 'URL [hash] [path]' lists or manifests, read by
+:func:`rheo_nb.read_manifest`.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import itertools
 import os
 import re
 import sys
 import textwrap
+import warnings
 from collections.abc import Sequence
 from enum import IntEnum
 from pathlib import Path
@@ -25,9 +30,9 @@ from yarl import URL
 from ._version import __version__
 from .auth import BearerToken
 from .display import TextProgress
-from .errors import DestinationError, RheoNbError
+from .errors import DestinationError, ManifestError, OptionError, RheoNbError
 from .hashing import parse_hash
-from .items import File, check_headers
+from .items import File, Items, check_headers, check_url
 from .options import is_secret_option
 
 
@@ -38,8 +43,8 @@ class Exit(IntEnum):
     OK = 0
     #: Some downloads failed; each failure is printed on stderr (with ``-q`` too).
     FAILED = 1
-    #: Usage error: an unknown flag, a bad value, an unreadable URL list. Nothing was
-    #: downloaded.
+    #: Usage error: an unknown flag, a bad value, an unreadable URL list or manifest.
+    #: Nothing was downloaded.
     USAGE = 2
     #: The destination folder cannot be created or written, or its bucket does not exist
     #: or refuses the credentials. Nothing was downloaded.
@@ -54,7 +59,8 @@ EXIT_STATUSES = """\
 exit status:
   0    all done: every file is on disk (downloaded, or already there and skipped)
   1    some downloads failed (each failure is printed on stderr, even with -q)
-  2    usage error: unknown flag, bad value, unreadable URL list (nothing downloaded)
+  2    usage error: unknown flag, bad value, unreadable URL list or manifest
+       (nothing downloaded)
   3    the destination (folder or bucket) cannot be used (nothing downloaded)
   70   internal error: a bug in rheo_nb, please report it
   130  interrupted (Ctrl-C): partial files are kept; run the same command to resume"""
@@ -116,6 +122,39 @@ def _segments(text: str) -> int | str:
     return value
 
 
+#: What ``--format`` takes: ``list`` is this command's own 'URL [hash] [path]' lines.
+#: The manifest module (csv, gzip, json…) is imported only once a manifest is read, for a
+#: quick start-up; a test pins these to its ``FORMATS`` and ``COLUMNS``.
+INPUT_FORMATS = ("auto", "list", "sums", "registry", "aria2", "csv", "tsv", "jsonl", "parquet")
+COLUMNS = ("url", "path", "hash", "mirrors")
+
+
+def _manifest_format(text: str) -> str:
+    if text not in INPUT_FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(INPUT_FORMATS)}; not {text!r}"
+        )
+    return text
+
+
+def _columns(text: str) -> dict[str, str]:
+    """``url=image_url,path=key`` as ``{"url": "image_url", "path": "key"}``."""
+    columns: dict[str, str] = {}
+    for pair in text.split(","):
+        field, equals, column = (part.strip() for part in pair.partition("="))
+        if not equals or not field or not column:
+            raise argparse.ArgumentTypeError(
+                f"expected FIELD=COLUMN pairs separated by commas, e.g. url=image_url; "
+                f"not {pair.strip()!r}"
+            )
+        if field not in COLUMNS:
+            raise argparse.ArgumentTypeError(
+                f"unknown field {field!r}: map {', '.join(COLUMNS)} to your column names"
+            )
+        columns[field] = column
+    return columns
+
+
 def _transfer_flags(get: argparse.ArgumentParser) -> None:
     get.add_argument("urls", nargs="*", metavar="URL", help="URLs to download")
     get.add_argument(
@@ -124,7 +163,10 @@ def _transfer_flags(get: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help="read 'URL [hash] [path]' lines from FILE ('-': stdin); '#' starts a comment",
+        help="read the files to download from FILE, a path or an http(s) URL: 'URL [hash] "
+        "[path]' lines ('-': stdin; '#' starts a comment), or a manifest (SHA256SUMS and "
+        "other checksum files, a pooch registry, an aria2 input file, a CSV, TSV, JSONL or "
+        "Parquet table), told apart by name and content",
     )
     get.add_argument(
         "-o",
@@ -180,6 +222,59 @@ def _transfer_flags(get: argparse.ArgumentParser) -> None:
         "--quiet",
         action="store_true",
         help="no progress; failures are still printed on stderr",
+    )
+
+
+def _dataset_flags(get: argparse.ArgumentParser) -> None:
+    data = get.add_argument_group(
+        "datasets",
+        _wrap(
+            "Manifests given with -i, archives unpacked once downloaded, and offline mode "
+            "for machines without internet (compute nodes)."
+        ),
+    )
+    data.add_argument(
+        "--format",
+        type=_manifest_format,
+        default="auto",
+        metavar="FORMAT",
+        help=f"how to read -i files: {', '.join(INPUT_FORMATS)} (default: auto, by name and "
+        "content; list: 'URL [hash] [path]' lines)",
+    )
+    data.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="resolve the names in a manifest against this URL (default: the folder of a "
+        "manifest given as a URL)",
+    )
+    data.add_argument(
+        "--columns",
+        type=_columns,
+        metavar="FIELD=COLUMN,...",
+        help=f"a table's column names, e.g. url=image_url,path=key (fields: {', '.join(COLUMNS)})",
+    )
+    data.add_argument(
+        "--skip-bad-rows",
+        action="store_true",
+        help="a manifest entry that cannot be read fails on its own (exit status 1) "
+        "instead of stopping the command before any download",
+    )
+    data.add_argument(
+        "--extract",
+        action="store_true",
+        help="unpack each archive once downloaded (zip, tar, tar.gz, tar.bz2, tar.xz, "
+        "tar.zst; .gz, .bz2, .xz, .zst) into a folder beside it, named after it",
+    )
+    data.add_argument(
+        "--extract-remove",
+        action="store_true",
+        help="with --extract, delete each archive once it is extracted",
+    )
+    data.add_argument(
+        "--offline",
+        action="store_true",
+        help="send no request: complete files are skipped (checked against their hash), "
+        "the others fail with 'offline: not downloaded' (also: RHEO_NB_OFFLINE=1)",
     )
 
 
@@ -306,11 +401,14 @@ def _parser() -> _Parser:
             "resumed: run the same command again after an interruption."
         ),
         epilog="examples:\n  rheo-nb get -i urls.txt -o data/ -j 16\n"
+        "  rheo-nb get -i https://example.org/v1/SHA256SUMS -o data/ --extract\n"
+        "  rheo-nb get -i images.parquet --columns url=image_url,path=key -o images/\n\n"
         "  rheo-nb get -i urls.txt -o /shared/data --cluster tcp://scheduler:8786\n\n"
         + EXIT_STATUSES,
         formatter_class=formatter,
     )
     _transfer_flags(get)
+    _dataset_flags(get)
     _private_flags(get)
     _cluster_flags(get)
     _storage_flags(get)
@@ -421,7 +519,9 @@ def _read_list(path: str) -> list[File]:
     return files
 
 
-def _files(args: argparse.Namespace) -> list[File]:
+def _files(args: argparse.Namespace, client: dict[str, Any]) -> Items:
+    """The URLs given, then the files of each ``-i`` input in turn; lazily when a
+    manifest is (a Parquet table is read in batches while the downloads run)."""
     if args.hash and len(args.hash) != len(args.urls):
         times = "time" if len(args.hash) == 1 else "times"
         raise UsageError(
@@ -430,15 +530,106 @@ def _files(args: argparse.Namespace) -> list[File]:
         )
     hashes: list[str | None] = [_hash(h, "rheo-nb get: --hash") for h in args.hash]
     hashes = hashes or [None] * len(args.urls)
-    files = [File(u, hash=h) for u, h in zip(args.urls, hashes, strict=True)]
-    for path in args.input:
-        files += _read_list(path)
-    if not files:
+    sources: list[Sequence[File]] = [
+        [File(u, hash=h) for u, h in zip(args.urls, hashes, strict=True)]
+    ]
+    sources += [_input(path, args, client) for path in args.input]
+    if not any(len(s) for s in sources):
         raise UsageError(
             "rheo-nb get: no URLs given; pass them as arguments or with -i FILE "
             "(see 'rheo-nb get --help')"
         )
+    if all(isinstance(s, list) for s in sources):
+        return [f for s in sources for f in s]
+    return itertools.chain.from_iterable(sources)
+
+
+def _input(path: str, args: argparse.Namespace, client: dict[str, Any]) -> Sequence[File]:
+    """The files of one ``-i`` input: a 'URL [hash] [path]' list or a manifest.
+
+    :raises UsageError: it cannot be read, or an entry is unusable (naming the line).
+    """
+    remote = re.match(r"^https?://", path, re.IGNORECASE) is not None
+    kind = args.format
+    if path == "-":
+        if kind not in ("auto", "list"):
+            raise UsageError(
+                f"rheo-nb get: -i -: standard input is read as 'URL [hash] [path]' lines; "
+                f"give a {kind} manifest as a file or a URL"
+            )
+        return _read_list(path)
+    if remote and kind == "list":
+        raise UsageError(
+            f"rheo-nb get: -i {path}: --format list reads a local file or stdin; "
+            "a URL is read as a manifest (--format auto)"
+        )
+    if not remote:
+        kind = _local_format(path, kind)
+        if kind == "list":
+            return _read_list(path)
+    from .manifest import read_manifest
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            files = read_manifest(
+                path,
+                base_url=args.base_url,
+                format=kind,
+                columns=args.columns,
+                errors="skip" if args.skip_bad_rows else "raise",
+                **client,
+            )
+        except ManifestError as exc:
+            raise UsageError(f"rheo-nb get: {exc}") from None
+        except OptionError as exc:  # --columns for a checksum file, a bad --base-url…
+            raise UsageError(f"rheo-nb get: -i {path}: {exc}") from None
+    for warning in caught:  # aria2 options ignored: said once, in one line
+        print(f"rheo-nb get: {warning.message}", file=sys.stderr)
     return files
+
+
+def _local_format(path: str, given: str) -> str:
+    """How to read the local file ``path``: ``given``, or by its name and content, where
+    a file of URL lines is this command's own list unless it has aria2's marks (TABs
+    between mirrors, indented options), and anything else unrecognised is read as a
+    list, which says what is wrong with it."""
+    where = Path(path)
+    if not where.exists():
+        raise UsageError(f"rheo-nb get: -i {path}: no such file")
+    if where.is_dir():
+        raise UsageError(
+            f"rheo-nb get: -i {path}: is a folder; give a file of 'URL [hash] [path]' lines "
+            "or a manifest"
+        )
+    if given != "auto":
+        return given
+    from .manifest import detect_format
+
+    try:
+        kind = detect_format(path)
+    except ManifestError:
+        return "list"
+    if kind == "aria2" and not _aria2_marks(where):
+        return "list"
+    return kind
+
+
+_ARIA2_OPTION = re.compile(r"^[ \t]+[A-Za-z0-9-]+=")
+_URL_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S+$")
+
+
+def _aria2_marks(path: Path) -> bool:
+    """Whether a file of URL lines is an aria2 input file: an indented option line, or
+    TAB-separated mirrors (every field a URL). Plain URL lines read the same either way."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if _ARIA2_OPTION.match(line):
+                return True
+            fields = line.rstrip("\r\n").split("\t")
+            if len(fields) > 1 and all(_URL_FIELD.match(x.strip()) for x in fields if x.strip()):
+                return True
+    return False
 
 
 def _secret_from_env(flag: str, var: str) -> str:
@@ -524,6 +715,10 @@ def _option_value(text: str) -> Any:
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     """``fetch`` options from the flags of ``get``."""
+    if args.extract_remove and not args.extract:
+        raise UsageError(
+            "rheo-nb get: --extract-remove deletes archives once extracted: give --extract too"
+        )
     if args.shard_size is not None and args.cluster is None:
         raise UsageError("rheo-nb get: --shard-size cuts the work for a cluster: give --cluster")
     storage = _storage_options(args)
@@ -536,9 +731,16 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "timeout": args.timeout,
         "overwrite": args.overwrite,
         "segments": args.segments,
+        "extract": args.extract,
+        "extract_remove": args.extract_remove,
+        "offline": True if args.offline else None,  # None: as RHEO_NB_OFFLINE says
         "progress": TextProgress(failures_only=True) if args.quiet else "text",
         **_private_options(args),
     }
+
+
+#: The options that also shape the download of a manifest given as a URL.
+_MANIFEST_OPTIONS = ("retries", "timeout", "offline", "headers", "auth", "verify", "proxy", "netrc")
 
 
 # --- running ----------------------------------------------------------------------------------
@@ -547,8 +749,14 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 def _get(args: argparse.Namespace) -> Exit:
     from .api import fetch_sync
 
-    files = _files(args)
-    results = fetch_sync(files, args.output, **_options(args))
+    if args.base_url is not None:
+        try:
+            check_url(args.base_url)
+        except RheoNbError as exc:
+            raise UsageError(f"rheo-nb get: --base-url: {exc}") from None
+    options = _options(args)
+    files = _files(args, {k: options[k] for k in _MANIFEST_OPTIONS if k in options})
+    results = fetch_sync(files, args.output, **options)
     return Exit.FAILED if results.failed else Exit.OK
 
 

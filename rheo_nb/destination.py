@@ -272,8 +272,10 @@ class LocalDestination:
     async def resumable(
         self, url: str, sources: tuple[str, ...], *, no_split: bool
     ) -> Resume | None:
-        partial, self.partial = self.partial, None
-        if partial is None and self.part.touched:  # an earlier attempt wrote some
+        # What the claim found stays true until this run writes or drops the part file:
+        # a source that failed before sending a byte (a 404, then a mirror) leaves it.
+        partial = self.partial
+        if self.part.touched:  # an earlier attempt wrote some: what is on disk now
             partial = await self.lane.run(self.part.read)
         if partial is None:
             return None
@@ -407,7 +409,7 @@ class LocalDestination:
             await self.lane.run(destination_errors(files.ensure_parent), self.dest, target)
         loop = asyncio.get_running_loop()
 
-        def unpack(stop: threading.Event) -> Path:
+        def unpack(stop: threading.Event) -> extract.Extracted:
             last = 0.0
 
             def report(done: extract.ExtractProgress) -> None:
@@ -419,7 +421,7 @@ class LocalDestination:
                     last = now
                     loop.call_soon_threadsafe(how.progress, done.members, done.total)
 
-            result = extract.extract(
+            return extract.extract(
                 archive,
                 target,
                 max_size=how.max_size,
@@ -428,9 +430,13 @@ class LocalDestination:
                 progress=report,
                 label=how.label,
             )
-            return result.target
 
-        return await self.lane.run_interruptible(unpack)
+        # A cancel waits for the thread to remove what it wrote: when the call returns,
+        # nothing of a half-done extraction is left to be seen.
+        result = await self.lane.run_interruptible(unpack, wait=True)
+        if not result.skipped:  # the last count, which the throttle may have held back
+            how.progress(result.members, result.members)
+        return result.target
 
     def _unlock(self) -> None:
         locks, self.locks = self.locks, []

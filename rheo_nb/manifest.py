@@ -26,6 +26,7 @@ URL's folder; each file's ``path`` keeps the sub-folders of its name.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import dataclasses
@@ -37,6 +38,7 @@ import re
 import shlex
 import shutil
 import tempfile
+import threading
 import warnings
 import weakref
 import zlib
@@ -147,7 +149,7 @@ def _read(
 ) -> Sequence[File]:
     ctx = _Context(label, base_url, errors == "skip")
     name = _plain_name(name)
-    try:
+    with _reading(label):
         kind = format if format != "auto" else _detect(path, label, name)
         if columns is not None and kind not in _TABLES:
             raise OptionError(f"columns= applies to csv, tsv, jsonl and parquet, not {kind}")
@@ -164,6 +166,27 @@ def _read(
             if kind == "jsonl":
                 return list(_parse_jsonl(lines, ctx, _column_map(columns)))
             return list(_parse_csv(lines, ctx, _column_map(columns), kind))
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """The format ``read_manifest(path)`` reads a local file as: by its name, then by its
+    first lines (``"sums"``, ``"aria2"``, ``"csv"``…). Blocking.
+
+    >>> rheo_nb.manifest.detect_format("data/SHA256SUMS")  # doctest: +SKIP
+    'sums'
+
+    :raises ManifestError: the file cannot be read, or says nothing of its format.
+    """
+    label = os.fspath(path)
+    with _reading(label):
+        return _detect(Path(label), label, _plain_name(label))
+
+
+@contextlib.contextmanager
+def _reading(label: str) -> Iterator[None]:
+    """Errors met reading the manifest ``label``, as :class:`ManifestError`."""
+    try:
+        yield
     except OSError as exc:
         raise ManifestError(label, f"cannot read it ({exc.strerror or exc})") from None
     except (EOFError, zlib.error) as exc:
@@ -626,7 +649,7 @@ class ParquetManifest(Sequence[File]):
 
     def owns(self, folder: Path) -> None:
         """Remove ``folder`` (a downloaded copy) once this sequence is gone."""
-        weakref.finalize(self, shutil.rmtree, folder, True)
+        weakref.finalize(self, _remove, folder)
 
     def __len__(self) -> int:
         return self._rows
@@ -687,6 +710,18 @@ class ParquetManifest(Sequence[File]):
         columns = list(dict.fromkeys(self._names.values()))
         table = pq.ParquetFile(self._path).read_row_group(group, columns=columns)
         return next(self._files(table.slice(row - first, 1), row))
+
+
+def _remove(folder: Path) -> None:
+    """Remove a downloaded manifest's folder. The sequence may be collected anywhere,
+    an event loop's thread included (a notebook cell): there the removal goes to a thread
+    of its own, which the interpreter waits for at exit."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        threading.Thread(target=shutil.rmtree, args=(folder, True), name="rheo_nb-cleanup").start()
 
 
 def _stamp(path: Path) -> tuple[int, int]:

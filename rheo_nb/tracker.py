@@ -19,6 +19,7 @@ from .events import (
     Cancelled,
     Completed,
     Event,
+    Extracting,
     Failed,
     Progress,
     Queued,
@@ -57,6 +58,9 @@ class DownloadInfo:
     #: Why it last restarted (``"the server does not support resume"``).
     restart_reason: str | None = None
     validating: bool = False
+    #: Members of its archive extracted so far, and of how many (None: not known yet);
+    #: None while it is not being extracted.
+    extracting: tuple[int, int | None] | None = None
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
@@ -213,6 +217,7 @@ class Tracker:
                 info.started_at = now
             info.resumed_from = event.resumed_from
             info.validating = False
+            info.extracting = None
             self._set_bytes(info, event.resumed_from, transferred=False)
             self._set_total(info, event.total)
             info._last = (now, event.resumed_from)
@@ -228,6 +233,9 @@ class Tracker:
             info.speed = 0.0
         elif isinstance(event, Validating):
             info.validating = True
+        elif isinstance(event, Extracting):
+            info.validating = False
+            info.extracting = (event.members, event.total)
         elif isinstance(event, Completed | Skipped):
             self._finish(
                 info, Status.COMPLETED if isinstance(event, Completed) else Status.SKIPPED, now
@@ -257,6 +265,7 @@ class Tracker:
         info.finished_at = now
         info.speed = 0.0
         info.validating = False
+        info.extracting = None
         self._finished.append(info.download_id)
         if len(self._finished) > KEEP_FINISHED:
             self.downloads.pop(self._finished.popleft(), None)

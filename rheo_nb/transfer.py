@@ -111,6 +111,7 @@ class Download:
         self.url, self.host = p.url, p.host  # the source being tried (a mirror, maybe)
         self.resumed = False  # this attempt continues an earlier partial
         self.no_split = False  # ranges failed once: one stream from now on
+        self.one_source = False  # ranges from mirrors failed the hash: none from them now
         self.extracted: Path | None = None
 
     # --- events --------------------------------------------------------------------------
@@ -122,10 +123,11 @@ class Download:
     def received(self) -> int:
         return self.meter.received
 
-    def bucket(self) -> TokenBucket | None:
-        """The bandwidth cap the current source's streams take tokens from, if any."""
+    def bucket(self, url: str | None = None) -> TokenBucket | None:
+        """The bandwidth cap the streams from ``url`` (default: the current source) take
+        tokens from, if any."""
         traffic = self.ctx.traffic
-        return None if traffic is None else traffic.bucket(self.url)
+        return None if traffic is None else traffic.bucket(url or self.url)
 
     def started(self, total: int | None, resumed_from: int) -> None:
         self.meter.total, self.meter.received = total, resumed_from
@@ -206,6 +208,10 @@ class Download:
             except DownloadError as exc:
                 if len(sources) == 1 or isinstance(exc, DestinationError | TooLargeError):
                     raise
+                if isinstance(exc, IntegrityError):
+                    # These bytes failed their check: none of them go on to the next source.
+                    self.resumed = False
+                    await self.dest.restart()
                 failures.append(f"{self._shown(url)}: {exc.cause}")
                 if number < len(sources):
                     cause = f"{exc.cause}; trying source {number + 1} of {len(sources)}"

@@ -2,6 +2,8 @@
 
 * ``shared_server`` (session) / ``server`` (per test): the test server of ``server.py``;
   ``other_server``: a second one, another origin.
+* ``a`` / ``b``: servers whose routes demand credentials (``auth_servers.py``), on two
+  origins.
 * ``dest``: an empty destination folder per test.
 * ``fast``: options that keep retries quick and the progress display off.
 * ``s3_server`` (session) / ``s3_bucket`` / ``s3``: a real S3 server, a fresh bucket, and a
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from auth_servers import AuthServer
 from blockbuster import BlockBuster, blockbuster_ctx
 from hypothesis import settings
 from s3 import s3, s3_bucket, s3_server  # noqa: F401 (fixtures)
@@ -53,6 +56,19 @@ def other_server() -> Iterator[SharedServer]:
 @pytest.fixture
 def server(shared_server: SharedServer) -> Server:
     return shared_server.view()
+
+
+@pytest.fixture
+def a() -> Iterator[AuthServer]:
+    with AuthServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def b() -> Iterator[AuthServer]:
+    """A second server, on another port: where cross-origin redirects lead."""
+    with AuthServer() as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ URLs. A one-off handler can also be mounted for a single test with ``server.hand
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import os
 import threading
@@ -388,6 +389,16 @@ class Server:
         """Mount ``handler`` for this test only; returns its URL."""
         self.shared._custom[self.tag, name] = handler
         return f"{self.base_url}/custom/{self.tag}/{quote(name)}"
+
+    def publish(self, name: str, body: bytes) -> str:
+        """Serve ``body`` (an archive, a manifest…) for this test only, with its length and
+        a strong ETag; returns its URL, which ends in ``name``."""
+        tag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+
+        async def handler(request: web.Request, spec: Spec) -> web.StreamResponse:
+            return web.Response(body=body, headers={"ETag": tag})
+
+        return self.handle(name, handler)
 
     def content(self, name: str, size: int = DEFAULT_SIZE) -> bytes:
         return testing.content(f"{self.tag}/{name}", size)

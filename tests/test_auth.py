@@ -7,7 +7,6 @@ import asyncio
 import logging
 import pickle
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,19 +45,6 @@ QUICK: dict[str, Any] = {"progress": False, "backoff": 0.01, "backoff_max": 0.05
 
 # No proxy, netrc or CA setting from the machine: each test sets what it needs.
 pytestmark = pytest.mark.usefixtures("clean_env")
-
-
-@pytest.fixture
-def a() -> Iterator[AuthServer]:
-    with AuthServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def b() -> Iterator[AuthServer]:
-    """A second server, on another port: where cross-origin redirects lead."""
-    with AuthServer() as srv:
-        yield srv
 
 
 def fetch(items: Any, dest: Path, **options: Any) -> Results:

@@ -8,6 +8,7 @@ on any traceback; what it saw (input, exit status, message) is written to
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -20,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from faults import closed_port
 from s3 import PART, attempt, pending
-from server import Server
+from server import Server, Spec
 
 import rheo_nb
 from rheo_nb import __version__, objstore
@@ -155,6 +157,198 @@ def test_subprocess_reads_urls_from_stdin(server: Server, tmp_path: Path) -> Non
     assert (tmp_path / "in.bin").exists()
 
 
+# --- datasets: manifests, mirrors, extraction, offline -------------------------------------
+
+
+def gen_folder(server: Server) -> str:
+    return f"{server.base_url}/gen/{server.tag}/"
+
+
+def digest(server: Server, name: str) -> str:
+    return server.hash(name).split(":")[1]
+
+
+def manifest_text(kind: str, server: Server, names: list[str]) -> str:
+    """A manifest of ``kind`` for generated files of the server (relative to gen_folder)."""
+    h = {n: server.hash(n) for n in names}
+    if kind == "sums":
+        return "".join(f"{digest(server, n)}  {n}\n" for n in names)
+    if kind == "registry":
+        return "# name hash\n" + "".join(f"{n} {h[n]}\n" for n in names)
+    if kind == "aria2":
+        return "".join(
+            f"{server.url(n, status=404)}\t{gen_folder(server)}{n}\n"
+            f"  out={n}\n  checksum=sha-256={digest(server, n)}\n"
+            for n in names
+        )
+    if kind in ("csv", "tsv"):
+        sep = "," if kind == "csv" else "\t"
+        rows = [sep.join([f"{gen_folder(server)}{n}", f"k/{n}", h[n]]) for n in names]
+        return sep.join(["image_url", "key", "sha"]) + "\n" + "\n".join(rows) + "\n"
+    assert kind == "jsonl"
+    return "".join(json.dumps({"url": n, "path": n, "hash": h[n]}) + "\n" for n in names)
+
+
+MANIFESTS = {
+    "sums": ("SHA256SUMS", ["--base-url", "{base}"]),
+    "registry": ("registry.txt", ["--base-url", "{base}"]),
+    "aria2": ("input.txt", []),
+    "csv": ("images.csv", ["--columns", "url=image_url,path=key,hash=sha"]),
+    "tsv": ("images.tsv", ["--columns", "url=image_url,path=key,hash=sha"]),
+    "jsonl": ("list.jsonl", ["--base-url", "{base}"]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MANIFESTS))
+def test_get_reads_each_manifest_format_by_name_and_content(
+    server: Server, tmp_path: Path, kind: str
+) -> None:
+    names = ["a.bin", "sub/b.bin"]
+    file, flags = MANIFESTS[kind]
+    manifest = tmp_path / file
+    manifest.write_text(manifest_text(kind, server, names))
+    out = tmp_path / "out"
+    extra = [f.format(base=gen_folder(server)) for f in flags]
+    assert main(["get", "-i", str(manifest), "-o", str(out), "-q", *extra]) == 0
+    where = {"csv": "k/", "tsv": "k/"}.get(kind, "")
+    for n in names:
+        assert (out / f"{where}{n}").read_bytes() == server.content(n)
+
+
+def test_get_reads_a_parquet_manifest_lazily(server: Server, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = [f"p{i}.bin" for i in range(12)]
+    table = pa.table({"image_url": [f"{gen_folder(server)}{n}" for n in names]})
+    pq.write_table(table, tmp_path / "shards.pq", row_group_size=5)
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "get",
+                "-i",
+                str(tmp_path / "shards.pq"),
+                "--columns",
+                "url=image_url",
+                "-o",
+                str(out),
+                "-q",
+                server.url("extra.bin"),
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in out.glob("*.bin")) == sorted([*names, "extra.bin"])
+
+
+def test_get_reads_a_private_manifest_from_a_url_with_the_same_credentials(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = "t0k-manifest"
+
+    async def guarded(request: web.Request, spec: Spec) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {token}":
+            return web.Response(status=401)
+        body = "".join(f"{server.url(n)}\n" for n in ("x.bin", "y.bin"))
+        return web.Response(text=body)
+
+    url = server.handle("urls.txt", guarded)
+    monkeypatch.setenv("LIST_TOKEN", token)
+    out = tmp_path / "out"
+    assert main(["get", "-i", url, "-o", str(out), "-q", "--bearer-env", "LIST_TOKEN"]) == 0
+    assert (out / "x.bin").read_bytes() == server.content("x.bin")
+    assert (out / "y.bin").exists()
+
+
+def test_format_names_the_format_whatever_the_file_is_called(
+    server: Server, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "download-these.txt"
+    manifest.write_text("url,path\n" + f"{server.url('c.bin')},renamed.bin\n")
+    out = tmp_path / "out"
+    assert main(["get", "-i", str(manifest), "--format", "csv", "-o", str(out), "-q"]) == 0
+    assert (out / "renamed.bin").read_bytes() == server.content("c.bin")
+
+
+def test_a_url_list_with_tab_separated_mirrors_is_read_as_aria2(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listing = tmp_path / "urls.txt"
+    listing.write_text(
+        f"{server.url('m.bin', status=404)}\t{server.url('m.bin', mirror=1)}\n"
+        "  max-connection-per-server=4\n"
+        f"{server.url('n.bin')}\n"
+    )
+    out = tmp_path / "out"
+    assert main(["get", "-i", str(listing), "-o", str(out), "-q"]) == 0
+    assert (out / "m.bin").read_bytes() == server.content("m.bin")
+    assert capsys.readouterr().err.splitlines() == [
+        f"rheo-nb get: {listing}: aria2 options ignored (rheo_nb honours out, dir and "
+        "checksum): max-connection-per-server"
+    ]
+
+
+def test_skip_bad_rows_downloads_the_rest_and_exits_1(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "list.csv"
+    manifest.write_text(f"url\n{server.url('ok.bin')}\nftp://nope.example/x\n")
+    out = tmp_path / "out"
+    assert main(["get", "-i", str(manifest), "-o", str(out), "-q", "--skip-bad-rows"]) == 1
+    assert (out / "ok.bin").exists()
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("failed: ")
+    assert f"{manifest}, line 3: unsupported URL scheme ftp:" in line
+
+
+def test_get_extracts_archives_and_can_remove_them(server: Server, tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        info = tarfile.TarInfo("rows.csv")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"a,b\n"))
+    url = server.publish("set.tar.gz", raw.getvalue())
+    out = tmp_path / "out"
+    assert main(["get", url, "-o", str(out), "-q", "--extract"]) == 0
+    assert (out / "set" / "rows.csv").read_bytes() == b"a,b\n"
+    assert (out / "set.tar.gz").exists()
+    again = tmp_path / "again"
+    assert main(["get", url, "-o", str(again), "-q", "--extract", "--extract-remove"]) == 0
+    assert (again / "set" / "rows.csv").exists()
+    assert not (again / "set.tar.gz").exists()
+    assert main(["get", url, "-o", str(again), "-q", "--extract", "--extract-remove"]) == 0
+    assert server.count("set.tar.gz") == 2  # the rerun found the extraction: no request
+
+
+def test_offline_sends_no_request_and_fails_what_is_missing(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    a, b = server.url("a.bin"), server.url("b.bin")
+    assert main(["get", a, "-o", str(out), "-q"]) == 0
+    assert main(["get", a, "-o", str(out), "-q", "--offline"]) == 0  # complete: skipped
+    assert main(["get", a, b, "-o", str(out), "-q", "--offline"]) == 1
+    assert server.count() == 1
+    assert capsys.readouterr().err.splitlines() == [f"failed: {b}: offline: not downloaded"]
+
+
+def test_the_format_and_column_names_are_the_manifest_readers() -> None:
+    from rheo_nb import cli, manifest
+
+    assert cli.INPUT_FORMATS == ("auto", "list", *manifest.FORMATS)
+    assert cli.COLUMNS == manifest.COLUMNS
+
+
+def test_the_command_starts_without_the_manifest_readers() -> None:
+    code = "import sys, rheo_nb.cli; print('rheo_nb.manifest' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"
+
+
 def test_version_and_help() -> None:
     proc = run("--version")
     assert proc.returncode == 0
@@ -209,7 +403,8 @@ ROWS = [
         "input-is-a-folder",
         ("get", "-i", "{tmp}"),
         Exit.USAGE,
-        "rheo-nb get: -i {tmp}: is a folder; give a file of 'URL [hash] [path]' lines",
+        "rheo-nb get: -i {tmp}: is a folder; give a file of 'URL [hash] [path]' lines "
+        "or a manifest",
     ),
     Row(
         "input-not-text",
@@ -230,6 +425,74 @@ ROWS = [
         Exit.USAGE,
         "rheo-nb get: {tmp}/bad-hash.txt:1: malformed md5 digest in 'md5:xyz': "
         "expected 32 hex digits",
+    ),
+    Row(
+        "format-unknown",
+        ("get", "-i", "{tmp}/bad-list.txt", "--format", "xml"),
+        Exit.USAGE,
+        "rheo-nb get: argument --format: expected one of auto, list, sums, registry, aria2, "
+        "csv, tsv, jsonl, parquet; not 'xml'; see 'rheo-nb get --help'",
+    ),
+    Row(
+        "columns-without-equals",
+        ("get", "-i", "{tmp}/table.csv", "--columns", "url:image_url"),
+        Exit.USAGE,
+        "rheo-nb get: argument --columns: expected FIELD=COLUMN pairs separated by commas, "
+        "e.g. url=image_url; not 'url:image_url'; see 'rheo-nb get --help'",
+    ),
+    Row(
+        "columns-unknown-field",
+        ("get", "-i", "{tmp}/table.csv", "--columns", "url=image_url,size=bytes"),
+        Exit.USAGE,
+        "rheo-nb get: argument --columns: unknown field 'size': map url, path, hash, mirrors "
+        "to your column names; see 'rheo-nb get --help'",
+    ),
+    Row(
+        "columns-for-a-checksum-file",
+        ("get", "-i", "{tmp}/SHA256SUMS", "--columns", "url=x", "--base-url", "{url}"),
+        Exit.USAGE,
+        "rheo-nb get: -i {tmp}/SHA256SUMS: columns= applies to csv, tsv, jsonl and parquet, "
+        "not sums",
+    ),
+    Row(
+        "manifest-bad-line",
+        ("get", "-i", "{tmp}/SHA256SUMS", "--base-url", "{url}"),
+        Exit.USAGE,
+        "rheo-nb get: {tmp}/SHA256SUMS, line 2: not a checksum line ('<hex>  name' or "
+        "'ALG (name) = <hex>')",
+    ),
+    Row(
+        "table-row-without-url",
+        ("get", "-i", "{tmp}/table.csv", "--columns", "url=image_url"),
+        Exit.USAGE,
+        "rheo-nb get: {tmp}/table.csv, line 3: no URL",
+    ),
+    Row(
+        "manifest-names-without-base-url",
+        ("get", "-i", "{tmp}/names.sha256"),
+        Exit.USAGE,
+        "rheo-nb get: {tmp}/names.sha256, line 1: 'a.bin' is not a URL and no base_url was "
+        "given (the folder it is in)",
+    ),
+    Row(
+        "base-url-malformed",
+        ("get", "-i", "{tmp}/names.sha256", "--base-url", "ftp://host/x/"),
+        Exit.USAGE,
+        "rheo-nb get: --base-url: unsupported URL scheme ftp: in 'ftp://host/x/'; rheo_nb "
+        "downloads http: and https: URLs",
+    ),
+    Row(
+        "stdin-as-a-table",
+        ("get", "-i", "-", "--format", "csv"),
+        Exit.USAGE,
+        "rheo-nb get: -i -: standard input is read as 'URL [hash] [path]' lines; give a csv "
+        "manifest as a file or a URL",
+    ),
+    Row(
+        "extract-remove-alone",
+        ("get", "{url}", "--extract-remove"),
+        Exit.USAGE,
+        "rheo-nb get: --extract-remove deletes archives once extracted: give --extract too",
     ),
     Row(
         "demo-into-a-file",
@@ -417,6 +680,9 @@ def test_bad_input_gets_one_line_and_its_exit_status(
     (tmp_path / "binary.dat").write_bytes(b"\xff\xfe\x00\x01" * 64)
     (tmp_path / "bad-list.txt").write_text(f"{server.url('a')}\n{server.url('b')} one two three\n")
     (tmp_path / "bad-hash.txt").write_text(f"{server.url('a')} md5:xyz\n")
+    (tmp_path / "SHA256SUMS").write_text(f"{'ab' * 32}  a.bin\nnot a line\n")
+    (tmp_path / "names.sha256").write_text(f"{'ab' * 32}  a.bin\n")
+    (tmp_path / "table.csv").write_text(f"image_url,key\n{server.url('a')},a.bin\n,b.bin\n")
     names = {
         "tmp": str(tmp_path),
         "url": server.url("fine.bin"),

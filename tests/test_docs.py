@@ -66,7 +66,12 @@ def test_the_site_builds_with_strict(tmp_path: Path) -> None:
     for name in ("fetch_sync", "start"):
         section = reference[reference.index(f'id="rheo_nb.{name}"') :]
         assert "limit_per_host" in section[:20_000], name
-    for page in ("01_quickstart", "02_sync_and_background", "03_integrity_and_resume"):
+    for page in (
+        "01_quickstart",
+        "02_sync_and_background",
+        "03_integrity_and_resume",
+        "04_datasets",
+    ):
         assert (site / "notebooks" / page / "index.html").exists()
 
 

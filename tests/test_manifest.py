@@ -13,6 +13,8 @@ import os
 import sys
 import tempfile
 import tracemalloc
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -610,10 +612,23 @@ async def test_the_manager_reads_a_parquet_manifest_off_the_loop(
 
 
 async def test_fetch_reads_a_parquet_manifest_off_the_loop(server: Server, dest: Path) -> None:
+    """blockbuster (autouse) fails this test if fetch reads a row on the event loop."""
     url, _ = served_parquet(server, rows=50)
     files = await asyncio.to_thread(read_manifest, url)
     results = await rheo_nb.fetch(files, dest, **FAST)
     assert len(results.ok) == 50
+
+
+def test_start_takes_a_lazy_manifest_and_counts_it_once_queued(server: Server, dest: Path) -> None:
+    url, _ = served_parquet(server, rows=20)
+    files = read_manifest(url)
+    job = rheo_nb.start(files, dest, **FAST)
+    assert repr(job).startswith(("<Job starting: 20 files queued>", "<Job running", "<Job done"))
+    assert len(job.result(30).ok) == 20
+    lazy = (f for f in files)  # a generator: its length is not known before it is read
+    job = rheo_nb.start(lazy, dest, **FAST)
+    assert len(job.result(30)) == 20
+    assert repr(job) == "<Job done: 20/20 files done · 1.9 MiB of 1.9 MiB>"
 
 
 def test_a_private_manifest_takes_the_fetch_options(server: Server) -> None:
@@ -651,6 +666,78 @@ def test_bad_rows_of_a_served_manifest_fail_alone_in_fetch(server: Server, dest:
     results = rheo_nb.fetch_sync(files, dest, **FAST)
     assert [o.status for o in results] == [Status.COMPLETED, Status.FAILED, Status.COMPLETED]
     assert "list.csv, line 3: unsupported URL scheme ftp:" in (results[1].error or "")
+
+
+@pytest.mark.parametrize("kind", ["aria2", "csv", "jsonl"])
+def test_manifest_mirrors_take_over_and_bad_rows_fail_alone(
+    server: Server, dest: Path, kind: str
+) -> None:
+    """A manifest's mirrors (aria2's TAB-separated URLs, a ``mirrors`` column) serve the
+    files whose URL is gone; with errors="skip" a bad row fails on its own."""
+    gone = [server.url(n, status=404) for n in ("m1.bin", "m3.bin")]
+    good = [server.url(n, mirror=1) for n in ("m1.bin", "m3.bin")]
+    h = [server.hash(n) for n in ("m1.bin", "m3.bin")]
+    if kind == "aria2":
+        text = (
+            f"{gone[0]}\t{good[0]}\n  checksum=sha-256={h[0].split(':')[1]}\n"
+            f"{server.url('m2.bin')}\n  checksum=sha-256=not-hex\n"
+            f"{gone[1]}\t{good[1]}\n"
+        )
+        name = "input.txt"
+    elif kind == "csv":
+        text = (
+            "url,hash,mirrors\n"
+            f"{gone[0]},{h[0]},{good[0]}|{server.url('m1.bin', status=410)}\n"
+            f"{server.url('m2.bin')},md5:xyz,\n"
+            f"{gone[1]},,{good[1]}\n"
+        )
+        name = "list.csv"
+    else:
+        rows: list[dict[str, object]] = [
+            {"url": gone[0], "hash": h[0], "mirrors": [good[0]]},
+            {"url": server.url("m2.bin"), "mirrors": 7},
+            {"url": gone[1], "mirrors": [good[1]]},
+        ]
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        name = "list.jsonl"
+    files = read_manifest(serve(server, name, text.encode()), errors="skip")
+    results = rheo_nb.fetch_sync(files, dest, **FAST)
+    assert [o.status for o in results] == [Status.COMPLETED, Status.FAILED, Status.COMPLETED], [
+        o.error for o in results
+    ]
+    assert [o.source_url for o in results.ok] == good
+    assert [o.path.name for o in results.ok] == ["m1.bin", "m3.bin"]  # named after the URL
+    assert (dest / "m1.bin").read_bytes() == server.content("m1.bin")
+    assert f"{name}, line {2 if kind == 'jsonl' else 3}: " in (results[1].error or "")
+    assert server.count("m2.bin") == 0  # the bad row was never requested
+
+
+def test_a_folder_published_by_local_server_is_a_dataset_with_ranges(
+    tmp_path: Path, dest: Path
+) -> None:
+    published = tmp_path / "published"
+    (published / "sub").mkdir(parents=True)
+    data = {"a.csv": b"x,y\n1,2\n", "sub/b.bin": os.urandom(300_000)}
+    for name, body in data.items():
+        (published / name).write_bytes(body)
+    sums = "".join(f"{hashlib.sha256(b).hexdigest()}  {n}\n" for n, b in data.items())
+    (published / "SHA256SUMS").write_text(sums)
+    (tmp_path / "secret.txt").write_text("not published")
+    with rheo_nb.testing.LocalServer(folder=published) as local:
+        files = read_manifest(local.folder_url("SHA256SUMS"))
+        assert [f.url for f in files] == [local.folder_url(n) for n in data]
+        results = rheo_nb.fetch_sync(files, dest, progress=False)
+        assert [o.status for o in results] == [Status.COMPLETED] * 2
+        assert (dest / "sub" / "b.bin").read_bytes() == data["sub/b.bin"]
+        # Ranges, as a resume asks them, and nothing from outside the folder.
+        asked = urllib.request.Request(
+            local.folder_url("sub/b.bin"), headers={"Range": "bytes=10-19"}
+        )
+        with urllib.request.urlopen(asked) as resp:
+            assert resp.status == 206
+            assert resp.read() == data["sub/b.bin"][10:20]
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"{local.base_url}/folder/..%2Fsecret.txt")
 
 
 # --- properties: any text parses or raises ManifestError -----------------------------------------

@@ -9,6 +9,7 @@ import pytest
 from rheo_nb.events import (
     Cancelled,
     Completed,
+    Extracting,
     Failed,
     Progress,
     Queued,
@@ -90,6 +91,25 @@ def test_a_download_moves_through_its_states(tracker: Tracker, clock: FakeClock)
     assert s.bytes_done == 1000 == s.bytes_total
     assert s.eta == 0.0
     assert tracker.active() == []
+
+
+def test_extracting_records_members_until_the_file_is_done(tracker: Tracker) -> None:
+    tracker.apply(Queued("a", "u", P, 0))
+    tracker.apply(Started("a", "u", P, 1000, 0))
+    tracker.apply(Validating("a", "u"))
+    tracker.apply(Extracting("a", "u", 3, 40))
+    info = tracker.downloads["a"]
+    assert info.extracting == (3, 40)
+    assert not info.validating  # verified: now it is being extracted
+    assert info.status is Status.RUNNING
+    tracker.apply(Extracting("a", "u", 40, 40))
+    assert info.extracting == (40, 40)
+    tracker.apply(Completed("a", "u", P, 1000, 1.0))
+    assert info.extracting is None
+    tracker.apply(Queued("b", "u", P, 0))
+    tracker.apply(Extracting("b", "u", 1, None))
+    tracker.apply(Failed("b", "u", P, "member '../x': its name leads outside", 1.0))
+    assert tracker.downloads["b"].extracting is None
 
 
 def test_retrying_records_the_attempt_and_the_error(tracker: Tracker) -> None:

@@ -26,7 +26,16 @@ from rheo_nb.display.view import (
     restart_note,
     retry_note,
 )
-from rheo_nb.events import Cancelled, Completed, Failed, Progress, Queued, Restarted, Started
+from rheo_nb.events import (
+    Cancelled,
+    Completed,
+    Extracting,
+    Failed,
+    Progress,
+    Queued,
+    Restarted,
+    Started,
+)
 from rheo_nb.format import shown_path
 from rheo_nb.tracker import ClusterStats, DownloadInfo, Stats, Tracker
 
@@ -111,6 +120,30 @@ def test_active_rows_say_verifying_and_retrying() -> None:
     assert "verifying" in view.active
     assert "retry 2" in view.active
     assert "3.0 KiB" in view.active
+
+
+def test_an_archive_being_extracted_shows_members_done_of_total() -> None:
+    tracker = Tracker(Clock())
+    path = Path("/d/train.tar.gz")
+    tracker.apply(Queued("a", "u/train.tar.gz", path, 0))
+    tracker.apply(Started("a", "u/train.tar.gz", path, 4 * MiB, 0))
+    tracker.apply(Progress("a", "u/train.tar.gz", 4 * MiB, 4 * MiB))
+    tracker.apply(Extracting("a", "u/train.tar.gz", 120, 400))
+    s = tracker.stats()
+    running = tracker.active(s.running)
+    view = render(s, running, [], failed=0, dest=Path("/d"))
+    assert "extracting 120/400" in view.active
+    assert "width:30.0%" in view.active  # its own bar counts members now, not bytes
+    assert line(s, running).endswith(" · train.tar.gz: extracting 120/400")
+    # A tar is read once, front to back: its total is not known until the end.
+    tracker.apply(Extracting("a", "u/train.tar.gz", 7, None))
+    running = tracker.active(s.running)
+    assert "extracting 7<" in render(s, running, [], failed=0).active
+    assert line(tracker.stats(), running).endswith(" · train.tar.gz: extracting 7")
+    # Once done, the file is simply done.
+    tracker.apply(Completed("a", "u/train.tar.gz", path, 4 * MiB, 1.0))
+    assert "extracting" not in final_line(tracker.stats(), "done")
+    assert "extracting" not in line(tracker.stats(), tracker.active())
 
 
 def test_names_and_causes_are_escaped() -> None:

@@ -128,7 +128,8 @@ def _cluster(stats: Stats, *, running: bool) -> list[str]:
 def line(stats: Stats, running: Sequence[DownloadInfo] = ()) -> str:
     """One line of progress while downloads run, e.g.
     ``▕████████████░░░░░░░░▏  61% 12/20 files · 48.0 MiB/78.7 MiB · 9.8 MiB/s · ETA 3.1s``
-    (and, on a cluster, ``· 2/2 workers busy · 3/8 shards done``).
+    (and, on a cluster, ``· 2/2 workers busy · 3/8 shards done``); while an archive is
+    being extracted, ``· train.tar.gz: extracting 120/400`` too.
     """
     share = fraction(stats, running)
     parts = [
@@ -139,7 +140,19 @@ def line(stats: Stats, running: Sequence[DownloadInfo] = ()) -> str:
         *_counts(stats),
         *_cluster(stats, running=True),
     ]
+    unpacking = next((info for info in running if info.extracting is not None), None)
+    if unpacking is not None:
+        parts.append(f"{unpacking.path.name}: {extracting(unpacking)}")
     return " · ".join(parts)
+
+
+def extracting(info: DownloadInfo) -> str:
+    """``extracting 120/400`` (members done of total), ``extracting 120`` while the total
+    is unknown (a tar is read once, front to back); '' when it is not being extracted."""
+    if info.extracting is None:
+        return ""
+    members, total = info.extracting
+    return f"extracting {members}/{total}" if total is not None else f"extracting {members}"
 
 
 def final_line(stats: Stats, phase: Phase) -> str:
@@ -233,6 +246,8 @@ def _mini_bar(share: float | None) -> str:
 
 def _row_state(info: DownloadInfo) -> str:
     share = info.bytes / info.total if info.total else None
+    if info.extracting is not None:
+        return extracting(info)
     if info.validating:
         return "verifying"
     if info.retries:
@@ -248,6 +263,9 @@ def active_rows(
     rows = []
     for info in active:
         share = info.bytes / info.total if info.total else None
+        if info.extracting is not None:  # the bar shows the members now, not the bytes
+            members, total = info.extracting
+            share = members / total if total else None
         rows.append(
             f"<span title='{html.escape(info.url)}' style='overflow:hidden;"
             f"text-overflow:ellipsis;white-space:nowrap'>"
@@ -377,6 +395,7 @@ __all__ = [
     "View",
     "bar",
     "cluster",
+    "extracting",
     "final_line",
     "final_phase",
     "fraction",
