@@ -479,6 +479,7 @@ async def test_wrong_credentials_fail_after_one_request_and_no_secret_is_shown(
         assert secret not in text
 
 
+@pytest.mark.timeout(180)  # botocore's DEBUG log of every part is slow to capture under load
 async def test_no_secret_reaches_events_results_displays_or_logs(
     s3_server: S3Server, s3_bucket: str, server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
