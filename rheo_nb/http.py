@@ -76,6 +76,10 @@ class Client:
         self.secret_params = secret_params
         #: Pacing, pauses and backoff per origin (every request, redirects included).
         self.traffic = traffic
+        #: aiohttp's read buffer: under a cap, sized from each connection's share of it.
+        self.read_bufsize = READ_BUFSIZE
+        if traffic is not None and traffic.read_size is not None:
+            self.read_bufsize = traffic.read_size
         self.timeout = aiohttp.ClientTimeout(
             total=options.total_timeout, sock_connect=options.timeout, sock_read=options.timeout
         )
@@ -169,7 +173,7 @@ class Client:
             allow_redirects=False,
             auto_decompress=False,
             timeout=self.timeout,
-            read_bufsize=READ_BUFSIZE,
+            read_bufsize=self.read_bufsize,
         )
 
     async def _refresh(

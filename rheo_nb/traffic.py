@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import re
 import socket
@@ -53,10 +54,20 @@ from .options import Options, parse_rate
 
 #: The most bytes one stream reads at a time (aiohttp's read buffer in the transfer).
 READ_SIZE = 1 << 17
-#: The receive buffer of a capped connection (Linux doubles it for its bookkeeping):
-#: small enough that a connection holds little more than a read buffer ahead of the cap;
-#: it also bounds one connection to about 1.5 MB/s at a 100 ms round trip.
+#: The largest receive buffer of a capped connection (Linux doubles it for its
+#: bookkeeping): small enough that a connection holds little more than a read buffer
+#: ahead of the cap; it also bounds one connection to about 1.5 MB/s at a 100 ms round
+#: trip.
 RECEIVE_BUFFER = 1 << 17
+#: Under a cap, what a connection reads at a time, and its receive buffer, hold about
+#: this many seconds of its share of the cap (and at most :data:`READ_SIZE`). The server
+#: sees a connection's bytes when its buffers refill, not when they are read: buffers
+#: of a fixed size, refilled in step by many connections with small shares, reach the
+#: server in bursts of seconds of the cap. Sized from the share, all the buffers of a
+#: call hold about this long of the whole cap, however many connections share it.
+SHARE_TIME = 1 / 8
+#: The smallest read under a cap, however small the share.
+MIN_READ = 1024
 #: One grant is at most this long at the bucket's rate, so that low rates flow smoothly.
 GRANT_TIME = 1 / 16
 #: Tokens of a gap this short (seconds) are kept for the streams that use the bucket; a
@@ -93,9 +104,10 @@ def origin_of(url: URL | str) -> str:
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def capped_socket(addr_info: tuple[Any, ...]) -> socket.socket:
-    """A socket with a fixed receive buffer of :data:`RECEIVE_BUFFER`, for aiohttp's
-    ``TCPConnector(socket_factory=capped_socket)`` when a rate cap is on.
+def capped_socket(addr_info: tuple[Any, ...], size: int = RECEIVE_BUFFER) -> socket.socket:
+    """A socket with a fixed receive buffer of ``size`` bytes, for aiohttp's
+    ``TCPConnector(socket_factory=...)`` when a rate cap is on
+    (:attr:`Traffic.socket_factory` gives it the size the cap's shares call for).
 
     Without it, Linux grows a connection's receive buffer as the client reads
     (autotuning), by megabytes, and the server sees those megabytes leave at full speed
@@ -105,8 +117,20 @@ def capped_socket(addr_info: tuple[Any, ...]) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     # A platform without the option keeps its own sizing.
     with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
     return sock
+
+
+def share_read_size(rate: float, connections: int) -> int:
+    """What one of ``connections`` streams sharing ``rate`` bytes per second reads at a
+    time, and its receive buffer: :data:`SHARE_TIME` of its share, between
+    :data:`MIN_READ` and :data:`READ_SIZE`.
+
+    >>> share_read_size(8 << 20, 64), share_read_size(8 << 20, 4), share_read_size(4096, 8)
+    (16384, 131072, 1024)
+    """
+    share = rate / max(1, connections)
+    return max(MIN_READ, min(READ_SIZE, int(share * SHARE_TIME)))
 
 
 def _ignore(event: Event) -> None:
@@ -550,8 +574,11 @@ def _server_time(headers: Headers) -> float | None:
 class HostSlots(Protocol):
     """The per-origin connection limiter the adaptive limit steers (``client.HostLimiter``).
 
-    Keys are origins as :func:`origin_of` spells them.
+    Keys are origins as :func:`origin_of` spells them; ``per_host`` is the capacity of an
+    origin the limiter has not been told otherwise about.
     """
+
+    per_host: int
 
     def capacity(self, host: str) -> int: ...
     def set_capacity(self, host: str, n: int) -> None: ...
@@ -630,9 +657,31 @@ class Traffic:
         self._sleep = sleep
         total = options.max_rate
         per_host = options.max_rate_per_host
-        self._total = None if total is None else TokenBucket(parse_rate(total), clock=clock)
+        # The most connections a bucket may feed: every download holds one of its origin,
+        # and a split file borrows more of them.
+        host_slots = options.concurrency if slots is None else slots.per_host
+        connections = max(options.concurrency, host_slots)
+        self._total = None
         self._per_host = None if per_host is None else parse_rate(per_host)
+        sizes = []
+        if total is not None:
+            rate = parse_rate(total)
+            sizes.append(share_read_size(rate, connections))
+            self._total = TokenBucket(rate, read_size=sizes[-1], clock=clock)
+        if self._per_host is not None:
+            sizes.append(share_read_size(self._per_host, host_slots))
+        #: What a capped stream reads at a time, and its socket's receive buffer (None:
+        #: no cap). See :data:`SHARE_TIME`.
+        self.read_size = min(sizes) if sizes else None
         self._origins: dict[str, _Origin] = {}
+
+    @property
+    def socket_factory(self) -> Callable[[tuple[Any, ...]], socket.socket] | None:
+        """The sockets of a capped call (:func:`capped_socket`, sized from the shares of
+        the cap), for ``aiohttp.TCPConnector(socket_factory=...)``; None without a cap."""
+        if self.read_size is None:
+            return None
+        return functools.partial(capped_socket, size=self.read_size)
 
     def bucket(self, url: URL | str) -> TokenBucket | None:
         """The bucket a stream from ``url`` takes its tokens from; None when uncapped."""
@@ -706,7 +755,12 @@ class Traffic:
         if o is None:
             bucket = self._total
             if self._per_host is not None:
-                bucket = TokenBucket(self._per_host, parent=self._total, clock=self._clock)
+                bucket = TokenBucket(
+                    self._per_host,
+                    read_size=self.read_size or READ_SIZE,
+                    parent=self._total,
+                    clock=self._clock,
+                )
             rps = self.options.requests_per_second
             pacer = None if rps is None else Pacer(rps, clock=self._clock)
             ceiling = self.options.concurrency if self._slots is None else self._slots.capacity(key)
