@@ -92,8 +92,10 @@ class Client:
         ``who``: the download id and the URL to show, for the traffic's events.
 
         :raises HTTPStatusError: 401 or 403 (final, naming the credentials sent, never
-            the secret); :raises RedirectError: too many redirects, or to a refused
-            scheme. Network errors are aiohttp's: translate them with :meth:`errors`.
+            the secret), or a 429 or 503 the traffic slowed the origin down for
+            (``excused``: not counted as a retry); :raises RedirectError: too many
+            redirects, or to a refused scheme. Network errors are aiohttp's: translate
+            them with :meth:`errors`.
         """
         target = URL(url)
         headers = dict(headers)
@@ -161,6 +163,14 @@ class Client:
         ticket = await traffic.before_request(sent.url, *who)
         resp = await self._send(sent, on_origin)
         traffic.after_response(ticket, resp.status, resp.headers)
+        if traffic.excuses(ticket, resp.status):
+            resp.release()
+            raise HTTPStatusError(
+                status=resp.status,
+                reason=format.printable(resp.reason or ""),
+                retry_after=traffic.pause_left(sent.url),
+                excused=True,
+            )
         return resp
 
     async def _send(self, sent: auth.Request, on_origin: bool) -> aiohttp.ClientResponse:

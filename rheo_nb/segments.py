@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from . import events
-from .errors import DownloadError, IntegrityError
+from .errors import DownloadError, HTTPStatusError, IntegrityError
 from .http import Decision, Restart, decide, range_headers
 from .partfile import Record, url_key
 from .stream import Watchdog, WriteBatch, pump
@@ -309,8 +309,9 @@ async def _fetch_range(
                     if tail:
                         await sink.write(tail)
         except DownloadError as exc:
-            attempt += 1
-            delay = ctx.policy.delay(exc, attempt)
+            attempt, delay = ctx.policy.after(exc, attempt)
+            if _over_capacity(job, exc):
+                return  # its connection is given up; the coordinator hands the range on
             cause = f"range {seg.position}-{seg.end - 1}: {exc.cause}"
             job.emit(events.Retrying, attempt, delay, cause)
             await asyncio.sleep(delay)
@@ -318,6 +319,17 @@ async def _fetch_range(
             if resp is not None:
                 resp.close()  # a range cut short by a split leaves bytes unread
                 resp = None
+
+
+def _over_capacity(job: Download, exc: DownloadError) -> bool:
+    """A range refused with a 429 or 503 for which the origin's connections were cut,
+    while the origin still has more of them than it is now allowed."""
+    limiter = job.ctx.limiter
+    return (
+        isinstance(exc, HTTPStatusError)
+        and exc.excused
+        and limiter.in_use(job.host) > limiter.capacity(job.host)
+    )
 
 
 async def _open_range(

@@ -349,6 +349,11 @@ class AdaptiveLimit:
         return self.limit
 
     @property
+    def refused(self) -> int:
+        """The level the last cut halved: the connections that were too many."""
+        return self._bad
+
+    @property
     def run(self) -> int:
         """Successes in a row that grow the limit by one."""
         return max(GROW_AFTER, 2 * self.limit)
@@ -600,11 +605,14 @@ class _Origin:
     __slots__ = (
         "asked_until",
         "bucket",
+        "eased",
         "limit",
         "pacer",
         "paused_until",
         "quota_left",
         "quota_until",
+        "reacted_at",
+        "reacted_to",
         "reason",
         "sent",
         "status",
@@ -626,6 +634,12 @@ class _Origin:
         self.quota_until = -math.inf
         #: Requests sent to the origin so far.
         self.sent = 0
+        #: When the origin was last slowed down (a cut, or the start of a pause), the
+        #: number of the request whose answer did it, and whether that answer lowered
+        #: the connections in use (a pause, or a cut at one connection, does not).
+        self.reacted_at = -math.inf
+        self.reacted_to = 0
+        self.eased = False
 
 
 class Traffic:
@@ -750,6 +764,28 @@ class Traffic:
             return spent
         return self._grow(o, ticket)
 
+    def excuses(self, ticket: Ticket, status: int) -> bool:
+        """Whether a 429 or 503, once :meth:`after_response` has learnt from it, is not
+        held against the file that drew it: its retry is not counted in ``retries``.
+
+        Excused: an answer that cut the connections in use to the origin, and one to a
+        request sent before the origin was slowed down (the cut or pause it would ask for
+        is in place). Held: any other, which is what ends a file whose server keeps
+        refusing it: one that finds a single connection in use already, one that starts
+        a pause (``Retry-After``, a spent quota), a ``Retry-After: 0``.
+        """
+        if status not in THROTTLE_STATUSES:
+            return False
+        o = self._origins[ticket.origin]
+        if o.reacted_to == ticket.number:
+            return o.eased
+        return ticket.sent < o.reacted_at
+
+    def pause_left(self, url: URL | str) -> float:
+        """Seconds until requests to the origin of ``url`` may start again (0: now)."""
+        o = self._origins.get(origin_of(url))
+        return 0.0 if o is None else max(0.0, o.paused_until - self._clock())
+
     def _origin(self, key: str) -> _Origin:
         o = self._origins.get(key)
         if o is None:
@@ -798,6 +834,7 @@ class Traffic:
             o.reason = reason
         if seconds <= 0 or not news:
             return None
+        o.reacted_at, o.reacted_to, o.eased = self._clock(), ticket.number, False
         n = o.limit.limit
         return self._decide(ticket, n, n, reason, seconds)
 
@@ -807,7 +844,8 @@ class Traffic:
         if n is None:
             return None
         delay = retry.backoff(o.limit.strikes, self.options.backoff, self.options.backoff_max)
-        o.paused_until = max(o.paused_until, self._clock() + delay)
+        o.reacted_at, o.reacted_to, o.eased = self._clock(), ticket.number, n < o.limit.refused
+        o.paused_until = max(o.paused_until, o.reacted_at + delay)
         if self._slots is not None:
             self._slots.set_capacity(ticket.origin, n)
         return self._decide(ticket, n, before, str(status), delay)
