@@ -298,7 +298,7 @@ async def _fetch_range(
             async with Watchdog(opts.low_speed_limit, opts.low_speed_time) as dog:
                 with ctx.http.errors(job.received):
                     if resp is None:
-                        resp = await _open_range(job, split, seg, probe=victim is not None)
+                        resp = await _open_range(job, split, seg, dog, probe=victim is not None)
                         if resp is None:
                             return  # a refused probe: the file stays on its first stream
                         if victim is not None and not split.confirm(seg, victim):
@@ -333,14 +333,14 @@ def _over_capacity(job: Download, exc: DownloadError) -> bool:
 
 
 async def _open_range(
-    job: Download, split: Split, seg: Segment, *, probe: bool
+    job: Download, split: Split, seg: Segment, dog: Watchdog, *, probe: bool
 ) -> aiohttp.ClientResponse | None:
     """A response for the range ``seg`` still needs, checked against what was asked (its
     end may move down while the request is out: the answer is checked against the ask).
     None when a probe is refused: the server does not take ranges for this file."""
     asked = (seg.position, seg.end - 1)
     headers = {**job.headers, **range_headers(asked, split.validator)}
-    resp = await job.ctx.http.get(job.url, headers, job.who)
+    resp = await job.ctx.http.get(job.url, headers, job.who, dog)
     try:
         answer = decide(
             resp.status,

@@ -273,7 +273,7 @@ class Download:
         opts = ctx.options
         async with Watchdog(opts.low_speed_limit, opts.low_speed_time) as dog:
             with ctx.http.errors(self.received):
-                resp = await ctx.http.get(self.url, headers, self.who)
+                resp = await ctx.http.get(self.url, headers, self.who, dog)
                 try:
                     answer, split = await self._receive(resp, resume)
                     if split is None:
