@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from .errors import DownloadError, HTTPStatusError, IntegrityError
 from .http import Decision, Restart, decide, range_headers
 from .partfile import Record, url_key
 from .stream import Watchdog, WriteBatch, pump
+from .traffic import TokenBucket
 
 if TYPE_CHECKING:
     from .transfer import Download
@@ -118,6 +120,8 @@ def steal(segments: list[Segment], min_size: int = MIN_SEGMENT) -> Segment | Non
 
 _RECRUIT_EVERY = 0.2
 _SAVE_EVERY = 1.0
+#: Under a cap, a split takes no more connections once its streams use this share of it.
+_CAP_IN_USE = 0.9
 
 
 @dataclass(slots=True)
@@ -222,6 +226,7 @@ async def _coordinate(job: Download, split: Split, first: aiohttp.ClientResponse
     ctx, host = job.ctx, job.host
     workers: dict[asyncio.Task[None], Segment] = {}
     borrowed = 0  # connections beyond the download's own
+    room = _CapRoom(job.bucket(), ctx.clock)
 
     def spawn(seg: Segment, resp: aiohttp.ClientResponse | None, victim: Segment | None) -> None:
         split.owned.add(id(seg))
@@ -234,6 +239,7 @@ async def _coordinate(job: Download, split: Split, first: aiohttp.ClientResponse
             cap = 1
         elif not split.ranges_ok:
             cap = min(cap, 2)  # the first connection and one probe
+        cap = min(cap, len(workers) + room.now()) if workers else cap
         while len(workers) < min(cap, ctx.limiter.share(host)):
             extra = bool(workers)
             if extra and not ctx.limiter.try_acquire(host):
@@ -276,6 +282,37 @@ async def _coordinate(job: Download, split: Split, first: aiohttp.ClientResponse
             ctx.limiter.release(host)
         with contextlib.suppress(DownloadError):
             await job.dest.save(split)
+
+
+class _CapRoom:
+    """How many connections a split may add now, under a bandwidth cap: one at a time, and
+    only while the streams use less than :data:`_CAP_IN_USE` of the cap (of every bucket
+    they take from) over the time since the last look. A connection added while the cap
+    holds the streams back only shares the same bytes more thinly; one added while the
+    server holds them back brings more. Without a cap: any number."""
+
+    __slots__ = ("_buckets", "_clock", "_seen")
+
+    def __init__(self, bucket: TokenBucket | None, clock: Callable[[], float]) -> None:
+        self._buckets: list[TokenBucket] = []
+        while bucket is not None:
+            self._buckets.append(bucket)
+            bucket = bucket.parent
+        self._clock = clock
+        self._seen: tuple[float, list[int]] | None = None  # no look yet: nothing known
+
+    def now(self) -> int:
+        if not self._buckets:
+            return MAX_SEGMENTS
+        now, granted = self._clock(), [b.granted for b in self._buckets]
+        seen, self._seen = self._seen, (now, granted)
+        if seen is None or now - seen[0] <= 0:
+            return 0
+        elapsed = now - seen[0]
+        for bucket, before, after in zip(self._buckets, seen[1], granted, strict=True):
+            if after - before >= _CAP_IN_USE * bucket.rate * elapsed:
+                return 0
+        return 1
 
 
 async def _fetch_range(

@@ -155,7 +155,16 @@ class TokenBucket:
     >>> n = await bucket.take(1 << 17)                    # doctest: +SKIP
     """
 
-    __slots__ = ("_clock", "_last", "_parent", "_queue", "_tokens", "quantum", "rate")
+    __slots__ = (
+        "_clock",
+        "_last",
+        "_parent",
+        "_queue",
+        "_tokens",
+        "granted",
+        "quantum",
+        "rate",
+    )
 
     def __init__(
         self,
@@ -176,9 +185,16 @@ class TokenBucket:
         self._tokens = float(self.quantum)
         self._last = clock()
         self._queue: deque[asyncio.Future[None]] = deque()
+        #: Bytes granted so far, less those given back: what the streams took of the rate.
+        self.granted = 0
 
     def __repr__(self) -> str:
         return f"TokenBucket(rate={self.rate:g}, quantum={self.quantum})"
+
+    @property
+    def parent(self) -> TokenBucket | None:
+        """The bucket above this one (the whole call's, above an origin's), if any."""
+        return self._parent
 
     async def take(self, want: int) -> int:
         """Wait for, and take, tokens for up to ``want`` bytes; returns how many."""
@@ -189,20 +205,22 @@ class TokenBucket:
             await self._wait(n)
         else:
             self._tokens -= n
-        if self._parent is None:
-            return n
-        try:
-            got = await self._parent.take(n)
-        except BaseException:
-            self._tokens += n
-            raise
-        self._tokens += n - got
-        return got
+        if self._parent is not None:
+            try:
+                got = await self._parent.take(n)
+            except BaseException:
+                self._tokens += n
+                raise
+            self._tokens += n - got
+            n = got
+        self.granted += n
+        return n
 
     def refund(self, n: int) -> None:
         """Give back tokens taken for bytes that were not read after all."""
         if n > 0:
             self._tokens += n
+            self.granted -= n
             if self._parent is not None:
                 self._parent.refund(n)
 
