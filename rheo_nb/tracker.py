@@ -26,6 +26,7 @@ from .events import (
     Skipped,
     Started,
     Status,
+    Throttled,
     Validating,
 )
 
@@ -106,6 +107,9 @@ class Tracker:
         self.clock = clock
         self.downloads: dict[str, DownloadInfo] = {}
         self.failures: list[DownloadInfo] = []
+        #: The last decision about each origin that slowed down or paused (by origin,
+        #: ``"https://example.org"``): how it stands now.
+        self.throttled: dict[str, Throttled] = {}
         self._counts = dict.fromkeys(Status, 0)
         self._running: dict[str, DownloadInfo] = {}  # in the order they started
         self._bytes_done = 0
@@ -154,6 +158,9 @@ class Tracker:
             self.downloads[event.download_id] = info
             self._counts[Status.QUEUED] += 1
             self._unknown_sizes += 1
+            return
+        if isinstance(event, Throttled):  # about an origin, not about its download
+            self.throttled[event.origin] = event
             return
         found = self.downloads.get(event.download_id)
         if found is None:

@@ -20,12 +20,23 @@ from rheo_nb.display.view import (
     final_phase,
     fraction,
     line,
+    notice_rows,
     percent,
     render,
     restart_note,
     retry_note,
+    throttle_note,
 )
-from rheo_nb.events import Cancelled, Completed, Failed, Progress, Queued, Restarted, Started
+from rheo_nb.events import (
+    Cancelled,
+    Completed,
+    Failed,
+    Progress,
+    Queued,
+    Restarted,
+    Started,
+    Throttled,
+)
 from rheo_nb.format import shown_path
 from rheo_nb.tracker import DownloadInfo, Stats, Tracker
 
@@ -326,3 +337,31 @@ def test_a_file_speed_is_its_real_rate_from_the_first_sample() -> None:
     view = render(tracker.stats(), tracker.active(5), [], failed=0)
     assert "2.0 MiB/s" in view.active
     assert rheo_nb.format.duration(0.5) == "0.5s"
+
+
+@pytest.mark.parametrize(
+    ("event", "note"),
+    [
+        (
+            Throttled("d", "u", "https://example.org", 2, 4, "429", 0.5),
+            "⇣ example.org slowed to 2 connections: 429, waiting 0.5s",
+        ),
+        (
+            Throttled("d", "u", "http://127.0.0.1:8080", 8, 8, "503, Retry-After", 30.0),
+            "⇣ 127.0.0.1:8080 paused for 0:30: 503, Retry-After",
+        ),
+        (
+            Throttled("d", "u", "https://example.org", 3, 2, "4 good answers in a row"),
+            "⇡ example.org back up to 3 connections: 4 good answers in a row",
+        ),
+    ],
+)
+def test_a_throttle_is_a_notice_in_a_few_words(event: Throttled, note: str) -> None:
+    assert throttle_note(event) == note
+
+
+def test_notices_keep_their_own_marks_and_are_escaped() -> None:
+    rows = notice_rows(["↻ restarting a.bin: x", "⇣ <b>host</b> slowed to 1 connection: 429"])
+    assert "↻ restarting a.bin: x" in rows
+    assert "⇣ &lt;b&gt;host&lt;/b&gt; slowed to 1 connection: 429" in rows
+    assert "<b>host" not in rows
