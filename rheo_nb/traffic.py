@@ -17,6 +17,7 @@ A transfer meets it at three points::
     bucket = traffic.bucket(url)            # None without a cap: the read loop tests None
     ticket = await traffic.before_request(url, download_id, display_url)  # every request
     traffic.after_response(ticket, resp.status, resp.headers)
+    if traffic.excuses(ticket, resp.status): ...   # a 429 not held against its file
 
 and, when ``bucket`` is not None, around every read::
 
@@ -24,7 +25,9 @@ and, when ``bucket`` is not None, around every read::
     data = await resp.content.read(n)
     bucket.refund(n - len(data))
 
-Each decision about an origin is emitted as a :class:`~rheo_nb.Throttled` event.
+Under a cap, what a stream reads at a time and its socket's receive buffer are sized from
+its share of the cap (:attr:`Traffic.read_size`, :attr:`Traffic.socket_factory`). Each
+decision about an origin is emitted as a :class:`~rheo_nb.Throttled` event.
 """
 
 from __future__ import annotations
