@@ -67,8 +67,9 @@ RECEIVE_BUFFER = 1 << 17
 #: sees a connection's bytes when its buffers refill, not when they are read: buffers
 #: of a fixed size, refilled in step by many connections with small shares, reach the
 #: server in bursts of seconds of the cap. Sized from the share, all the buffers of a
-#: call hold about this long of the whole cap, however many connections share it.
-SHARE_TIME = 1 / 8
+#: call hold a few times this long of the whole cap, however many connections share it.
+#: The price: a connection carries its share only up to round trips of about this long.
+SHARE_TIME = 1 / 16
 #: The smallest read under a cap, however small the share.
 MIN_READ = 1024
 #: One grant is at most this long at the bucket's rate, so that low rates flow smoothly.
@@ -130,7 +131,7 @@ def share_read_size(rate: float, connections: int) -> int:
     :data:`MIN_READ` and :data:`READ_SIZE`.
 
     >>> share_read_size(8 << 20, 64), share_read_size(8 << 20, 4), share_read_size(4096, 8)
-    (16384, 131072, 1024)
+    (8192, 131072, 1024)
     """
     share = rate / max(1, connections)
     return max(MIN_READ, min(READ_SIZE, int(share * SHARE_TIME)))
