@@ -85,6 +85,9 @@ async def fetch(
     max_extract_files: int = 1_000_000,
     offline: bool | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    max_rate: int | float | str | None = None,
+    max_rate_per_host: int | float | str | None = None,
+    requests_per_second: float | None = None,
     verify: Verify = True,
     proxy: str | None = None,
     trust_env: bool = True,
@@ -119,6 +122,14 @@ async def fetch(
     :class:`ApiKey`, :class:`DigestAuth` or :class:`OAuth2ClientCredentials`; ``headers``
     and ``cookies`` go with every request. All of them reach only the origin of each
     file's URL, never a host a redirect leads to.
+
+    Being a good citizen: ``max_rate`` caps the bytes per second of the whole call
+    (``"20MB/s"``, ``"500KiB/s"``, ``"20M"`` as curl spells it), ``max_rate_per_host``
+    those of each origin, and ``requests_per_second`` spaces the requests to each origin.
+    An origin that answers 429 or 503 is given fewer connections, and one that asks for
+    a pause (``Retry-After``, a spent ``RateLimit`` quota) gets it.
+
+    >>> await rheo_nb.fetch(urls, max_rate="20MB/s", requests_per_second=5)  # doctest: +SKIP
 
     The session: ``verify`` (``True``, a CA file, ``"system"``, an ``SSLContext``, or
     ``False``, which warns), ``proxy``, ``trust_env``, ``netrc`` and the connection limits

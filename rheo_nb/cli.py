@@ -3,11 +3,11 @@ interrupted downloads left in a bucket, ``demo`` shows it all on a local server.
 
 Every bad input ends in one line on stderr that names the problem and how to fix it, and
 an exit status from :class:`Exit`; no traceback reaches the user. Flags are added in
-groups (:func:`_transfer_flags`, :func:`_dataset_flags`, :func:`_private_flags`,
-:func:`_storage_flags`, :func:`_cluster_flags`), and :func:`_options` turns the parsed
-flags into ``fetch`` options: a new flag is a line in each. ``-i`` inputs are this
-command's own 'URL [hash] [path]' lists or manifests, read by
-:func:`rheo_nb.read_manifest`.
+groups (:func:`_transfer_flags`, :func:`_dataset_flags`, :func:`_traffic_flags`,
+:func:`_private_flags`, :func:`_storage_flags`, :func:`_cluster_flags`), and
+:func:`_options` turns the parsed flags into ``fetch`` options: a new flag is a line in
+each. ``-i`` inputs are this command's own 'URL [hash] [path]' lists or manifests, read
+by :func:`rheo_nb.read_manifest`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from .display import TextProgress
 from .errors import DestinationError, ManifestError, OptionError, RheoNbError
 from .hashing import parse_hash
 from .items import File, Items, check_headers, check_url
-from .options import is_secret_option
+from .options import is_secret_option, parse_rate
 
 
 class Exit(IntEnum):
@@ -278,6 +278,59 @@ def _dataset_flags(get: argparse.ArgumentParser) -> None:
     )
 
 
+def _rate(text: str) -> int:
+    try:
+        return parse_rate(text)
+    except RheoNbError:
+        raise argparse.ArgumentTypeError(
+            "expected at least 1 byte per second, written as 20M (1024-based, as curl and "
+            f"wget read it), 20MB/s, 500KiB/s or 100Mbit/s, not {text!r}"
+        ) from None
+
+
+def _per_second(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"expected a number of requests per second > 0 (0.5: one every 2 s), not {text!r}"
+        )
+    return value
+
+
+def _traffic_flags(get: argparse.ArgumentParser) -> None:
+    polite = get.add_argument_group(
+        "being a good citizen",
+        _wrap(
+            "Caps on bandwidth and on request starts. Whatever they are, an origin that "
+            "answers 429 or 503 gets fewer connections, and one that asks for a pause "
+            "(Retry-After, a spent RateLimit quota) gets it."
+        ),
+    )
+    polite.add_argument(
+        "--limit-rate",
+        type=_rate,
+        metavar="RATE",
+        help="most bytes per second for the whole download, all connections together: "
+        "20M or 500k (1024-based, as curl and wget), 20MB/s (1000-based), 20MiB/s, 100Mbit/s",
+    )
+    polite.add_argument(
+        "--limit-rate-per-host",
+        type=_rate,
+        metavar="RATE",
+        help="the same for each host (scheme, host and port) on its own",
+    )
+    polite.add_argument(
+        "--requests-per-second",
+        type=_per_second,
+        metavar="N",
+        help="most request starts per second to each host, evenly spaced (ranges and "
+        "redirects count)",
+    )
+
+
 def _private_flags(get: argparse.ArgumentParser) -> None:
     private = get.add_argument_group(
         "private sources",
@@ -409,6 +462,7 @@ def _parser() -> _Parser:
     )
     _transfer_flags(get)
     _dataset_flags(get)
+    _traffic_flags(get)
     _private_flags(get)
     _cluster_flags(get)
     _storage_flags(get)
@@ -734,6 +788,9 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "extract": args.extract,
         "extract_remove": args.extract_remove,
         "offline": True if args.offline else None,  # None: as RHEO_NB_OFFLINE says
+        "max_rate": args.limit_rate,
+        "max_rate_per_host": args.limit_rate_per_host,
+        "requests_per_second": args.requests_per_second,
         "progress": TextProgress(failures_only=True) if args.quiet else "text",
         **_private_options(args),
     }

@@ -290,9 +290,11 @@ def _read_netrc(choice: NetrcArg, trust_env: bool) -> netrc_module.netrc | None:
 class HostLimiter:
     """Connection slots per origin (``scheme://host:port``), shared by one call's downloads.
 
-    Every download holds one slot of its origin while it runs; a segmented download
-    borrows more with :meth:`try_acquire` while some are free, within its fair share
-    (:meth:`share`). Waiters are served first come, first served.
+    Every attempt of a download holds one slot of its origin while it runs (not while it
+    waits to retry); a segmented download borrows more with :meth:`try_acquire` while
+    some are free, within its fair share (:meth:`share`). Waiters are served first come,
+    first served. The traffic's adaptive limit sets an origin's capacity
+    (:meth:`set_capacity`) when it answers 429 or 503.
 
     >>> limiter = HostLimiter(per_host=8)
     >>> limiter.try_acquire("https://example.org:443")

@@ -97,7 +97,12 @@ class DownloadError(RheoNbError):
 
 
 class HTTPStatusError(DownloadError):
-    """The server answered with an error status."""
+    """The server answered with an error status.
+
+    ``excused``: a 429 or 503 that rheo_nb answered by slowing the whole origin down
+    (see :meth:`rheo_nb.traffic.Traffic.excuses`); its retry is not counted in
+    ``retries``.
+    """
 
     def __init__(
         self,
@@ -106,12 +111,14 @@ class HTTPStatusError(DownloadError):
         reason: str = "",
         *,
         retry_after: float | None = None,
+        excused: bool = False,
     ) -> None:
         text = f"HTTP {status}" + (f" {reason}" if reason else "")
         super().__init__(url, text)
         self.status = status
         self.reason = reason
         self.retry_after = retry_after
+        self.excused = excused
 
 
 class TransferError(DownloadError):

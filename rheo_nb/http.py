@@ -31,6 +31,7 @@ from .errors import DownloadError, HTTPStatusError, OptionError, RedirectError, 
 from .items import SCHEMES
 from .options import Options
 from .retry import TRANSIENT_STATUSES, parse_retry_after
+from .stream import Watchdog
 from .traffic import Traffic
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -76,20 +77,32 @@ class Client:
         self.secret_params = secret_params
         #: Pacing, pauses and backoff per origin (every request, redirects included).
         self.traffic = traffic
+        #: aiohttp's read buffer: under a cap, sized from each connection's share of it.
+        self.read_bufsize = READ_BUFSIZE
+        if traffic is not None and traffic.read_size is not None:
+            self.read_bufsize = traffic.read_size
         self.timeout = aiohttp.ClientTimeout(
             total=options.total_timeout, sock_connect=options.timeout, sock_read=options.timeout
         )
 
     async def get(
-        self, url: str, headers: Mapping[str, str], who: tuple[str, str] = ("", "")
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        who: tuple[str, str] = ("", ""),
+        dog: Watchdog | None = None,
     ) -> aiohttp.ClientResponse:
         """GET ``url`` with credentials for its origin; the response is not yet read.
 
-        ``who``: the download id and the URL to show, for the traffic's events.
+        ``who``: the download id and the URL to show, for the traffic's events; ``dog``:
+        the attempt's low-speed watchdog, which does not count the time a request waits
+        for its turn (pacing, a pause the origin asked for).
 
         :raises HTTPStatusError: 401 or 403 (final, naming the credentials sent, never
-            the secret); :raises RedirectError: too many redirects, or to a refused
-            scheme. Network errors are aiohttp's: translate them with :meth:`errors`.
+            the secret), or a 429 or 503 the traffic slowed the origin down for
+            (``excused``: not counted as a retry); :raises RedirectError: too many
+            redirects, or to a refused scheme. Network errors are aiohttp's: translate
+            them with :meth:`errors`.
         """
         target = URL(url)
         headers = dict(headers)
@@ -107,7 +120,7 @@ class Client:
             headers["Cookie"] = auth.cookie_header(self.options.cookies)
         renewed = False
         while True:
-            resp, sent = await self._send_handling_redirects(target, headers, credentials, who)
+            resp, sent = await self._send_handling_redirects(target, headers, credentials, who, dog)
             if resp.status == 401 and sent is not None and credentials is not None and not renewed:
                 renewed = await self._refresh(credentials, sent, resp)
                 if renewed:
@@ -124,6 +137,7 @@ class Client:
         headers: dict[str, str],
         credentials: auth.Auth | None,
         who: tuple[str, str],
+        dog: Watchdog | None,
     ) -> tuple[aiohttp.ClientResponse, auth.Request | None]:
         """Follow redirects; returns the response and, while still on the origin, the
         request as sent (what a 401 renewal needs)."""
@@ -137,7 +151,7 @@ class Client:
                     await credentials.apply(self.session, sent)
                 except auth.TokenError as exc:
                     raise _token_error(exc) from None
-            resp = await self._send_single(sent, on_origin, who)
+            resp = await self._send_single(sent, on_origin, who, dog)
             if resp.status not in REDIRECTS:
                 return resp, sent if on_origin else None
             location = resp.headers.get("Location")
@@ -149,14 +163,28 @@ class Client:
                 on_origin = False
 
     async def _send_single(
-        self, sent: auth.Request, on_origin: bool, who: tuple[str, str]
+        self, sent: auth.Request, on_origin: bool, who: tuple[str, str], dog: Watchdog | None
     ) -> aiohttp.ClientResponse:
         traffic = self.traffic
         if traffic is None:
             return await self._send(sent, on_origin)
-        ticket = await traffic.before_request(sent.url, *who)
+        if dog is not None:
+            dog.pause()  # waiting for its turn is not the server's slowness
+        try:
+            ticket = await traffic.before_request(sent.url, *who)
+        finally:
+            if dog is not None:
+                dog.resume()
         resp = await self._send(sent, on_origin)
         traffic.after_response(ticket, resp.status, resp.headers)
+        if traffic.excuses(ticket, resp.status):
+            resp.release()
+            raise HTTPStatusError(
+                status=resp.status,
+                reason=format.printable(resp.reason or ""),
+                retry_after=traffic.pause_left(sent.url),
+                excused=True,
+            )
         return resp
 
     async def _send(self, sent: auth.Request, on_origin: bool) -> aiohttp.ClientResponse:
@@ -169,7 +197,7 @@ class Client:
             allow_redirects=False,
             auto_decompress=False,
             timeout=self.timeout,
-            read_bufsize=READ_BUFSIZE,
+            read_bufsize=self.read_bufsize,
         )
 
     async def _refresh(

@@ -43,7 +43,7 @@ from .results import Results
 from .retry import RetryPolicy
 from .runner import ThreadLane
 from .tracker import DownloadInfo, Stats, Tracker
-from .traffic import Traffic, capped_socket
+from .traffic import Traffic
 
 log = logging.getLogger("rheo_nb")
 
@@ -172,21 +172,23 @@ class DownloadManager:
     async def _enter(self, dest_real: Path | None) -> Self:
         network = Network()
         if isinstance(self._client, aiohttp.ClientSession):
-            self._session = self._client
+            session, factory = self._client, None
+            per_host = getattr(session.connector, "limit_per_host", 0)
         else:
             factory = self._client or self._factory
             assert factory is not None
+            per_host = factory.limit_per_host
+        limiter = HostLimiter(per_host or self.options.concurrency)
+        traffic = Traffic(self.options, emit=self._emit, slots=limiter)
+        if factory is None:
+            self._session = session
+        else:
             network = await asyncio.to_thread(factory.network)
-            capped = self.options.max_rate is not None or self.options.max_rate_per_host is not None
-            self._session = factory.create(
-                network, socket_factory=capped_socket if capped else None
-            )
+            # A capped call's sockets have receive buffers sized from the cap's shares.
+            self._session = factory.create(network, socket_factory=traffic.socket_factory)
             self._owns_session = True
         secrets = auth.secret_params(self.options.auth)
         self._lane = ThreadLane(asyncio.get_running_loop())
-        per_host = getattr(self._session.connector, "limit_per_host", 0)
-        limiter = HostLimiter(per_host or self.options.concurrency)
-        traffic = Traffic(self.options, emit=self._emit, slots=limiter)
         self._ctx = transfer.Context(
             http=Client(self._session, self.options, network, secrets, traffic),
             options=self.options,

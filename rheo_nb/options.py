@@ -247,18 +247,12 @@ class Options:
             object.__setattr__(
                 self, "offline", os.environ.get("RHEO_NB_OFFLINE", "").strip() not in ("", "0")
             )
+        # A cap may be under low_speed_limit: the low-speed rule does not count the time
+        # a stream waits for the cap's tokens.
         for name in ("max_rate", "max_rate_per_host"):
             value = getattr(self, name)
             if value is not None:
-                rate = parse_rate(value, name)
-                object.__setattr__(self, name, rate)
-                # A cap under the low-speed floor would end every download as too slow.
-                _need(
-                    not self.low_speed_limit or rate >= self.low_speed_limit,
-                    f"{name}={rate} B/s is under low_speed_limit={self.low_speed_limit} B/s, "
-                    "so every download would be ended as too slow: raise the rate, or lower "
-                    "low_speed_limit (0 turns the check off)",
-                )
+                object.__setattr__(self, name, parse_rate(value, name))
         rps = self.requests_per_second
         _need(
             rps is None or (_number(rps, above=0) and math.isfinite(rps)),

@@ -58,6 +58,19 @@ class RetryPolicy:
     def from_options(cls, options: Options) -> RetryPolicy:
         return cls(options.retries, options.backoff, options.backoff_max, options.retry_after_max)
 
+    def after(self, exc: DownloadError, failed: int) -> tuple[int, float]:
+        """After ``failed`` attempts and now ``exc``: the failed attempts that count, and
+        the wait before the next attempt. The one call every retry loop makes.
+
+        A 429 or 503 the traffic slowed the origin down for (``excused``) does not count:
+        its wait is the origin's pause, up to ``retry_after_max``.
+
+        :raises DownloadError: ``exc``, when it earns no further attempt (see :meth:`delay`).
+        """
+        if isinstance(exc, HTTPStatusError) and exc.excused:
+            return failed, min(exc.retry_after or 0.0, self.retry_after_max)
+        return failed + 1, self.delay(exc, failed + 1)
+
     def delay(self, exc: DownloadError, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based).
 

@@ -32,11 +32,12 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from . import events
-from .errors import DownloadError, IntegrityError
+from .errors import DownloadError, HTTPStatusError, IntegrityError
 from .http import Decision, Restart, decide, range_headers
 from .items import host_key
 from .partfile import Record, url_key
 from .stream import Watchdog, WriteBatch, pump
+from .traffic import TokenBucket
 
 if TYPE_CHECKING:
     from .transfer import Download
@@ -135,6 +136,8 @@ def steal(
 
 _RECRUIT_EVERY = 0.2
 _SAVE_EVERY = 1.0
+#: Under a cap, a split takes no more connections once its streams use this share of it.
+_CAP_IN_USE = 0.9
 
 
 @dataclass(slots=True)
@@ -292,6 +295,7 @@ class _Crew:
 
     def __init__(self, job: Download, split: Split) -> None:
         self.job, self.split = job, split
+        self.room = _CapRoom(job.bucket(), job.ctx.clock)
         self.tasks: dict[asyncio.Task[None], tuple[Segment, str, str | None]] = {}
 
     def spawn(
@@ -314,6 +318,8 @@ class _Crew:
             cap = 1
         elif not split.ranges_ok:
             cap = min(cap, 2)  # the first connection and one probe
+        if self.tasks:
+            cap = min(cap, len(self.tasks) + self.room.now())
         while len(self.tasks) < cap:
             chosen = self.source()
             if chosen is None:
@@ -360,6 +366,37 @@ class _Crew:
                 self.job.ctx.limiter.release(slot)
 
 
+class _CapRoom:
+    """How many connections a split may add now, under a bandwidth cap: one at a time, and
+    only while the streams use less than :data:`_CAP_IN_USE` of the cap (of every bucket
+    they take from) over the time since the last look. A connection added while the cap
+    holds the streams back only shares the same bytes more thinly; one added while the
+    server holds them back brings more. Without a cap: any number."""
+
+    __slots__ = ("_buckets", "_clock", "_seen")
+
+    def __init__(self, bucket: TokenBucket | None, clock: Callable[[], float]) -> None:
+        self._buckets: list[TokenBucket] = []
+        while bucket is not None:
+            self._buckets.append(bucket)
+            bucket = bucket.parent
+        self._clock = clock
+        self._seen: tuple[float, list[int]] | None = None  # no look yet: nothing known
+
+    def now(self) -> int:
+        if not self._buckets:
+            return MAX_SEGMENTS
+        now, granted = self._clock(), [b.granted for b in self._buckets]
+        seen, self._seen = self._seen, (now, granted)
+        if seen is None or now - seen[0] <= 0:
+            return 0
+        elapsed = now - seen[0]
+        for bucket, before, after in zip(self._buckets, seen[1], granted, strict=True):
+            if after - before >= _CAP_IN_USE * bucket.rate * elapsed:
+                return 0
+        return 1
+
+
 async def _fetch_range(
     job: Download,
     split: Split,
@@ -383,7 +420,9 @@ async def _fetch_range(
             async with Watchdog(opts.low_speed_limit, opts.low_speed_time) as dog:
                 with ctx.http.errors(job.received):
                     if resp is None:
-                        resp = await _open_range(job, split, seg, url, probe=victim is not None)
+                        resp = await _open_range(
+                            job, split, seg, url, dog, probe=victim is not None
+                        )
                         if resp is None:
                             return  # a refused probe: the file stays on its first stream
                         if victim is not None and not split.confirm(seg, victim):
@@ -395,10 +434,10 @@ async def _fetch_range(
                     if tail:
                         await sink.write(tail)
         except DownloadError as exc:
-            attempt += 1
-            delay = _retry_after(job, split, seg, url, exc, attempt)
-            if delay is None:
+            retry = _retry_after(job, split, seg, url, exc, attempt)
+            if retry is None:
                 return
+            attempt, delay = retry
             await asyncio.sleep(delay)
         finally:
             if resp is not None:
@@ -407,29 +446,44 @@ async def _fetch_range(
 
 
 def _retry_after(
-    job: Download, split: Split, seg: Segment, url: str, exc: DownloadError, attempt: int
-) -> float | None:
-    """The wait before a failed range is tried again from ``url``; None when a mirror has
-    failed for good: it is left for the rest of the file, and its range to the others.
+    job: Download, split: Split, seg: Segment, url: str, exc: DownloadError, failed: int
+) -> tuple[int, float] | None:
+    """The failed attempts that count and the wait before a failed range is tried again
+    from ``url``. None when a mirror has failed for good (it is left for the rest of the
+    file, and its range to the others), or when the origin's connections were cut under
+    this one (its range is handed on by the coordinator).
 
     :raises DownloadError: the file's own source has failed for good.
     """
     cause = f"range {seg.position}-{seg.end - 1}: {exc.cause}"
     try:
-        delay = job.ctx.policy.delay(exc, attempt)
+        attempt, delay = job.ctx.policy.after(exc, failed)
     except DownloadError:
         if url == job.url:
             raise
         if url in split.mirrors:  # other connections to it may have failed first
             split.mirrors.remove(url)
-        job.emit(events.Retrying, attempt, 0.0, f"{cause}; the range goes to another source")
+        job.emit(events.Retrying, failed + 1, 0.0, f"{cause}; the range goes to another source")
+        return None
+    if _over_capacity(job, url, exc):
         return None
     job.emit(events.Retrying, attempt, delay, cause)
-    return delay
+    return attempt, delay
+
+
+def _over_capacity(job: Download, url: str, exc: DownloadError) -> bool:
+    """A range refused with a 429 or 503 for which the origin's connections were cut,
+    while the origin still has more of them than it is now allowed."""
+    limiter, host = job.ctx.limiter, job.host if url == job.url else host_key(url)
+    return (
+        isinstance(exc, HTTPStatusError)
+        and exc.excused
+        and limiter.in_use(host) > limiter.capacity(host)
+    )
 
 
 async def _open_range(
-    job: Download, split: Split, seg: Segment, url: str, *, probe: bool
+    job: Download, split: Split, seg: Segment, url: str, dog: Watchdog, *, probe: bool
 ) -> aiohttp.ClientResponse | None:
     """A response for the range ``seg`` still needs, checked against what was asked (its
     end may move down while the request is out: the answer is checked against the ask).
@@ -441,7 +495,7 @@ async def _open_range(
     asked = (seg.position, seg.end - 1)
     sent = split.validator if url == job.url else ""
     headers = {**job.headers, **range_headers(asked, sent)}
-    resp = await job.ctx.http.get(url, headers, job.who)
+    resp = await job.ctx.http.get(url, headers, job.who, dog)
     try:
         answer = decide(
             resp.status, resp.reason or "", resp.headers, asked, sent or None, split.total

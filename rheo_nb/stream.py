@@ -120,20 +120,39 @@ class Watchdog:
     socket busy without any body byte) is ended too. As curl's low-speed rule does, the
     first window starts when the request is sent. ``limit=0`` turns it off.
 
+    Time the stream spends waiting for its turn (a bandwidth cap's tokens, the pacing of
+    requests, a pause the server asked for: between :meth:`pause` and :meth:`resume`) is
+    not the server's slowness: the rule judges ``window`` seconds of the stream's own
+    time, however long they take.
+
     >>> async with Watchdog(1024, 30.0) as dog:       # doctest: +SKIP
     ...     dog.bytes += len(chunk)                   # the stream loop counts
     """
 
-    __slots__ = ("_handle", "_mark", "_task", "_tripped", "bytes", "limit", "waited", "window")
+    __slots__ = (
+        "_active",
+        "_handle",
+        "_last",
+        "_mark",
+        "_paused",
+        "_task",
+        "_tripped",
+        "bytes",
+        "limit",
+        "waited",
+        "window",
+    )
 
     def __init__(self, limit: float, window: float) -> None:
         self.limit = limit
         self.window = window
         self.bytes = 0
-        #: Seconds the stream spent waiting for a bandwidth cap's tokens: not the
-        #: server's slowness, so not held against it.
+        #: Seconds spent waiting for its turn since the last check (see :meth:`pause`).
         self.waited = 0.0
+        self._paused: float | None = None
         self._mark = 0
+        self._active = 0.0  # the stream's own seconds since the mark
+        self._last = 0.0
         self._task: asyncio.Task[object] | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._tripped = False
@@ -141,20 +160,37 @@ class Watchdog:
     async def __aenter__(self) -> Watchdog:
         if self.limit > 0 and self.window > 0:
             self._task = asyncio.current_task()
+            self._last = time.monotonic()
             self._handle = asyncio.get_running_loop().call_later(self.window, self._check)
         return self
 
+    def pause(self) -> None:
+        """Stop counting time against the server: the stream waits for its turn."""
+        self._paused = time.monotonic()
+
+    def resume(self) -> None:
+        """Count time against the server again (after :meth:`pause`)."""
+        if self._paused is not None:
+            self.waited += time.monotonic() - self._paused
+            self._paused = None
+
     def _check(self) -> None:
+        now = time.monotonic()
         waited, self.waited = self.waited, 0.0
-        if self.bytes - self._mark >= self.limit * (self.window - waited):
-            self._mark = self.bytes
-            assert self._task is not None
-            self._handle = asyncio.get_running_loop().call_later(self.window, self._check)
-            return
-        self._handle = None
-        self._tripped = True
-        assert self._task is not None
-        self._task.cancel()
+        if self._paused is not None:  # a wait still going on counts for its part so far
+            waited += now - self._paused
+            self._paused = now
+        self._active += max(0.0, now - self._last - waited)
+        self._last = now
+        if self._active >= self.window * 0.999:  # a timer may fire a hair early
+            if self.bytes - self._mark < self.limit * self._active:
+                self._handle = None
+                self._tripped = True
+                assert self._task is not None
+                self._task.cancel()
+                return
+            self._mark, self._active = self.bytes, 0.0
+        self._handle = asyncio.get_running_loop().call_later(self.window, self._check)
 
     async def __aexit__(
         self,
@@ -229,9 +265,11 @@ async def _capped_read(
     content: aiohttp.StreamReader, bucket: TokenBucket, dog: Watchdog, room: int | None
 ) -> bytes:
     """The next bytes of a capped stream: tokens first, then at most that many bytes."""
-    t0 = time.monotonic()
-    n = await bucket.take(READ_SIZE if room is None else min(room, READ_SIZE))
-    dog.waited += time.monotonic() - t0
+    dog.pause()
+    try:
+        n = await bucket.take(READ_SIZE if room is None else min(room, READ_SIZE))
+    finally:
+        dog.resume()
     chunk = await content.read(n)
     bucket.refund(n - len(chunk))
     return chunk

@@ -28,6 +28,7 @@ from .events import (
     Skipped,
     Started,
     Status,
+    Throttled,
     Validating,
 )
 
@@ -141,6 +142,9 @@ class Tracker:
         #: Files announced but not yet queued (a lazy source of known length).
         self._pending = 0
         self._finished: deque[str] = deque()
+        #: The last decision about each origin that slowed down or paused (by origin,
+        #: ``"https://example.org"``): how it stands now.
+        self.throttled: dict[str, Throttled] = {}
         self._counts = dict.fromkeys(Status, 0)
         self._running: dict[str, DownloadInfo] = {}  # in the order they started
         self._bytes_done = 0
@@ -190,6 +194,9 @@ class Tracker:
             self._files += 1
             self._counts[Status.QUEUED] += 1
             self._unknown_sizes += 1
+            return
+        if isinstance(event, Throttled):  # about an origin, not about its download
+            self.throttled[event.origin] = event
             return
         found = self.downloads.get(event.download_id)
         if found is None:

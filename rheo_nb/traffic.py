@@ -17,6 +17,7 @@ A transfer meets it at three points::
     bucket = traffic.bucket(url)            # None without a cap: the read loop tests None
     ticket = await traffic.before_request(url, download_id, display_url)  # every request
     traffic.after_response(ticket, resp.status, resp.headers)
+    if traffic.excuses(ticket, resp.status): ...   # a 429 not held against its file
 
 and, when ``bucket`` is not None, around every read::
 
@@ -24,13 +25,16 @@ and, when ``bucket`` is not None, around every read::
     data = await resp.content.read(n)
     bucket.refund(n - len(data))
 
-Each decision about an origin is emitted as a :class:`~rheo_nb.Throttled` event.
+Under a cap, what a stream reads at a time and its socket's receive buffer are sized from
+its share of the cap (:attr:`Traffic.read_size`, :attr:`Traffic.socket_factory`). Each
+decision about an origin is emitted as a :class:`~rheo_nb.Throttled` event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import re
 import socket
@@ -53,10 +57,21 @@ from .options import Options, parse_rate
 
 #: The most bytes one stream reads at a time (aiohttp's read buffer in the transfer).
 READ_SIZE = 1 << 17
-#: The receive buffer of a capped connection (Linux doubles it for its bookkeeping):
-#: small enough that a connection holds little more than a read buffer ahead of the cap;
-#: it also bounds one connection to about 1.5 MB/s at a 100 ms round trip.
+#: The largest receive buffer of a capped connection (Linux doubles it for its
+#: bookkeeping): small enough that a connection holds little more than a read buffer
+#: ahead of the cap; it also bounds one connection to about 1.5 MB/s at a 100 ms round
+#: trip.
 RECEIVE_BUFFER = 1 << 17
+#: Under a cap, what a connection reads at a time, and its receive buffer, hold about
+#: this many seconds of its share of the cap (and at most :data:`READ_SIZE`). The server
+#: sees a connection's bytes when its buffers refill, not when they are read: buffers
+#: of a fixed size, refilled in step by many connections with small shares, reach the
+#: server in bursts of seconds of the cap. Sized from the share, all the buffers of a
+#: call hold a few times this long of the whole cap, however many connections share it.
+#: The price: a connection carries its share only up to round trips of about this long.
+SHARE_TIME = 1 / 16
+#: The smallest read under a cap, however small the share.
+MIN_READ = 1024
 #: One grant is at most this long at the bucket's rate, so that low rates flow smoothly.
 GRANT_TIME = 1 / 16
 #: Tokens of a gap this short (seconds) are kept for the streams that use the bucket; a
@@ -93,9 +108,10 @@ def origin_of(url: URL | str) -> str:
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def capped_socket(addr_info: tuple[Any, ...]) -> socket.socket:
-    """A socket with a fixed receive buffer of :data:`RECEIVE_BUFFER`, for aiohttp's
-    ``TCPConnector(socket_factory=capped_socket)`` when a rate cap is on.
+def capped_socket(addr_info: tuple[Any, ...], size: int = RECEIVE_BUFFER) -> socket.socket:
+    """A socket with a fixed receive buffer of ``size`` bytes, for aiohttp's
+    ``TCPConnector(socket_factory=...)`` when a rate cap is on
+    (:attr:`Traffic.socket_factory` gives it the size the cap's shares call for).
 
     Without it, Linux grows a connection's receive buffer as the client reads
     (autotuning), by megabytes, and the server sees those megabytes leave at full speed
@@ -105,8 +121,20 @@ def capped_socket(addr_info: tuple[Any, ...]) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     # A platform without the option keeps its own sizing.
     with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
     return sock
+
+
+def share_read_size(rate: float, connections: int) -> int:
+    """What one of ``connections`` streams sharing ``rate`` bytes per second reads at a
+    time, and its receive buffer: :data:`SHARE_TIME` of its share, between
+    :data:`MIN_READ` and :data:`READ_SIZE`.
+
+    >>> share_read_size(8 << 20, 64), share_read_size(8 << 20, 4), share_read_size(4096, 8)
+    (8192, 131072, 1024)
+    """
+    share = rate / max(1, connections)
+    return max(MIN_READ, min(READ_SIZE, int(share * SHARE_TIME)))
 
 
 def _ignore(event: Event) -> None:
@@ -131,7 +159,16 @@ class TokenBucket:
     >>> n = await bucket.take(1 << 17)                    # doctest: +SKIP
     """
 
-    __slots__ = ("_clock", "_last", "_parent", "_queue", "_tokens", "quantum", "rate")
+    __slots__ = (
+        "_clock",
+        "_last",
+        "_parent",
+        "_queue",
+        "_tokens",
+        "granted",
+        "quantum",
+        "rate",
+    )
 
     def __init__(
         self,
@@ -152,9 +189,16 @@ class TokenBucket:
         self._tokens = float(self.quantum)
         self._last = clock()
         self._queue: deque[asyncio.Future[None]] = deque()
+        #: Bytes granted so far, less those given back: what the streams took of the rate.
+        self.granted = 0
 
     def __repr__(self) -> str:
         return f"TokenBucket(rate={self.rate:g}, quantum={self.quantum})"
+
+    @property
+    def parent(self) -> TokenBucket | None:
+        """The bucket above this one (the whole call's, above an origin's), if any."""
+        return self._parent
 
     async def take(self, want: int) -> int:
         """Wait for, and take, tokens for up to ``want`` bytes; returns how many."""
@@ -165,20 +209,22 @@ class TokenBucket:
             await self._wait(n)
         else:
             self._tokens -= n
-        if self._parent is None:
-            return n
-        try:
-            got = await self._parent.take(n)
-        except BaseException:
-            self._tokens += n
-            raise
-        self._tokens += n - got
-        return got
+        if self._parent is not None:
+            try:
+                got = await self._parent.take(n)
+            except BaseException:
+                self._tokens += n
+                raise
+            self._tokens += n - got
+            n = got
+        self.granted += n
+        return n
 
     def refund(self, n: int) -> None:
         """Give back tokens taken for bytes that were not read after all."""
         if n > 0:
             self._tokens += n
+            self.granted -= n
             if self._parent is not None:
                 self._parent.refund(n)
 
@@ -323,6 +369,11 @@ class AdaptiveLimit:
         self._successes = 0
         self._changed = now
         return self.limit
+
+    @property
+    def refused(self) -> int:
+        """The level the last cut halved: the connections that were too many."""
+        return self._bad
 
     @property
     def run(self) -> int:
@@ -551,8 +602,11 @@ def _server_time(headers: Headers) -> float | None:
 class HostSlots(Protocol):
     """The per-origin connection limiter the adaptive limit steers (``client.HostLimiter``).
 
-    Keys are origins as :func:`origin_of` spells them.
+    Keys are origins as :func:`origin_of` spells them; ``per_host`` is the capacity of an
+    origin the limiter has not been told otherwise about.
     """
+
+    per_host: int
 
     def capacity(self, host: str) -> int: ...
     def set_capacity(self, host: str, n: int) -> None: ...
@@ -574,11 +628,14 @@ class _Origin:
     __slots__ = (
         "asked_until",
         "bucket",
+        "eased",
         "limit",
         "pacer",
         "paused_until",
         "quota_left",
         "quota_until",
+        "reacted_at",
+        "reacted_to",
         "reason",
         "sent",
         "status",
@@ -600,6 +657,12 @@ class _Origin:
         self.quota_until = -math.inf
         #: Requests sent to the origin so far.
         self.sent = 0
+        #: When the origin was last slowed down (a cut, or the start of a pause), the
+        #: number of the request whose answer did it, and whether that answer lowered
+        #: the connections in use (a pause, or a cut at one connection, does not).
+        self.reacted_at = -math.inf
+        self.reacted_to = 0
+        self.eased = False
 
 
 class Traffic:
@@ -631,9 +694,31 @@ class Traffic:
         self._sleep = sleep
         total = options.max_rate
         per_host = options.max_rate_per_host
-        self._total = None if total is None else TokenBucket(parse_rate(total), clock=clock)
+        # The most connections a bucket may feed: every download holds one of its origin,
+        # and a split file borrows more of them.
+        host_slots = options.concurrency if slots is None else slots.per_host
+        connections = max(options.concurrency, host_slots)
+        self._total = None
         self._per_host = None if per_host is None else parse_rate(per_host)
+        sizes = []
+        if total is not None:
+            rate = parse_rate(total)
+            sizes.append(share_read_size(rate, connections))
+            self._total = TokenBucket(rate, read_size=sizes[-1], clock=clock)
+        if self._per_host is not None:
+            sizes.append(share_read_size(self._per_host, host_slots))
+        #: What a capped stream reads at a time, and its socket's receive buffer (None:
+        #: no cap). See :data:`SHARE_TIME`.
+        self.read_size = min(sizes) if sizes else None
         self._origins: dict[str, _Origin] = {}
+
+    @property
+    def socket_factory(self) -> Callable[[tuple[Any, ...]], socket.socket] | None:
+        """The sockets of a capped call (:func:`capped_socket`, sized from the shares of
+        the cap), for ``aiohttp.TCPConnector(socket_factory=...)``; None without a cap."""
+        if self.read_size is None:
+            return None
+        return functools.partial(capped_socket, size=self.read_size)
 
     def bucket(self, url: URL | str) -> TokenBucket | None:
         """The bucket a stream from ``url`` takes its tokens from; None when uncapped."""
@@ -702,12 +787,39 @@ class Traffic:
             return spent
         return self._grow(o, ticket)
 
+    def excuses(self, ticket: Ticket, status: int) -> bool:
+        """Whether a 429 or 503, once :meth:`after_response` has learnt from it, is not
+        held against the file that drew it: its retry is not counted in ``retries``.
+
+        Excused: an answer that cut the connections in use to the origin, and one to a
+        request sent before the origin was slowed down (the cut or pause it would ask for
+        is in place). Held: any other, which is what ends a file whose server keeps
+        refusing it: one that finds a single connection in use already, one that starts
+        a pause (``Retry-After``, a spent quota), a ``Retry-After: 0``.
+        """
+        if status not in THROTTLE_STATUSES:
+            return False
+        o = self._origins[ticket.origin]
+        if o.reacted_to == ticket.number:
+            return o.eased
+        return ticket.sent < o.reacted_at
+
+    def pause_left(self, url: URL | str) -> float:
+        """Seconds until requests to the origin of ``url`` may start again (0: now)."""
+        o = self._origins.get(origin_of(url))
+        return 0.0 if o is None else max(0.0, o.paused_until - self._clock())
+
     def _origin(self, key: str) -> _Origin:
         o = self._origins.get(key)
         if o is None:
             bucket = self._total
             if self._per_host is not None:
-                bucket = TokenBucket(self._per_host, parent=self._total, clock=self._clock)
+                bucket = TokenBucket(
+                    self._per_host,
+                    read_size=self.read_size or READ_SIZE,
+                    parent=self._total,
+                    clock=self._clock,
+                )
             rps = self.options.requests_per_second
             pacer = None if rps is None else Pacer(rps, clock=self._clock)
             ceiling = self.options.concurrency if self._slots is None else self._slots.capacity(key)
@@ -745,6 +857,7 @@ class Traffic:
             o.reason = reason
         if seconds <= 0 or not news:
             return None
+        o.reacted_at, o.reacted_to, o.eased = self._clock(), ticket.number, False
         n = o.limit.limit
         return self._decide(ticket, n, n, reason, seconds)
 
@@ -754,7 +867,8 @@ class Traffic:
         if n is None:
             return None
         delay = retry.backoff(o.limit.strikes, self.options.backoff, self.options.backoff_max)
-        o.paused_until = max(o.paused_until, self._clock() + delay)
+        o.reacted_at, o.reacted_to, o.eased = self._clock(), ticket.number, n < o.limit.refused
+        o.paused_until = max(o.paused_until, o.reacted_at + delay)
         if self._slots is not None:
             self._slots.set_capacity(ticket.origin, n)
         return self._decide(ticket, n, before, str(status), delay)

@@ -197,12 +197,11 @@ class Download:
     async def _sources(self) -> int:
         """The file from its URL, else from each mirror in turn: a source is left when it
         fails for good (a 404, 403, a wrong hash…) or runs out of retries."""
-        p, limiter = self.planned, self.ctx.limiter
+        p = self.planned
         sources = self.sources
         failures: list[str] = []
         for number, url in enumerate(sources, 1):
             self.url, self.host = url, p.host if number == 1 else host_key(url)
-            await limiter.acquire(self.host)
             try:
                 return await self._attempts()
             except DownloadError as exc:
@@ -216,8 +215,6 @@ class Download:
                 if number < len(sources):
                     cause = f"{exc.cause}; trying source {number + 1} of {len(sources)}"
                     self.emit(events.Retrying, 0, 0.0, cause)
-            finally:
-                limiter.release(self.host)
         self.url = p.url
         raise DownloadError(cause=f"all {len(sources)} sources failed: " + "; ".join(failures))
 
@@ -241,12 +238,19 @@ class Download:
         return extract if isinstance(extract, PurePosixPath) else None
 
     async def _attempts(self) -> int:
-        """The current source, retried as the call's policy says."""
+        """The current source, retried as the call's policy says. Each attempt holds a
+        connection slot of the source's origin; a wait between attempts holds none, so a
+        cut in the origin's connections (a 429) applies to the retries too."""
         attempt = 0
         refetched = False
+        limiter = self.ctx.limiter
         while True:
             try:
-                return await self._attempt()
+                await limiter.acquire(self.host)
+                try:
+                    return await self._attempt()
+                finally:
+                    limiter.release(self.host)
             except Restart as restart:
                 self.no_split |= restart.no_split
                 await self._restart(restart.reason)
@@ -258,8 +262,7 @@ class Download:
                 refetched = True
                 await self._restart("the resumed file failed its check; fetching it again")
             except DownloadError as exc:
-                attempt += 1
-                delay = self.ctx.policy.delay(exc, attempt)
+                attempt, delay = self.ctx.policy.after(exc, attempt)
                 self.emit(events.Retrying, attempt, delay, exc.cause)
                 await asyncio.sleep(delay)
 
@@ -279,7 +282,7 @@ class Download:
         opts = ctx.options
         async with Watchdog(opts.low_speed_limit, opts.low_speed_time) as dog:
             with ctx.http.errors(self.received):
-                resp = await ctx.http.get(self.url, headers, self.who)
+                resp = await ctx.http.get(self.url, headers, self.who, dog)
                 try:
                     answer, split = await self._receive(resp, resume)
                     if split is None:

@@ -81,6 +81,25 @@ def test_get_downloads_into_the_folder(server: Server, tmp_path: Path) -> None:
     assert (out / "b.bin").read_bytes() == server.content("b.bin")
 
 
+def test_get_limits_the_rate_and_spaces_the_requests(server: Server, tmp_path: Path) -> None:
+    urls = [server.url(f"polite-{i}.bin", 300_000) for i in range(3)]
+    start = time.monotonic()
+    proc = run(
+        "get", *urls, "-o", str(tmp_path / "out"), "-j", "3",
+        "--limit-rate", "400k", "--requests-per-second", "4",
+    )  # fmt: skip
+    elapsed = time.monotonic() - start
+    assert proc.returncode == Exit.OK, proc.stderr
+    for i in range(3):
+        got = (tmp_path / "out" / f"polite-{i}.bin").read_bytes()
+        assert got == server.content(f"polite-{i}.bin", 300_000)
+    # 900 kB at 400 KiB/s (the cap starts with one read's worth of tokens).
+    assert elapsed >= (900_000 - (128 << 10)) / (400 << 10)
+    # Three downloads at once, their requests a quarter of a second apart.
+    first, *later = sorted(r.time for r in server.requests())
+    assert [t - first >= k * 0.25 - 0.01 for k, t in enumerate(later, 1)] == [True, True]
+
+
 def test_get_checks_hashes_in_order(server: Server, tmp_path: Path) -> None:
     a, b = server.url("a.bin"), server.url("b.bin")
     args = ["get", a, b, "-o", str(tmp_path), "-q", "--retries", "0"]
@@ -587,6 +606,37 @@ ROWS = [
         Exit.USAGE,
         "rheo-nb get: argument --timeout: expected a number of seconds > 0, not '0'; "
         "see 'rheo-nb get --help'",
+    ),
+    Row(
+        "limit-rate-unknown-unit",
+        ("get", "--limit-rate", "20Q", "{url}"),
+        Exit.USAGE,
+        "rheo-nb get: argument --limit-rate: expected at least 1 byte per second, written as "
+        "20M (1024-based, as curl and wget read it), 20MB/s, 500KiB/s or 100Mbit/s, not '20Q'; "
+        "see 'rheo-nb get --help'",
+    ),
+    Row(
+        "limit-rate-under-a-byte",
+        ("get", "--limit-rate", "0.5", "{url}"),
+        Exit.USAGE,
+        "rheo-nb get: argument --limit-rate: expected at least 1 byte per second, written as "
+        "20M (1024-based, as curl and wget read it), 20MB/s, 500KiB/s or 100Mbit/s, not '0.5'; "
+        "see 'rheo-nb get --help'",
+    ),
+    Row(
+        "limit-rate-per-host-negative",
+        ("get", "--limit-rate-per-host=-1M", "{url}"),
+        Exit.USAGE,
+        "rheo-nb get: argument --limit-rate-per-host: expected at least 1 byte per second, "
+        "written as 20M (1024-based, as curl and wget read it), 20MB/s, 500KiB/s or "
+        "100Mbit/s, not '-1M'; see 'rheo-nb get --help'",
+    ),
+    Row(
+        "requests-per-second-zero",
+        ("get", "--requests-per-second", "0", "{url}"),
+        Exit.USAGE,
+        "rheo-nb get: argument --requests-per-second: expected a number of requests per "
+        "second > 0 (0.5: one every 2 s), not '0'; see 'rheo-nb get --help'",
     ),
     Row(
         "header-without-colon",

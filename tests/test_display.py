@@ -24,7 +24,7 @@ from rheo_nb import File, Results
 from rheo_nb.display import Source, TextProgress, choose
 from rheo_nb.display.notebook import NotebookProgress
 from rheo_nb.display.view import SCALE, View
-from rheo_nb.events import Completed, Event, Restarted, Status
+from rheo_nb.events import Completed, Event, Restarted, Status, Throttled
 from rheo_nb.items import Outcome
 from rheo_nb.manager import DownloadManager
 from rheo_nb.testing import LocalServer
@@ -401,6 +401,31 @@ async def test_both_displays_announce_a_file_that_restarts(
     widget.close(results, interrupted=False)
     note = "restarting sub/x.bin: the server does not support resume (585.9 KiB discarded)"
     assert note in log.getvalue().splitlines()
-    assert list(widget.notices) == [note]
+    assert list(widget.notices) == [f"↻ {note}"]
     assert note in widget._notices.value
     assert any("↻" in v.active for v in widget.views)
+
+
+async def test_both_displays_say_an_origin_slowed_down(local: LocalServer, tmp_path: Path) -> None:
+    # As for a restart: a synthetic decision on a real manager with a real download.
+    log = io.StringIO()
+    text = TextProgress(log, log_interval=60)
+    widget = Recording(interval=0.05)
+    async with DownloadManager(tmp_path) as m:
+        text.open(m)
+        widget.open(m)
+        (did,) = await m.add([local.url("y.bin", 4 * MiB, rate=MiB)])
+        while m.info(did).bytes == 0:  # noqa: ASYNC110 - waits for the download to start
+            await asyncio.sleep(0.02)
+        origin = local.base_url
+        m._emit(Throttled(did, m.info(did).url, origin, 2, 4, "429", 0.5))
+        await asyncio.sleep(0.15)  # a redraw or two
+        await m.cancel(did)
+        results = m.results()
+    text.close(results, interrupted=False)
+    widget.close(results, interrupted=False)
+    host = origin.partition("://")[2]
+    said = f"{host} slowed to 2 connections: 429, waiting 0.5s"
+    assert said in log.getvalue().splitlines()
+    assert list(widget.notices) == [f"⇣ {said}"]
+    assert said in widget._notices.value

@@ -17,6 +17,7 @@ from rheo_nb.events import (
     Skipped,
     Started,
     Status,
+    Throttled,
     Validating,
 )
 from rheo_nb.tracker import SPEED_WINDOW, Tracker
@@ -256,3 +257,23 @@ def test_elapsed_runs_from_the_first_queued_event(tracker: Tracker, clock: FakeC
     clock.advance(2.5)
     tracker.apply(Queued("b", "u", P, 0))
     assert tracker.stats().elapsed == 2.5
+
+
+def test_a_throttle_is_kept_per_origin_and_changes_no_download(clock: FakeClock) -> None:
+    t = Tracker(clock)
+    t.apply(Queued("a", "https://example.org/a", P, 0))
+    t.apply(Started("a", "https://example.org/a", P, 100, 0))
+    before = t.downloads["a"]
+    slowed = Throttled("a", "https://example.org/a", "https://example.org", 4, 8, "429", 0.5)
+    t.apply(slowed)
+    # About the origin: the download's own record is left as it was (no retry, no error).
+    assert (before.status, before.retries, before.error) == (Status.RUNNING, 0, None)
+    assert t.throttled == {"https://example.org": slowed}
+    # The latest decision per origin; one about a download the tracker never heard of
+    # (or of another call) is kept all the same.
+    grown = Throttled("zz", "u", "https://example.org", 5, 4, "8 good answers in a row")
+    other = Throttled("", "u", "http://127.0.0.1:8080", 1, 2, "503")
+    t.apply(grown)
+    t.apply(other)
+    assert t.throttled == {"https://example.org": grown, "http://127.0.0.1:8080": other}
+    assert t.stats().running == 1

@@ -12,15 +12,13 @@ Rate figures are benchmark-style: the bounds are generous (a loaded machine shif
 from __future__ import annotations
 
 import asyncio
-import math
 import time
-from email.utils import formatdate
 
 import aiohttp
 import pytest
 from aiohttp import web
 from server import Server, SharedServer, Spec
-from traffic_rig import Slots, fetch_all, get, measure
+from traffic_rig import Gate, Quota, Slots, fetch_all, get, measure
 
 from rheo_nb import Options, Throttled
 from rheo_nb.events import Event
@@ -113,30 +111,6 @@ async def test_request_starts_are_spaced_at_the_server_heads_and_ranges_included
 # --- servers that push back ----------------------------------------------------------------
 
 
-class Gate:
-    """A route that answers 429 (without Retry-After) to any request beyond ``limit``
-    in flight, and serves the others in ``hold`` seconds; it logs every arrival with the
-    number in flight and the status it got."""
-
-    def __init__(self, limit: int, hold: float = 0.05) -> None:
-        self.limit = limit
-        self.hold = hold
-        self.in_flight = 0
-        self.log: list[tuple[float, int, int]] = []
-
-    async def __call__(self, request: web.Request, spec: Spec) -> web.StreamResponse:
-        self.in_flight += 1
-        try:
-            status = 429 if self.in_flight > self.limit else 200
-            self.log.append((time.monotonic(), self.in_flight, status))
-            if status == 429:
-                return web.Response(status=429, text="too many\n")
-            await asyncio.sleep(self.hold)
-            return web.Response(body=b"x" * 1000)
-        finally:
-            self.in_flight -= 1
-
-
 async def test_429s_above_n_in_flight_settle_the_origin_at_n_and_every_file_completes(
     server: Server,
 ) -> None:
@@ -163,51 +137,6 @@ async def test_429s_above_n_in_flight_settle_the_origin_at_n_and_every_file_comp
     assert (decisions[0].previous, decisions[0].concurrency, decisions[0].reason) == (8, 4, "429")
     assert decisions[0].message.startswith("127.0.0.1:")
     assert all(e.origin == origin and e.concurrency >= 1 for e in decisions)
-
-
-class Quota:
-    """A route allowing ``quota`` requests per one-second window (counted from the first
-    request), saying so in the headers of ``style``; a request over the quota gets 429."""
-
-    def __init__(self, quota: int, style: str) -> None:
-        self.quota = quota
-        self.style = style
-        self.start: float | None = None
-        self.used: dict[int, int] = {}
-        self.log: list[tuple[float, int]] = []
-
-    async def __call__(self, request: web.Request, spec: Spec) -> web.StreamResponse:
-        now = time.monotonic()
-        if self.start is None:
-            self.start = now
-        window = int(now - self.start)
-        self.used[window] = self.used.get(window, 0) + 1
-        left = self.quota - self.used[window]
-        status = 200 if left >= 0 else 429
-        self.log.append((now, status))
-        reset = self.start + window + 1 - now  # seconds until the quota is back
-        return web.Response(
-            status=status, body=b"x" * 100, headers=self.headers(max(0, left), reset)
-        )
-
-    def headers(self, left: int, reset: float) -> dict[str, str]:
-        seconds = str(math.ceil(reset))
-        if self.style == "ietf":
-            return {
-                "RateLimit": f'"default";r={left};t={seconds}',
-                "RateLimit-Policy": f'"default";q={self.quota};w=1',
-            }
-        if self.style == "draft-07":
-            return {"RateLimit": f"limit={self.quota}, remaining={left}, reset={seconds}"}
-        if self.style == "x-delta":
-            return {"X-RateLimit-Remaining": str(left), "X-RateLimit-Reset": f"{reset:.3f}"}
-        # GitHub's: the reset as a Unix time, beside the Date of the response.
-        wall = time.time()
-        return {
-            "X-RateLimit-Remaining": str(left),
-            "X-RateLimit-Reset": str(math.ceil(wall + reset)),
-            "Date": formatdate(wall, usegmt=True),
-        }
 
 
 @pytest.mark.parametrize("style", ["ietf", "draft-07", "x-delta", "x-epoch"])

@@ -21,10 +21,12 @@ from rheo_nb.display.view import (
     final_phase,
     fraction,
     line,
+    notice_rows,
     percent,
     render,
     restart_note,
     retry_note,
+    throttle_note,
 )
 from rheo_nb.events import (
     Cancelled,
@@ -35,6 +37,7 @@ from rheo_nb.events import (
     Queued,
     Restarted,
     Started,
+    Throttled,
 )
 from rheo_nb.format import shown_path
 from rheo_nb.tracker import ClusterStats, DownloadInfo, Stats, Tracker
@@ -402,3 +405,31 @@ def test_a_cluster_call_shows_workers_busy_and_shards_done_in_the_line_and_the_w
 def test_a_local_call_has_no_cluster_line() -> None:
     assert "shards" not in line(stats())
     assert "cluster" not in render(stats(), (), (), failed=0).details
+
+
+@pytest.mark.parametrize(
+    ("event", "note"),
+    [
+        (
+            Throttled("d", "u", "https://example.org", 2, 4, "429", 0.5),
+            "⇣ example.org slowed to 2 connections: 429, waiting 0.5s",
+        ),
+        (
+            Throttled("d", "u", "http://127.0.0.1:8080", 8, 8, "503, Retry-After", 30.0),
+            "⇣ 127.0.0.1:8080 paused for 0:30: 503, Retry-After",
+        ),
+        (
+            Throttled("d", "u", "https://example.org", 3, 2, "4 good answers in a row"),
+            "⇡ example.org back up to 3 connections: 4 good answers in a row",
+        ),
+    ],
+)
+def test_a_throttle_is_a_notice_in_a_few_words(event: Throttled, note: str) -> None:
+    assert throttle_note(event) == note
+
+
+def test_notices_keep_their_own_marks_and_are_escaped() -> None:
+    rows = notice_rows(["↻ restarting a.bin: x", "⇣ <b>host</b> slowed to 1 connection: 429"])
+    assert "↻ restarting a.bin: x" in rows
+    assert "⇣ &lt;b&gt;host&lt;/b&gt; slowed to 1 connection: 429" in rows
+    assert "<b>host" not in rows

@@ -1,41 +1,48 @@
 """A rig that measures traffic shaping where it matters: at the server.
 
-The client side is plain aiohttp, driven the way the transfer drives a body: take tokens
-for the bytes about to be read, read at most that many, refund the rest
-(:func:`read_body`); every request passes :meth:`Traffic.before_request` and
-:meth:`Traffic.after_response` (:func:`get`, :func:`fetch_all`), on connections whose
-receive buffer :func:`~rheo_nb.traffic.capped_socket` fixes. The server side counts the
-bytes that reached the client, with their time (:class:`Meter`), and
-:func:`rate_windows` turns them into the rate over sliding windows.
+The client side is either plain aiohttp, driven the way the transfer drives a body (take
+tokens for the bytes about to be read, read at most that many, refund the rest:
+:func:`read_body`; every request through :meth:`Traffic.before_request` and
+:meth:`Traffic.after_response`: :func:`get`, :func:`fetch_all`; sockets from
+:attr:`Traffic.socket_factory`), or ``rheo_nb.fetch`` itself (:func:`measure_fetch`,
+:func:`fetch_for`). The server side counts the bytes that reached the client, with their
+time (:class:`Meter`), and :func:`rate_windows` turns them into the rate over sliding
+windows. :class:`Gate` and :class:`Quota` are servers that push back.
 
-``benchmarks/traffic.py`` runs :func:`measure` over connection counts, file sizes and
-caps and prints the table; ``test_traffic_servers.py`` runs it with generous bounds.
+``benchmarks/traffic.py`` runs :func:`measure` or :func:`measure_fetch` over connection
+counts, file sizes and caps and prints the table; ``test_traffic_servers.py`` and
+``test_traffic_fetch.py`` run them with generous bounds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import itertools
+import math
 import socket
 import struct
 import termios
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from email.utils import formatdate
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from server import RouteHandler, Server, Spec
 
-from rheo_nb import Options
+import rheo_nb
+from rheo_nb import Options, testing
+from rheo_nb.items import Items
 from rheo_nb.traffic import (
     READ_SIZE,
     THROTTLE_STATUSES,
     TokenBucket,
     Traffic,
-    capped_socket,
     origin_of,
 )
 
@@ -87,6 +94,15 @@ class Meter:
 
     def close(self) -> None:
         self._closed = True
+
+    def measurement(
+        self, connections: int, size: int, cap: float, start: float, end: float
+    ) -> Measurement:
+        """The rate over the 3 s windows from ``start`` to ``end``, against ``cap``."""
+        samples = list(self.samples)
+        windows = rate_windows(samples, start, end)
+        first = sum(n for t, n in samples if t < start)
+        return Measurement(connections, size, cap, windows, first)
 
     async def _sample(self) -> None:
         while not self._closed:
@@ -154,7 +170,8 @@ async def get(
     """One request through the traffic: its status and the body bytes read. ``answered``
     is set once the response headers are in."""
     ticket = await traffic.before_request(url, download_id, url)
-    async with session.request(method, url, headers=headers, read_bufsize=READ_SIZE) as resp:
+    read_bufsize = traffic.read_size or READ_SIZE
+    async with session.request(method, url, headers=headers, read_bufsize=read_bufsize) as resp:
         traffic.after_response(ticket, resp.status, resp.headers)
         if answered is not None and not answered.is_set():
             answered.set()
@@ -196,7 +213,7 @@ async def drive(
     connections: int,
     traffic: Traffic,
     seconds: float,
-    socket_factory: SocketFactory | None = capped_socket,
+    socket_factory: SocketFactory | None,
 ) -> tuple[float, float]:
     """``connections`` workers download ``urls`` in turn, over and over, until ``seconds``
     after the first answer; when that answer came and when they stopped."""
@@ -231,29 +248,105 @@ async def measure(
     max_rate_per_host: int | None = None,
     seconds: float = 4.5,
     skip: float = 1.0,
-    socket_factory: SocketFactory | None = capped_socket,
+    kernel_buffers: bool = False,
 ) -> list[Measurement]:
     """Download files of ``size`` bytes from ``servers`` (in turn) with ``connections``
     streams under the caps, and what each server saw, against its share of the cap.
-    ``socket_factory=None`` leaves the receive buffers to the kernel."""
+    ``kernel_buffers`` leaves the receive buffers to the kernel's autotuning."""
     meters = [Meter() for _ in servers]
     urls = [
         server.handle(f"rate-{i}", meter.handler(size))
         for i in range(8)
         for server, meter in zip(servers, meters, strict=True)
     ]
-    traffic = Traffic(Options(max_rate=max_rate, max_rate_per_host=max_rate_per_host))
-    start, stop = await drive(urls, connections, traffic, seconds, socket_factory)
-    shares = [max_rate / len(servers)] if max_rate else []
-    cap = min([*shares, *([max_rate_per_host] if max_rate_per_host else [])])
-    out = []
+    options = Options(
+        concurrency=connections, max_rate=max_rate, max_rate_per_host=max_rate_per_host
+    )
+    traffic = Traffic(options)
+    sockets = None if kernel_buffers else traffic.socket_factory
+    start, stop = await drive(urls, connections, traffic, seconds, sockets)
     for meter in meters:
         meter.close()
-        samples = list(meter.samples)
-        windows = rate_windows(samples, start + skip, min(stop, start + seconds))
-        first = sum(n for t, n in samples if t < start + skip)
-        out.append(Measurement(connections, size, cap, windows, first))
-    return out
+    cap = share(servers, max_rate, max_rate_per_host)
+    end = min(stop, start + seconds)
+    return [meter.measurement(connections, size, cap, start + skip, end) for meter in meters]
+
+
+def share(servers: list[Server], max_rate: int | None, max_rate_per_host: int | None) -> float:
+    """What each server should see: its share of the call's cap, or its own cap."""
+    shares = [max_rate / len(servers)] if max_rate else []
+    return min([*shares, *([max_rate_per_host] if max_rate_per_host else [])])
+
+
+async def measure_fetch(
+    servers: list[Server],
+    dest: Path,
+    *,
+    connections: int,
+    size: int,
+    files: int,
+    max_rate: int | None = None,
+    max_rate_per_host: int | None = None,
+    seconds: float = 4.5,
+    skip: float = 1.0,
+    **options: Any,
+) -> list[Measurement]:
+    """The same measurement through the public API: ``rheo_nb.fetch`` downloads ``files``
+    files of ``size`` bytes from each server with ``concurrency=connections`` under the
+    caps, until ``seconds`` after the first bytes reached it (then it is cancelled, unless
+    it finished first); what each server saw, against its share of the caps."""
+    meters = [Meter() for _ in servers]
+    urls = [
+        server.handle(f"fetch-{k}-{i}.bin", meter.handler(size))
+        for i in range(files)
+        for k, (server, meter) in enumerate(zip(servers, meters, strict=True))
+    ]
+    caps = {"max_rate": max_rate, "max_rate_per_host": max_rate_per_host}
+    start, stop = await fetch_for(
+        urls, meters, dest, seconds, concurrency=connections, **caps, **options
+    )
+    cap = share(servers, max_rate, max_rate_per_host)
+    end = min(stop, start + seconds)
+    return [meter.measurement(connections, size, cap, start + skip, end) for meter in meters]
+
+
+async def fetch_for(
+    items: Items, meters: list[Meter], dest: Path, seconds: float, **options: Any
+) -> tuple[float, float]:
+    """``rheo_nb.fetch(items, dest, **options)`` for ``seconds`` after the first bytes
+    reached one of ``meters``' handlers (cancelled then, unless it finished first): when
+    that was, and when it stopped. The meters are closed; no download may have failed."""
+    failures = _Failures()
+    task = asyncio.create_task(rheo_nb.fetch(items, dest, progress=failures, **options))
+    async with asyncio.timeout(20):
+        # The samples are the server thread's: nothing here can wake on them.
+        while not any(m.samples for m in meters) and not task.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    if task.done():
+        task.result()  # an error: let it show
+    start = min(m.samples[0][0] for m in meters if m.samples)
+    await asyncio.wait([task], timeout=max(0.0, start + seconds - time.monotonic()))
+    stop = time.monotonic()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    for meter in meters:
+        meter.close()
+    assert not failures.errors, failures.errors
+    return start, stop
+
+
+class _Failures:
+    """A display that keeps the failures, cancelled call or not."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def open(self, manager: rheo_nb.DownloadManager) -> None:
+        manager.on("failed", lambda event: self.errors.append(str(getattr(event, "error", ""))))
+
+    def close(self, results: rheo_nb.Results, *, interrupted: bool) -> None:
+        pass
 
 
 # --- a connection limiter for the adaptive limit to steer ---------------------------------
@@ -327,3 +420,94 @@ async def fetch_all(
         for _ in range(workers):
             tg.create_task(worker(session))
     return statuses
+
+
+# --- servers that push back ----------------------------------------------------------------
+
+
+class Gate:
+    """A route that answers 429 (without Retry-After) to any request beyond ``limit``
+    in flight, and serves the others in ``hold`` seconds; it logs every arrival with the
+    number in flight and the status it got.
+
+    ``size``: serve the generated file of that size instead (ranges, validators, at
+    ``rate`` bytes per second when given), so a large file can be split behind the gate.
+    """
+
+    def __init__(
+        self, limit: int, hold: float = 0.05, size: int | None = None, rate: float | None = None
+    ) -> None:
+        self.limit = limit
+        self.hold = hold
+        self.size = size
+        self.rate = rate
+        self.in_flight = 0
+        self.log: list[tuple[float, int, int]] = []
+
+    async def __call__(self, request: web.Request, spec: Spec) -> web.StreamResponse:
+        self.in_flight += 1
+        try:
+            status = 429 if self.in_flight > self.limit else 200
+            self.log.append((time.monotonic(), self.in_flight, status))
+            if status == 429:
+                return web.Response(status=429, text="too many\n")
+            if self.size is not None:
+                return await testing.serve_generated(request, spec.key, self.size, self.rate)
+            await asyncio.sleep(self.hold)
+            return web.Response(body=b"x" * 1000)
+        finally:
+            self.in_flight -= 1
+
+    def settled(self) -> tuple[float, int]:
+        """When the last 429 went out (relative to the first request), and the most
+        requests in flight at any arrival after it."""
+        refused = [t for t, _, status in self.log if status == 429]
+        assert refused, "the server never pushed back: the test proves nothing"
+        last = max(refused)
+        after = [n for t, n, _ in self.log if t > last]
+        return last - self.log[0][0], max(after, default=0)
+
+
+class Quota:
+    """A route allowing ``quota`` requests per one-second window (counted from the first
+    request), saying so in the headers of ``style``; a request over the quota gets 429."""
+
+    def __init__(self, quota: int, style: str) -> None:
+        self.quota = quota
+        self.style = style
+        self.start: float | None = None
+        self.used: dict[int, int] = {}
+        self.log: list[tuple[float, int]] = []
+
+    async def __call__(self, request: web.Request, spec: Spec) -> web.StreamResponse:
+        now = time.monotonic()
+        if self.start is None:
+            self.start = now
+        window = int(now - self.start)
+        self.used[window] = self.used.get(window, 0) + 1
+        left = self.quota - self.used[window]
+        status = 200 if left >= 0 else 429
+        self.log.append((now, status))
+        reset = self.start + window + 1 - now  # seconds until the quota is back
+        return web.Response(
+            status=status, body=b"x" * 100, headers=self.headers(max(0, left), reset)
+        )
+
+    def headers(self, left: int, reset: float) -> dict[str, str]:
+        seconds = str(math.ceil(reset))
+        if self.style == "ietf":
+            return {
+                "RateLimit": f'"default";r={left};t={seconds}',
+                "RateLimit-Policy": f'"default";q={self.quota};w=1',
+            }
+        if self.style == "draft-07":
+            return {"RateLimit": f"limit={self.quota}, remaining={left}, reset={seconds}"}
+        if self.style == "x-delta":
+            return {"X-RateLimit-Remaining": str(left), "X-RateLimit-Reset": f"{reset:.3f}"}
+        # GitHub's: the reset as a Unix time, beside the Date of the response.
+        wall = time.time()
+        return {
+            "X-RateLimit-Remaining": str(left),
+            "X-RateLimit-Reset": str(math.ceil(wall + reset)),
+            "Date": formatdate(wall, usegmt=True),
+        }

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 import ipywidgets as widgets
 
 from .. import format
-from ..events import Event, EventType, Failed, Restarted, Subscription
+from ..events import Event, EventType, Failed, Restarted, Subscription, Throttled
 from ..tracker import Stats
 from . import view
 from .view import SCALE, WORDS, View, final_phase, render
@@ -106,7 +106,8 @@ class NotebookProgress:
         self.interval = interval
         self.failures: deque[tuple[str, str]] = deque(maxlen=rows)
         self.failed = 0
-        #: Files that had to start again from zero, said in words (the last few).
+        #: Files that had to start again from zero, origins slowed down or paused: the
+        #: last few, said in words.
         self.notices: deque[str] = deque(maxlen=rows)
         self._cancel: CancelAction | _Auto = AUTO
         self._cancel_requested = False
@@ -149,6 +150,7 @@ class NotebookProgress:
             self._cancel = _canceller(manager, loop) if on_kernel_thread else None
         self._subscriptions.append(manager.on(EventType.FAILED, self._on_failed))
         self._subscriptions.append(manager.on(EventType.RESTARTED, self._on_restarted))
+        self._subscriptions.append(manager.on(EventType.THROTTLED, self._on_throttled))
         self.show()
         self._draw()
         self._timer = loop.call_later(self.interval, self._tick)
@@ -291,7 +293,11 @@ class NotebookProgress:
             if info is not None and manager is not None
             else format.short_name(event.url, 60)
         )
-        self.notices.append(view.restart_note(shown, event.reason, event.discarded))
+        self.notices.append(f"↻ {view.restart_note(shown, event.reason, event.discarded)}")
+
+    def _on_throttled(self, event: Event) -> None:
+        assert isinstance(event, Throttled)
+        self.notices.append(view.throttle_note(event))
 
     def _on_click(self, _button: Any) -> None:
         # Runs on the kernel's thread, maybe not the downloads' loop: only set a flag and

@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING, TextIO
 
 from .. import format
-from ..events import Event, EventType, Failed, Restarted, Retrying
+from ..events import Event, EventType, Failed, Restarted, Retrying, Throttled
 from . import view
 
 if TYPE_CHECKING:
@@ -23,8 +23,9 @@ class TextProgress:
     >>> rheo_nb.fetch_sync(urls, progress=rheo_nb.TextProgress(sys.stdout))  # doctest: +SKIP
 
     On a TTY the line is redrawn in place every ``interval`` (0.1 s); elsewhere a plain
-    line is printed every ``log_interval`` (10 s). Failures, retries and files that must
-    start again from zero are printed as they happen. The closing line says what was done
+    line is printed every ``log_interval`` (10 s). Failures, retries, files that must
+    start again from zero and origins slowed down (``example.org slowed to 2
+    connections: 429``) are printed as they happen. The closing line says what was done
     out of what was asked, and how the call ended.
 
     ``failures_only=True`` prints failures and nothing else (the command line's ``-q``).
@@ -54,6 +55,7 @@ class TextProgress:
             return
         manager.on(EventType.RETRYING, self._on_event)
         manager.on(EventType.RESTARTED, self._on_event)
+        manager.on(EventType.THROTTLED, self._on_event)
         self._timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
 
     def _name(self, download_id: str, url: str) -> str:
@@ -75,6 +77,8 @@ class TextProgress:
         elif isinstance(event, Restarted):
             shown = self._name(event.download_id, event.url)
             self._write(view.restart_note(shown, event.reason, event.discarded), newline=True)
+        elif isinstance(event, Throttled):
+            self._write(event.message, newline=True)
 
     def _tick(self) -> None:
         assert self._manager is not None

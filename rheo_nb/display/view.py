@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from .. import format
+from ..events import Throttled
 from ..tracker import ClusterStats, DownloadInfo, Stats
 
 BAR_WIDTH: Final = 20
@@ -292,13 +293,21 @@ def active_rows(
     return out
 
 
+def throttle_note(event: Throttled) -> str:
+    """``⇣ example.org slowed to 2 connections: 429``: how rheo_nb answered an origin
+    that pushed back (``⇡`` when it grows back), in a few words."""
+    mark = "⇡" if event.concurrency > event.previous else "⇣"
+    return f"{mark} {event.message}"
+
+
 def notice_rows(notices: Sequence[str]) -> str:
-    """Things worth knowing that are not failures: a file restarting from zero."""
+    """Things worth knowing that are not failures, each with its mark: a file restarting
+    from zero (``↻``), an origin slowed down or paused (:func:`throttle_note`)."""
     if not notices:
         return ""
     items = "".join(
         f"<div style='white-space:nowrap;overflow:hidden;text-overflow:ellipsis' "
-        f"title='{html.escape(text)}'>↻ {html.escape(text)}</div>"
+        f"title='{html.escape(text)}'>{html.escape(text)}</div>"
         for text in notices
     )
     return f"<div style='{_SMALL};{_WARN}'>{items}</div>"
@@ -404,4 +413,5 @@ __all__ = [
     "render",
     "restart_note",
     "retry_note",
+    "throttle_note",
 ]
