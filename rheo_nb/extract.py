@@ -235,7 +235,7 @@ FILE, DIR, SYMLINK, HARDLINK = "file", "folder", "symbolic link", "hard link"
 
 
 @dataclass(slots=True)
-class _Member:
+class Member:
     name: str  # as the archive spells it, for messages
     kind: str
     size: int = 0
@@ -245,7 +245,7 @@ class _Member:
     open: Callable[[], contextlib.AbstractContextManager[IO[bytes]]] | None = None
 
 
-def _zip_members(zf: zipfile.ZipFile) -> Iterator[_Member]:
+def _zip_members(zf: zipfile.ZipFile) -> Iterator[Member]:
     infos = zf.infolist()
     _check_zip_layout(zf, infos)
     for info in infos:
@@ -256,14 +256,14 @@ def _zip_members(zf: zipfile.ZipFile) -> Iterator[_Member]:
         kind = stat.S_IFMT(mode)  # 0 when the archiver wrote permission bits only
         opener = _zip_opener(zf, info)
         if kind == stat.S_IFLNK:
-            yield _Member(name, SYMLINK, link=_read_link(opener, name))
+            yield Member(name, SYMLINK, link=_read_link(opener, name))
         elif kind not in (0, stat.S_IFREG, stat.S_IFDIR):
             raise Refused(_special_reason(mode), name)
         elif info.is_dir():
-            yield _Member(name, DIR)
+            yield Member(name, DIR)
         else:
             mtime = _zip_mtime(info)
-            yield _Member(name, FILE, info.file_size, bool(mode & 0o100), "", mtime, opener)
+            yield Member(name, FILE, info.file_size, bool(mode & 0o100), "", mtime, opener)
 
 
 def _zip_opener(
@@ -304,7 +304,7 @@ def _check_zip_layout(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> None
         raise Refused("its bytes run into the central directory", spans[-1][2])
 
 
-def _tar_members(tar: tarfile.TarFile, guard: _HeaderGuard) -> Iterator[_Member]:
+def _tar_members(tar: tarfile.TarFile, guard: _HeaderGuard) -> Iterator[Member]:
     while True:
         guard.start_header()
         info = tar.next()
@@ -314,13 +314,13 @@ def _tar_members(tar: tarfile.TarFile, guard: _HeaderGuard) -> Iterator[_Member]
         # tarfile keeps every header it read (an attribute typeshed omits); we need none.
         tar.members.clear()  # type: ignore[attr-defined]
         if info.issym():
-            yield _Member(info.name, SYMLINK, link=info.linkname)
+            yield Member(info.name, SYMLINK, link=info.linkname)
         elif info.islnk():
-            yield _Member(info.name, HARDLINK, link=info.linkname)
+            yield Member(info.name, HARDLINK, link=info.linkname)
         elif info.isdir():
-            yield _Member(info.name, DIR)
+            yield Member(info.name, DIR)
         elif info.isreg():
-            yield _Member(
+            yield Member(
                 info.name,
                 FILE,
                 info.size,
@@ -435,7 +435,7 @@ class Tree:
         if self.progress is not None:
             self.progress(ExtractProgress(self.budget.members, self.total, self.budget.bytes))
 
-    def place(self, m: _Member) -> None:
+    def place(self, m: Member) -> None:
         self.budget.member(m.name)
         parts = member_parts(m.name)
         if not parts:
@@ -458,7 +458,7 @@ class Tree:
             self.links.append((parts, m.link, m.name))
             self._link_paths.add(parts)
 
-    def _link_source(self, m: _Member, parts: tuple[str, ...]) -> tuple[str, ...]:
+    def _link_source(self, m: Member, parts: tuple[str, ...]) -> tuple[str, ...]:
         try:
             source = member_parts(m.link)
         except Refused as exc:
@@ -483,10 +483,10 @@ class Tree:
     def folder(self, parts: tuple[str, ...]) -> None:
         raise NotImplementedError
 
-    def file(self, m: _Member, parts: tuple[str, ...], src: IO[bytes]) -> None:
+    def file(self, m: Member, parts: tuple[str, ...], src: IO[bytes]) -> None:
         raise NotImplementedError
 
-    def hardlink(self, m: _Member, parts: tuple[str, ...], source: tuple[str, ...]) -> None:
+    def hardlink(self, m: Member, parts: tuple[str, ...], source: tuple[str, ...]) -> None:
         """``parts`` reads as the file ``source`` (which must be one written before)."""
         raise NotImplementedError
 
@@ -527,7 +527,7 @@ class _DiskTree(Tree):
             self._dirs.add(prefix)
         return self._path(parts)
 
-    def file(self, m: _Member, parts: tuple[str, ...], src: IO[bytes]) -> None:
+    def file(self, m: Member, parts: tuple[str, ...], src: IO[bytes]) -> None:
         path = os.path.join(self._mkdirs(parts[:-1]), parts[-1])
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
@@ -542,7 +542,7 @@ class _DiskTree(Tree):
             with contextlib.suppress(OSError, OverflowError, ValueError):
                 os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
 
-    def hardlink(self, m: _Member, parts: tuple[str, ...], source: tuple[str, ...]) -> None:
+    def hardlink(self, m: Member, parts: tuple[str, ...], source: tuple[str, ...]) -> None:
         src = self._path(source)
         try:
             st = os.lstat(src)
@@ -588,7 +588,7 @@ def unpack(raw: IO[bytes], kind: str, tree: Tree, single_name: str) -> None:
     """Place every member of the archive read from ``raw`` (seekable for a zip) into
     ``tree``, then finish it. :raises Refused: a member, or the archive, is refused."""
     budget = tree.budget
-    members: Iterator[_Member]
+    members: Iterator[Member]
     with contextlib.ExitStack() as stack:
         if kind == "zip":
             zf = stack.enter_context(zipfile.ZipFile(raw))
@@ -604,7 +604,7 @@ def unpack(raw: IO[bytes], kind: str, tree: Tree, single_name: str) -> None:
         else:
             tree.total = 1
             stream = stack.enter_context(_decompressed(kind, raw))
-            members = iter([_Member(single_name, FILE, open=lambda: _Unclosed(stream))])
+            members = iter([Member(single_name, FILE, open=lambda: _Unclosed(stream))])
         for member in members:
             try:
                 tree.place(member)

@@ -54,7 +54,7 @@ import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -63,7 +63,6 @@ from .destination import Present, Resume, Skip, Unpacking
 from .errors import (
     DestinationError,
     DownloadError,
-    ExtractError,
     IntegrityError,
     OptionError,
     TransferError,
@@ -466,15 +465,22 @@ class Bucket:
                 found.append(record)
         return found
 
-    async def _read_record(self, key: str, upload_id: str) -> Record | None:
+    async def get(self, key: str) -> bytes | None:
+        """The whole object at ``key`` (a small one: a record), or None when there is none."""
         try:
-            resp = await self.client.get_object(Bucket=self.name, Key=record_key(key, upload_id))
+            resp = await self.client.get_object(Bucket=self.name, Key=key)
             async with resp["Body"] as body:
-                data = await body.read()
+                data: bytes = await body.read()
         except self._errors as exc:
             if _code(exc) in ("404", "NoSuchKey", "NotFound"):
-                return None  # not rheo_nb's upload
-            raise _error(exc, self.url(key), "GetObject (resume record)") from None
+                return None
+            raise _error(exc, self.url(key), "GetObject") from None
+        return data
+
+    async def _read_record(self, key: str, upload_id: str) -> Record | None:
+        data = await self.get(record_key(key, upload_id))
+        if data is None:
+            return None  # not rheo_nb's upload
         record = Record.from_json(data)
         return record if record is not None and record.upload_id == upload_id else None
 
@@ -546,13 +552,67 @@ class Bucket:
             await self.call("abort_multipart_upload", record.key, UploadId=record.upload_id)
         await self.call("delete_object", record_key(record.key, record.upload_id))
 
-    async def clean(self) -> list[str]:
-        """Abort every multipart upload rheo_nb left under the prefix; their keys.
+    async def read(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
+        """Bytes ``start``..``end`` (exclusive) of the object at ``key``; with ``etag``, only
+        while the object is still that version (a change fails with a 412)."""
+        kwargs: dict[str, Any] = {"Range": f"bytes={start}-{end - 1}"}
+        if etag:
+            kwargs["IfMatch"] = etag
+        resp = await self.call("get_object", key, **kwargs)
+        try:
+            async with resp["Body"] as body:
+                data: bytes = await body.read()
+        except self._errors as exc:
+            raise _error(exc, self.url(key), "GetObject") from None
+        return data
+
+    async def listed(self, prefix: str, *, limit: int | None = None) -> list[str]:
+        """Keys of the objects under ``prefix`` (at most ``limit`` of them)."""
+        found: list[str] = []
+        kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix}
+        if limit is not None:
+            kwargs["MaxKeys"] = limit
+        try:
+            while True:
+                page = await self.client.list_objects_v2(**kwargs)
+                found += [str(o["Key"]) for o in page.get("Contents", [])]
+                if not page.get("IsTruncated") or (limit is not None and len(found) >= limit):
+                    return found[:limit]
+                kwargs["ContinuationToken"] = page["NextContinuationToken"]
+        except self._errors as exc:
+            raise _error(exc, self.url(prefix), "ListObjectsV2") from None
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        """Delete the objects at ``keys`` (those already gone count as deleted)."""
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes 1,000 keys at most
+            batch = [{"Key": k} for k in keys[start : start + 1000]]
+            try:
+                resp = await self.client.delete_objects(
+                    Bucket=self.name, Delete={"Objects": batch, "Quiet": True}
+                )
+            except self._errors as exc:
+                raise _error(exc, self.url(self.prefix), "DeleteObjects") from None
+            if errors := resp.get("Errors"):
+                first = errors[0]
+                raise DestinationError(
+                    self.url(str(first.get("Key", ""))),
+                    f"S3 error {first.get('Code', '?')} on DeleteObjects",
+                )
+
+    async def copy(self, source: str, key: str) -> None:
+        """A server-side copy of the object at ``source`` to ``key``, in one request."""
+        copy_source = {"Bucket": self.name, "Key": source}
+        await self.call("copy_object", key, CopySource=copy_source)
+
+    async def clean(self, prefix: str | None = None) -> list[str]:
+        """Abort every multipart upload rheo_nb left under ``prefix`` (by default the
+        bucket's); their keys.
 
         Uploads without a rheo_nb record (another tool's) are left alone.
         """
         keys: set[str] = set()
-        kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": self.prefix}
+        prefix = self.prefix if prefix is None else prefix
+        kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix}
         uploads: list[tuple[str, str]] = []
         try:
             while True:
@@ -563,7 +623,7 @@ class Bucket:
                 kwargs["KeyMarker"] = page["NextKeyMarker"]
                 kwargs["UploadIdMarker"] = page["NextUploadIdMarker"]
         except self._errors as exc:
-            raise _error(exc, self.url(self.prefix), "ListMultipartUploads") from None
+            raise _error(exc, self.url(prefix), "ListMultipartUploads") from None
         for key, upload_id in uploads:
             record = await self._read_record(key, upload_id)
             if record is not None:
@@ -1142,14 +1202,31 @@ class ObjectDestination:
             return Resume((seg.position, seg.end - 1), validator, up.total, split)
         return Resume((up.position, None), validator, up.total)
 
-    async def extracted(self, folder: PurePosixPath | None) -> tuple[Skip, Path] | None:
-        return None
+    def _folder(self, folder: PurePosixPath | None) -> str | None:
+        """The full key of an extraction folder given relative to the call's prefix."""
+        return None if folder is None else self.bucket.key(folder.as_posix())
 
-    async def extract(self, folder: PurePosixPath | None, how: Unpacking) -> Path | None:
-        raise ExtractError(
-            how.label,
-            "extraction into object storage is not available yet: download the archive to "
-            "a local folder to extract it",
+    async def extracted(self, folder: PurePosixPath | None) -> tuple[Skip, ObjectPath] | None:
+        from .objextract import recorded
+
+        found = await recorded(self.bucket, self.path, self._folder(folder), self.expected)
+        if found is None:
+            return None
+        target, nbytes = found
+        verified = ", sha256 verified" if self.expected is not None else ""
+        return Skip(nbytes, "already downloaded and extracted" + verified), target
+
+    async def extract(self, folder: PurePosixPath | None, how: Unpacking) -> ObjectPath | None:
+        """Unpack the archive object into keys under the folder (see
+        :mod:`rheo_nb.objextract`)."""
+        from .objextract import extract_object
+
+        return await extract_object(
+            self.bucket,
+            self.path,
+            self._folder(folder),
+            how,
+            parts_in_flight=self.parts_in_flight,
         )
 
     def _stored_split(self) -> Split | None:

@@ -111,7 +111,7 @@ class Download:
         self.url, self.host = p.url, p.host  # the source being tried (a mirror, maybe)
         self.resumed = False  # this attempt continues an earlier partial
         self.no_split = False  # ranges failed once: one stream from now on
-        self.extracted: Path | None = None
+        self.extracted: Path | ObjectPath | None = None
 
     # --- events --------------------------------------------------------------------------
 
