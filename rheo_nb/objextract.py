@@ -325,12 +325,15 @@ class _Job:
 
 
 class _Reader(io.RawIOBase):
-    """The archive object as a blocking, seekable file, read by blocks of :data:`BLOCK`
-    bytes; the block after the one being read is fetched meanwhile. Holds two blocks."""
+    """The archive object as a blocking, seekable file. A read that continues the last one
+    fetches :data:`BLOCK` bytes, and the block after it meanwhile; a read elsewhere (a
+    zip's directory, a member's header) fetches only :data:`_HEAD` bytes, so checking a
+    zip's layout costs one small request per member. Holds at most two blocks."""
 
     def __init__(self, job: _Job, size: int) -> None:
         self.job, self.size, self.pos = job, size, 0
-        self._blocks: dict[int, concurrent.futures.Future[bytes]] = {}
+        self._data, self._start = b"", 0  # the window read last
+        self._ahead: tuple[int, concurrent.futures.Future[bytes]] | None = None
 
     def readable(self) -> bool:
         return True
@@ -349,27 +352,39 @@ class _Reader(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         if self.pos >= self.size:
             return 0
-        index, within = divmod(self.pos, BLOCK)
-        data = self._block(index)
-        n = min(len(buffer), len(data) - within)
-        if n <= 0:
-            raise OSError(f"the archive object ends before its {self.size} bytes")
-        buffer[:n] = memoryview(data)[within : within + n]
+        within = self.pos - self._start
+        if not 0 <= within < len(self._data):
+            self._window()
+            within = 0
+        n = min(len(buffer), len(self._data) - within)
+        buffer[:n] = memoryview(self._data)[within : within + n]
         self.pos += n
         return n
 
-    def _block(self, index: int) -> bytes:
-        for stale in [i for i in self._blocks if i not in (index, index + 1)]:
-            self._blocks.pop(stale).cancel()
-        for i in (index, index + 1):
-            if i not in self._blocks and i * BLOCK < self.size:
-                self._blocks[i] = self.job.read(i * BLOCK, min(self.size, (i + 1) * BLOCK))
-        return self._blocks[index].result()
+    def _window(self) -> None:
+        """Fetch the bytes from :attr:`pos` on (or take those fetched ahead)."""
+        pos, ahead = self.pos, self._ahead
+        sequential = pos == self._start + len(self._data)
+        self._data, self._ahead = b"", None
+        if ahead is not None and ahead[0] == pos:
+            data = ahead[1].result()
+        else:
+            if ahead is not None:
+                ahead[1].cancel()
+            end = min(self.size, pos + (BLOCK if sequential else _HEAD))
+            data = self.job.read(pos, end).result()
+        if not data:
+            raise OSError(f"the archive object ends before its {self.size} bytes")
+        self._data, self._start = data, pos
+        nxt = pos + len(data)
+        if sequential and nxt < self.size:
+            self._ahead = (nxt, self.job.read(nxt, min(self.size, nxt + BLOCK)))
 
     def close(self) -> None:
-        for fut in self._blocks.values():
-            fut.cancel()
-        self._blocks.clear()
+        if self._ahead is not None:
+            self._ahead[1].cancel()
+            self._ahead = None
+        self._data = b""
         super().close()
 
 
