@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -56,6 +57,8 @@ T = TypeVar("T")
 BLOCK = 8 << 20
 #: What the kind of an archive is read from.
 _HEAD = 64 << 10
+#: Small members sent at once (their bytes are capped too: see :class:`ObjectTree`).
+_PUTS_IN_FLIGHT = 16
 #: Links followed while resolving one symbolic link before calling it a loop.
 _MAX_HOPS = 40
 
@@ -401,7 +404,8 @@ class ObjectTree(Tree):
         self.files: dict[tuple[str, ...], int] = {}  # written, with their sizes
         self.dirs: set[tuple[str, ...]] = set()
         self._sending: dict[str, concurrent.futures.Future[int]] = {}  # small ones
-        self._slots = threading.BoundedSemaphore(job.parts_in_flight)
+        self._lock = threading.Lock()
+        self._room = _Room(job.parts_in_flight * job.bucket.part_size, _PUTS_IN_FLIGHT)
         self._failure: BaseException | None = None
 
     def key(self, parts: tuple[str, ...]) -> str:
@@ -421,31 +425,45 @@ class ObjectTree(Tree):
     def file(self, m: extract.Member, parts: tuple[str, ...], src: IO[bytes]) -> None:
         self._claim(parts)
         self._check()
-        key = self.key(parts)
-        up = self.job.call(self._upload(key, m.name))
+        key, part_size = self.key(parts), self.job.bucket.part_size
+        source = url_key(f"{self.job.bucket.url(self.job.archive)}#{m.name}")
+        up = MultipartUpload(self.job.bucket, key, source, None, self.job.parts_in_flight)
+        held: list[bytes] | None = []  # a member that fits in a part, until it is whole
         before = self.budget.bytes
+
+        def write(chunk: bytes) -> None:
+            nonlocal held
+            if held is not None and self.budget.bytes - before <= part_size:
+                held.append(chunk)
+                return
+            if held:  # larger than a part: its parts go up as they fill
+                self.job.call(up.append(held))
+            held = None
+            self.job.call(up.append([chunk]))
+
         try:
-            self.copy(m.name, src, lambda chunk: self.job.call(up.append([chunk])))
+            self.copy(m.name, src, write)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.job.call(up.discard())
             raise
         size = self.files[parts] = self.budget.bytes - before
-        if size > self.job.bucket.part_size:  # parts are on their way: finished here
+        if held is None:
             self.job.call(up.commit())
             return
-        # One request, sent while the next members are read; a few at a time.
-        self._slots.acquire()
-        fut = self.job.send(up.commit())
-        self._sending[key] = fut
-        fut.add_done_callback(self._sent)
+        # One request, sent while the next members are read: a few at a time, a few
+        # parts' worth of bytes at most.
+        self._room.take(size)
+        fut = self.job.send(_put(up, held))
+        with self._lock:
+            self._sending[key] = fut
+        fut.add_done_callback(functools.partial(self._sent, key, size))
 
-    async def _upload(self, key: str, member: str) -> MultipartUpload:
-        source = url_key(f"{self.job.bucket.url(self.job.archive)}#{member}")
-        return MultipartUpload(self.job.bucket, key, source, None, self.job.parts_in_flight)
-
-    def _sent(self, fut: concurrent.futures.Future[int]) -> None:
-        self._slots.release()
+    def _sent(self, key: str, size: int, fut: concurrent.futures.Future[int]) -> None:
+        with self._lock:
+            if self._sending.get(key) is fut:
+                del self._sending[key]
+        self._room.give(size)
         if not fut.cancelled() and fut.exception() is not None and self._failure is None:
             self._failure = fut.exception()
 
@@ -463,7 +481,9 @@ class ObjectTree(Tree):
         size = self.files[source]
         self.budget.add(name, size)  # a reader sees its bytes again: count them
         src = self.key(source)
-        if (sending := self._sending.pop(src, None)) is not None:
+        with self._lock:
+            sending = self._sending.get(src)
+        if sending is not None:
             sending.result()  # the copy needs the object in place
         self.job.call(self.job.bucket.copy(src, self.key(parts)))
         self.files[parts] = size
@@ -484,17 +504,48 @@ class ObjectTree(Tree):
                 self.report()
 
     def _drain(self) -> None:
-        for fut in list(self._sending.values()):
+        with self._lock:
+            sending = list(self._sending.values())
+        for fut in sending:
             with contextlib.suppress(Exception):
                 fut.result()
-        self._sending.clear()
         self._check()
 
     def close(self) -> None:
         """Wait for the small objects still on their way (kept, or wiped after)."""
-        for fut in list(self._sending.values()):
+        with self._lock:
+            sending = list(self._sending.values())
+        for fut in sending:
             with contextlib.suppress(BaseException):
                 fut.result()
+
+
+async def _put(up: MultipartUpload, chunks: list[bytes]) -> int:
+    await up.append(chunks)
+    return await up.commit()
+
+
+class _Room:
+    """How many small objects may be on their way at once, and how many bytes: a thread
+    takes room before sending one, the loop gives it back when it is stored."""
+
+    def __init__(self, max_bytes: int, max_count: int) -> None:
+        self.max_bytes, self.max_count = max_bytes, max_count
+        self.bytes = self.count = 0
+        self._changed = threading.Condition()
+
+    def take(self, n: int) -> None:
+        with self._changed:
+            while self.count and (self.count >= self.max_count or self.bytes + n > self.max_bytes):
+                self._changed.wait()
+            self.bytes += n
+            self.count += 1
+
+    def give(self, n: int) -> None:
+        with self._changed:
+            self.bytes -= n
+            self.count -= 1
+            self._changed.notify_all()
 
 
 def _resolve(

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import time
 from typing import Any
 
 import pytest
 from aiohttp import web
-from faults import closed_port, stream
+from faults import closed_port, stream, wait_for
 from s3 import S3Proxy, body, keys, pending
 from server import FAST, FAST_ENGINE, Server, Spec, run_manager, send
 from test_cli import run
 from test_extract import f, tar_bytes
+from test_objstore_fetch import parts_sent, stored_parts
 
 import rheo_nb
 from rheo_nb import OptionError, Restarted, Status
@@ -112,7 +112,7 @@ async def test_a_cancelled_encrypted_upload_is_resumed_with_the_key(
     options = encrypted(s3_server, segments=1)
     task = asyncio.create_task(rheo_nb.fetch([url], where(s3_bucket), **options))
     try:
-        await asyncio.to_thread(_wait, a_part)
+        await asyncio.to_thread(wait_for, a_part, 30)
     finally:
         task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -125,13 +125,6 @@ async def test_a_cancelled_encrypted_upload_is_resumed_with_the_key(
     got = s3.get_object(Bucket=s3_bucket, Key=key, **SSE_C)["Body"].read()
     assert got == server.content("r.bin", BIG)
     assert pending(s3, s3_bucket) == []
-
-
-def _wait(predicate: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met"
-        time.sleep(0.02)
 
 
 async def test_an_additional_kwarg_no_request_takes_is_refused_before_any_download(
@@ -247,8 +240,7 @@ async def test_with_a_hash_an_upload_is_carried_to_a_mirror_whatever_its_etag(
     [asked] = server.requests("h.bin")
     assert (asked.headers.get("Range"), asked.headers.get("If-Range")) == (f"bytes={CUT}-", None)
     assert asked.status == 206
-    sent = [q for m, q in proxy.requests if m == "PUT" and "partNumber=1&" in q + "&"]
-    assert len(sent) == 1  # part 1 went up once, from the first source
+    assert parts_sent(proxy).count(1) == 1  # part 1 went up once, from the first source
     assert body(s3, s3_bucket, "data/h.bin") == server.content("h.bin", BIG)
     assert pending(s3, s3_bucket) == []
 
@@ -272,12 +264,14 @@ async def test_a_rerun_carries_a_kept_upload_to_a_mirror_when_the_first_source_i
     options = {**FAST, "storage_options": s3_server.storage_options, "segments": 1}
     task = asyncio.create_task(rheo_nb.fetch([item], where(s3_bucket), **options))
     try:
-        await asyncio.to_thread(_wait, lambda: _stored(s3, s3_bucket, "data/r.bin") >= PART_SIZE)
+        await asyncio.to_thread(
+            wait_for, lambda: stored_parts(s3, s3_bucket, "data/r.bin") >= PART_SIZE, 30
+        )
     finally:
         task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    stored = _stored(s3, s3_bucket, "data/r.bin")
+    stored = stored_parts(s3, s3_bucket, "data/r.bin")
     with S3Proxy(s3_server.endpoint_url) as proxy:
         storage = {**s3_server.storage_options, "endpoint_url": proxy.endpoint_url}
         res, seen = await run_manager(
@@ -288,23 +282,9 @@ async def test_a_rerun_carries_a_kept_upload_to_a_mirror_when_the_first_source_i
     assert not [e for e in seen if isinstance(e, Restarted)]
     [asked] = server.requests("r.bin")
     assert (asked.headers.get("Range"), asked.status) == ("bytes=0-", 206)
-    numbers = [
-        int(q.split("partNumber=")[1].split("&")[0])
-        for m, q in proxy.requests
-        if m == "PUT" and "partNumber=" in q
-    ]
-    assert sorted(numbers) == list(range(stored // PART_SIZE + 1, 4))  # only the rest
+    assert sorted(parts_sent(proxy)) == list(range(stored // PART_SIZE + 1, 4))  # only the rest
     assert body(s3, s3_bucket, "data/r.bin") == server.content("r.bin", BIG)
     assert pending(s3, s3_bucket) == []
-
-
-def _stored(s3: Any, bucket: str, key: str) -> int:
-    total = 0
-    for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
-        if u["Key"] == key:
-            listed = s3.list_parts(Bucket=bucket, Key=key, UploadId=u["UploadId"])
-            total += sum(p["Size"] for p in listed.get("Parts", []))
-    return total
 
 
 # --- a store out of reach, on the command line -------------------------------------------------
