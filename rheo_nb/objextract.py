@@ -291,6 +291,7 @@ class _Job:
             self.stop.set()
             with contextlib.suppress(BaseException):
                 await asyncio.wait((work,))  # it stops at its next member or block
+                work.exception()  # Stopped, most likely: what ends this is raised below
             # Left as it is if this fails: the record says "extracting", so the next run
             # clears it.
             with contextlib.suppress(Exception):
@@ -444,8 +445,9 @@ class ObjectTree(Tree):
         try:
             self.copy(m.name, src, write)
         except BaseException:
+            # Even once stopped: the member's multipart upload must not outlive this.
             with contextlib.suppress(Exception):
-                self.job.call(up.discard())
+                asyncio.run_coroutine_threadsafe(up.discard(), self.job.loop).result()
             raise
         size = self.files[parts] = self.budget.bytes - before
         if held is None:

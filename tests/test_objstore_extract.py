@@ -300,6 +300,22 @@ async def test_a_cancel_during_extraction_leaves_nothing_and_a_rerun_extracts(
     assert record(s3, s3_bucket)["state"] == "done"
 
 
+async def test_a_cancel_while_a_large_member_goes_up_aborts_its_upload(
+    s3_server: S3Server, s3_bucket: str, s3: Any, server: Server
+) -> None:
+    url = serve(server, "huge.tar", tar_bytes([f("big.bin", content("huge", 40 * MiB))]))
+    task = asyncio.create_task(rheo_nb.fetch([url], where(s3_bucket), **opts(s3_server)))
+    try:
+        going_up = lambda: "data/huge/big.bin" in pending(s3, s3_bucket)  # noqa: E731
+        await asyncio.to_thread(wait_for, going_up, 60)
+    finally:
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert keys(s3, s3_bucket) == ["data/huge.tar"]
+    assert pending(s3, s3_bucket) == []
+
+
 @pytest.mark.slow
 def test_an_extraction_killed_midway_is_redone_from_scratch(
     s3_server: S3Server, s3_bucket: str, s3: Any, server: Server
