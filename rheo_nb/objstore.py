@@ -35,7 +35,10 @@ promises in object-storage terms:
   (:class:`AlreadyComplete`, a skip for the transfer).
 
 :class:`ObjectDestination` is the :class:`~rheo_nb.destination.Destination` the transfer
-writes through; :class:`ObjectPath` is what outcomes and events carry for an object.
+writes through (its archives are extracted into the bucket by :mod:`rheo_nb.objextract`);
+:class:`ObjectPath` is what outcomes and events carry for an object. ``storage_options``'
+``s3_additional_kwargs`` go on every request that takes them (:meth:`Bucket.request`),
+as s3fs applies them.
 
 >>> async with Bucket("s3://my-bucket/data/", {"profile": "lab"}) as bucket:  # doctest: +SKIP
 ...     up = await bucket.upload("data/train.csv", url=url)
