@@ -36,6 +36,7 @@ from .segments import Segment, Split
 from .stream import Sink
 
 if TYPE_CHECKING:
+    from .extract import ExtractProgress
     from .objstore import ObjectPath
 
 _LOCK_POLL = (0.02, 0.5)  # first and longest wait between tries of a busy lock
@@ -158,13 +159,17 @@ class Destination(Protocol):
         in both cases let go of the file."""
         ...
 
-    async def extracted(self, folder: PurePosixPath | None) -> tuple[Skip, Path] | None:
+    async def extracted(
+        self, folder: PurePosixPath | None
+    ) -> tuple[Skip, Path | ObjectPath] | None:
         """The file is gone because its extraction removed it, and that extraction is
         still in place: skip it (and where it went), letting go of the file as
         :meth:`claim` does. ``folder`` as for :meth:`extract`."""
         ...
 
-    async def extract(self, folder: PurePosixPath | None, how: Unpacking) -> Path | None:
+    async def extract(
+        self, folder: PurePosixPath | None, how: Unpacking
+    ) -> Path | ObjectPath | None:
         """Unpack the file, now complete at :attr:`path`, into ``folder`` (relative to the
         call's destination; None: beside it, named after it). None when it is no archive
         and extraction was not asked of this file in particular (``how.explicit``).
@@ -410,24 +415,13 @@ class LocalDestination:
         loop = asyncio.get_running_loop()
 
         def unpack(stop: threading.Event) -> extract.Extracted:
-            last = 0.0
-
-            def report(done: extract.ExtractProgress) -> None:
-                nonlocal last
-                if stop.is_set():
-                    raise _Stopped  # extract() removes what it wrote, then lets it through
-                now = time.monotonic()
-                if now - last >= 0.1:
-                    last = now
-                    loop.call_soon_threadsafe(how.progress, done.members, done.total)
-
             return extract.extract(
                 archive,
                 target,
                 max_size=how.max_size,
                 max_files=how.max_files,
                 remove=how.remove,
-                progress=report,
+                progress=reporter(how, loop, stop),
                 label=how.label,
             )
 
@@ -447,8 +441,28 @@ class LocalDestination:
                 pass  # the kernel frees a lock with its descriptor; the file is harmless
 
 
-class _Stopped(Exception):
+class Stopped(Exception):
     """The download was cancelled while its archive was being extracted."""
+
+
+def reporter(
+    how: Unpacking, loop: asyncio.AbstractEventLoop, stop: threading.Event
+) -> Callable[[ExtractProgress], None]:
+    """The progress callback of an extraction running in a thread: ``how.progress`` on
+    the loop, at most ten times a second; :class:`Stopped` once ``stop`` is set (the
+    extraction then removes what it wrote and lets it through)."""
+    last = 0.0
+
+    def report(done: ExtractProgress) -> None:
+        nonlocal last
+        if stop.is_set():
+            raise Stopped
+        now = time.monotonic()
+        if now - last >= 0.1:
+            last = now
+            loop.call_soon_threadsafe(how.progress, done.members, done.total)
+
+    return report
 
 
 class _Append:

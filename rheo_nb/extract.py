@@ -38,6 +38,7 @@ import bz2
 import contextlib
 import errno
 import fcntl
+import functools
 import gzip
 import hashlib
 import json
@@ -120,7 +121,7 @@ class Extracted:
 ProgressCallback = Callable[[ExtractProgress], None]
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """A member (or the archive) is refused; turned into :class:`ExtractError` in one place."""
 
     def __init__(self, reason: str, member: str | None = None) -> None:
@@ -136,19 +137,24 @@ def archive_kind(path: str | os.PathLike[str]) -> str | None:
     """The kind of archive at ``path`` by its magic bytes (``"zip"``, ``"tar.gz"``, ``"xz"``
     …), or None when it is none that :func:`extract` reads. Blocking."""
     with open(path, "rb") as f:
-        head = f.read(512)
-        kind = next((k for magic, k in _MAGIC if head.startswith(magic)), None)
-        if kind is None:
-            return "tar" if _is_tar_header(head) else None
-        if kind == "zip":
-            return kind
-        f.seek(0)
-        try:
-            with _decompressed(kind, f) as stream:
-                inner = _read_up_to(stream, 512)
-        except Exception:  # damaged, or zstd unavailable: extract() says which
-            return kind
-        return f"tar.{kind}" if _is_tar_header(inner) else kind
+        return kind_of(f)
+
+
+def kind_of(f: IO[bytes]) -> str | None:
+    """:func:`archive_kind` of an open, seekable file, read from its start."""
+    head = _read_up_to(f, 512)
+    kind = next((k for magic, k in _MAGIC if head.startswith(magic)), None)
+    if kind is None:
+        return "tar" if _is_tar_header(head) else None
+    if kind == "zip":
+        return kind
+    f.seek(0)
+    try:
+        with _decompressed(kind, f) as stream:
+            inner = _read_up_to(stream, 512)
+    except Exception:  # damaged, or zstd unavailable: extract() says which
+        return kind
+    return f"tar.{kind}" if _is_tar_header(inner) else kind
 
 
 def _is_tar_header(block: bytes) -> bool:
@@ -169,11 +175,16 @@ def default_target(archive: str | os.PathLike[str], kind: str) -> Path:
     ``data/x.csv.gz`` → ``data/x.csv``); ``<name>.extracted`` when the name has no such
     suffix."""
     path = Path(archive)
-    lower = path.name.lower()
+    return path.with_name(target_name(path.name, kind))
+
+
+def target_name(name: str, kind: str) -> str:
+    """The name :func:`default_target` gives what an archive called ``name`` becomes."""
+    lower = name.lower()
     for suffix in _SUFFIXES.get(kind, ()):
-        if lower.endswith(suffix) and len(path.name) > len(suffix):
-            return path.with_name(path.name[: -len(suffix)])
-    return path.with_name(path.name + ".extracted")
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name + ".extracted"
 
 
 def size_limit(archive_size: int, max_size: int | None = None) -> int:
@@ -185,33 +196,33 @@ def member_parts(name: str) -> tuple[str, ...]:
     """The path components of a member name inside the target (empty for the target
     itself). Backslashes count as separators, as archives made on Windows mean them.
 
-    :raises _Refused: absolute, with ``..``, or with a NUL.
+    :raises Refused: absolute, with ``..``, or with a NUL.
     """
     if "\0" in name:
-        raise _Refused("its name contains a NUL character")
+        raise Refused("its name contains a NUL character")
     posix = name.replace("\\", "/")
     if posix.startswith("/") or (len(posix) > 1 and posix[1] == ":" and posix[0].isalpha()):
-        raise _Refused("its name is absolute")
+        raise Refused("its name is absolute")
     parts = tuple(p for p in posix.split("/") if p not in ("", "."))
     if ".." in parts:
-        raise _Refused("its name leads outside the target ('..')")
+        raise Refused("its name leads outside the target ('..')")
     return parts
 
 
 def _link_parts(member: tuple[str, ...], link: str) -> tuple[str, ...]:
     """Where a symbolic link at ``member`` points, judged by its text alone."""
     if not link or "\0" in link:
-        raise _Refused("symbolic link with an empty target or a NUL")
+        raise Refused("symbolic link with an empty target or a NUL")
     posix = link.replace("\\", "/")
     if posix.startswith("/") or (len(posix) > 1 and posix[1] == ":" and posix[0].isalpha()):
-        raise _Refused(f"symbolic link to an absolute path ({link!r})")
+        raise Refused(f"symbolic link to an absolute path ({link!r})")
     stack = list(member[:-1])
     for part in posix.split("/"):
         if part in ("", "."):
             continue
         if part == "..":
             if not stack:
-                raise _Refused(f"symbolic link to outside the target ({link!r})")
+                raise Refused(f"symbolic link to outside the target ({link!r})")
             stack.pop()
         else:
             stack.append(part)
@@ -224,7 +235,7 @@ FILE, DIR, SYMLINK, HARDLINK = "file", "folder", "symbolic link", "hard link"
 
 
 @dataclass(slots=True)
-class _Member:
+class Member:
     name: str  # as the archive spells it, for messages
     kind: str
     size: int = 0
@@ -234,25 +245,25 @@ class _Member:
     open: Callable[[], contextlib.AbstractContextManager[IO[bytes]]] | None = None
 
 
-def _zip_members(zf: zipfile.ZipFile) -> Iterator[_Member]:
+def _zip_members(zf: zipfile.ZipFile) -> Iterator[Member]:
     infos = zf.infolist()
     _check_zip_layout(zf, infos)
     for info in infos:
         name = info.orig_filename  # zipfile cuts filename at a NUL; the original keeps it
         if info.flag_bits & 0x1:
-            raise _Refused("it is encrypted, which rheo_nb does not extract", name)
+            raise Refused("it is encrypted, which rheo_nb does not extract", name)
         mode = info.external_attr >> 16 if info.create_system == 3 else 0
         kind = stat.S_IFMT(mode)  # 0 when the archiver wrote permission bits only
         opener = _zip_opener(zf, info)
         if kind == stat.S_IFLNK:
-            yield _Member(name, SYMLINK, link=_read_link(opener, name))
+            yield Member(name, SYMLINK, link=_read_link(opener, name))
         elif kind not in (0, stat.S_IFREG, stat.S_IFDIR):
-            raise _Refused(_special_reason(mode), name)
+            raise Refused(_special_reason(mode), name)
         elif info.is_dir():
-            yield _Member(name, DIR)
+            yield Member(name, DIR)
         else:
             mtime = _zip_mtime(info)
-            yield _Member(name, FILE, info.file_size, bool(mode & 0o100), "", mtime, opener)
+            yield Member(name, FILE, info.file_size, bool(mode & 0o100), "", mtime, opener)
 
 
 def _zip_opener(
@@ -278,7 +289,7 @@ def _check_zip_layout(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> None
         fp.seek(info.header_offset)
         header = fp.read(30)
         if len(header) < 30 or header[:4] != b"PK\x03\x04":
-            raise _Refused("no local header where the central directory says", info.orig_filename)
+            raise Refused("no local header where the central directory says", info.orig_filename)
         name_len, extra_len = struct.unpack("<HH", header[26:30])
         end = info.header_offset + 30 + name_len + extra_len + info.compress_size
         spans.append((info.header_offset, end, info.orig_filename))
@@ -286,14 +297,14 @@ def _check_zip_layout(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> None
     reach = 0
     for start, end, name in spans:
         if start < reach:
-            raise _Refused("its bytes overlap another member's (a zip bomb's layout)", name)
+            raise Refused("its bytes overlap another member's (a zip bomb's layout)", name)
         reach = end
     directory = getattr(zf, "start_dir", None)
     if spans and isinstance(directory, int) and reach > directory:
-        raise _Refused("its bytes run into the central directory", spans[-1][2])
+        raise Refused("its bytes run into the central directory", spans[-1][2])
 
 
-def _tar_members(tar: tarfile.TarFile, guard: _HeaderGuard) -> Iterator[_Member]:
+def _tar_members(tar: tarfile.TarFile, guard: _HeaderGuard) -> Iterator[Member]:
     while True:
         guard.start_header()
         info = tar.next()
@@ -303,13 +314,13 @@ def _tar_members(tar: tarfile.TarFile, guard: _HeaderGuard) -> Iterator[_Member]
         # tarfile keeps every header it read (an attribute typeshed omits); we need none.
         tar.members.clear()  # type: ignore[attr-defined]
         if info.issym():
-            yield _Member(info.name, SYMLINK, link=info.linkname)
+            yield Member(info.name, SYMLINK, link=info.linkname)
         elif info.islnk():
-            yield _Member(info.name, HARDLINK, link=info.linkname)
+            yield Member(info.name, HARDLINK, link=info.linkname)
         elif info.isdir():
-            yield _Member(info.name, DIR)
+            yield Member(info.name, DIR)
         elif info.isreg():
-            yield _Member(
+            yield Member(
                 info.name,
                 FILE,
                 info.size,
@@ -319,9 +330,9 @@ def _tar_members(tar: tarfile.TarFile, guard: _HeaderGuard) -> Iterator[_Member]
                 _tar_opener(tar, info),
             )
         elif info.ischr() or info.isblk() or info.isfifo():
-            raise _Refused("it is a device file or a FIFO", info.name)
+            raise Refused("it is a device file or a FIFO", info.name)
         else:
-            raise _Refused(f"unsupported tar member type {info.type!r}", info.name)
+            raise Refused(f"unsupported tar member type {info.type!r}", info.name)
 
 
 def _tar_opener(
@@ -341,7 +352,7 @@ def _read_link(
     with opener() as f:
         data = f.read(_LINK_MAX + 1)
     if len(data) > _LINK_MAX:
-        raise _Refused("symbolic link target over 4 KiB", name)
+        raise Refused("symbolic link target over 4 KiB", name)
     return data.decode("utf-8", "surrogateescape")
 
 
@@ -374,14 +385,14 @@ class _HeaderGuard:
         if self._header is not None:
             self._header += len(data)
             if self._header > _HEADER_BUDGET + tarfile.RECORDSIZE:
-                raise _Refused("a member header over 1 MiB (long name or pax records)")
+                raise Refused("a member header over 1 MiB (long name or pax records)")
         return data
 
 
 # --- writing ------------------------------------------------------------------------------------
 
 
-class _Budget:
+class Budget:
     """The caps, counted as members come and as bytes stream."""
 
     def __init__(self, max_bytes: int, max_files: int) -> None:
@@ -393,52 +404,113 @@ class _Budget:
     def member(self, name: str) -> None:
         self.members += 1
         if self.members > self.max_files:
-            raise _Refused(f"more than {self.max_files:,} members (max_extract_files)", name)
+            raise Refused(f"more than {self.max_files:,} members (max_extract_files)", name)
 
     def add(self, name: str, n: int) -> None:
         self.bytes += n
         if self.bytes > self.max_bytes:
-            raise _Refused(
+            raise Refused(
                 f"the archive expands to more than {self.max_bytes:,} bytes "
                 "(max_extract_size; raise it if this archive is trusted)",
                 name,
             )
 
 
-class _Tree:
-    """Writes members under ``root`` (a fresh folder of ours), never through a link."""
+class Tree:
+    """Where an archive's members land, one at a time, after the checks every destination
+    shares: the caps, names inside the target, nothing inside a symbolic link of the
+    archive, link targets judged by their text. A subclass writes: :class:`_DiskTree`
+    into a local folder, :class:`rheo_nb.objextract.ObjectTree` into keys of a bucket.
+    Its writes raise :class:`Refused` for what only the destination can tell."""
 
-    def __init__(self, root: str, budget: _Budget, report: Callable[[], None]) -> None:
-        self.root = root
+    def __init__(self, budget: Budget, progress: ProgressCallback | None) -> None:
         self.budget = budget
-        self.report = report
-        self._dirs: set[tuple[str, ...]] = {()}
-        self._links: list[tuple[tuple[str, ...], str, str]] = []
+        self.progress = progress
+        #: Members in the archive, once known (a zip says; a tar is read front to back).
+        self.total: int | None = None
+        self.links: list[tuple[tuple[str, ...], str, str]] = []  # parts, link, name
         self._link_paths: set[tuple[str, ...]] = set()
 
-    def place(self, m: _Member) -> None:
+    def report(self) -> None:
+        if self.progress is not None:
+            self.progress(ExtractProgress(self.budget.members, self.total, self.budget.bytes))
+
+    def place(self, m: Member) -> None:
         self.budget.member(m.name)
         parts = member_parts(m.name)
         if not parts:
             return  # the target folder itself ("./")
         for i in range(1, len(parts)):
             if parts[:i] in self._link_paths:
-                raise _Refused(f"it lies inside the symbolic link {'/'.join(parts[:i])!r}")
+                raise Refused(f"it lies inside the symbolic link {'/'.join(parts[:i])!r}")
         if m.kind == DIR:
-            self._folder(parts)
+            self.folder(parts)
         elif m.kind == FILE:
-            self._file(m, parts)
+            if self.budget.bytes + m.size > self.budget.max_bytes:
+                self.budget.add(m.name, m.size)  # its declared size is already over the cap
+            assert m.open is not None
+            with m.open() as src:
+                self.file(m, parts, src)
         elif m.kind == HARDLINK:
-            self._hardlink(m, parts)
+            self.hardlink(m, parts, self._link_source(m, parts))
         else:
             _link_parts(parts, m.link)
-            self._links.append((parts, m.link, m.name))
+            self.links.append((parts, m.link, m.name))
             self._link_paths.add(parts)
+
+    def _link_source(self, m: Member, parts: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            source = member_parts(m.link)
+        except Refused as exc:
+            raise Refused(f"hard link: {exc.reason}") from None
+        if not source or source == parts or source in self._link_paths:
+            raise Refused(f"hard link to {m.link!r}, which is not a file of the archive")
+        return source
+
+    def copy(self, name: str, src: IO[bytes], write: Callable[[bytes], object]) -> None:
+        """Move a member's bytes from ``src`` to ``write``, counted against the cap before
+        each write (so the cap is never passed), with a report every 16 MiB."""
+        reported = self.budget.bytes
+        while chunk := src.read(_CHUNK):
+            self.budget.add(name, len(chunk))
+            write(chunk)
+            if self.budget.bytes - reported >= _REPORT_EVERY:
+                reported = self.budget.bytes
+                self.report()
+
+    # --- what a destination writes ----------------------------------------------------------
+
+    def folder(self, parts: tuple[str, ...]) -> None:
+        raise NotImplementedError
+
+    def file(self, m: Member, parts: tuple[str, ...], src: IO[bytes]) -> None:
+        raise NotImplementedError
+
+    def hardlink(self, m: Member, parts: tuple[str, ...], source: tuple[str, ...]) -> None:
+        """``parts`` reads as the file ``source`` (which must be one written before)."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Every member is placed: make the symbolic links (:attr:`links`), proving each
+        one resolves inside the target."""
+        raise NotImplementedError
+
+
+class _DiskTree(Tree):
+    """Writes members under ``root`` (a fresh folder of ours), never through a link."""
+
+    def __init__(self, root: str, budget: Budget, progress: ProgressCallback | None) -> None:
+        super().__init__(budget, progress)
+        self.root = root
+        self._dirs: set[tuple[str, ...]] = {()}
 
     def _path(self, parts: tuple[str, ...]) -> str:
         return os.path.join(self.root, *parts)
 
-    def _folder(self, parts: tuple[str, ...]) -> str:
+    def folder(self, parts: tuple[str, ...]) -> None:
+        self._mkdirs(parts)
+
+    def _mkdirs(self, parts: tuple[str, ...]) -> str:
         """Create the folders down to ``parts``; refuse any that exists as something else."""
         for i in range(1, len(parts) + 1):
             prefix = parts[:i]
@@ -449,61 +521,40 @@ class _Tree:
                 os.mkdir(path, 0o755)
             except FileExistsError:
                 if not stat.S_ISDIR(os.lstat(path).st_mode):
-                    raise _Refused(
+                    raise Refused(
                         f"{'/'.join(prefix)!r} is both a folder and another member"
                     ) from None
             self._dirs.add(prefix)
         return self._path(parts)
 
-    def _file(self, m: _Member, parts: tuple[str, ...]) -> None:
-        if self.budget.bytes + m.size > self.budget.max_bytes:
-            self.budget.add(m.name, m.size)  # its declared size is already over the cap
-        path = os.path.join(self._folder(parts[:-1]), parts[-1])
+    def file(self, m: Member, parts: tuple[str, ...], src: IO[bytes]) -> None:
+        path = os.path.join(self._mkdirs(parts[:-1]), parts[-1])
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(path, flags, 0o755 if m.executable else 0o644)
         except IsADirectoryError:
-            raise _Refused("a file and a folder of the archive share this name") from None
-        assert m.open is not None
+            raise Refused("a file and a folder of the archive share this name") from None
         try:
-            with m.open() as src:
-                self._copy(m.name, src, fd)
+            self.copy(m.name, src, functools.partial(_write_all, fd))
         finally:
             os.close(fd)
         if m.mtime is not None:
             with contextlib.suppress(OSError, OverflowError, ValueError):
                 os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
 
-    def _copy(self, name: str, src: IO[bytes], fd: int) -> None:
-        reported = self.budget.bytes
-        while chunk := src.read(_CHUNK):
-            self.budget.add(name, len(chunk))  # before the write: the cap is never passed
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
-            if self.budget.bytes - reported >= _REPORT_EVERY:
-                reported = self.budget.bytes
-                self.report()
-
-    def _hardlink(self, m: _Member, parts: tuple[str, ...]) -> None:
-        try:
-            source = member_parts(m.link)
-        except _Refused as exc:
-            raise _Refused(f"hard link: {exc.reason}") from None
-        if not source or source == parts or source in self._link_paths:
-            raise _Refused(f"hard link to {m.link!r}, which is not a file of the archive")
+    def hardlink(self, m: Member, parts: tuple[str, ...], source: tuple[str, ...]) -> None:
         src = self._path(source)
         try:
             st = os.lstat(src)
         except FileNotFoundError:
             st = None
         if st is None or not stat.S_ISREG(st.st_mode):
-            raise _Refused(f"hard link to {m.link!r}, which is not a file extracted before it")
+            raise Refused(f"hard link to {m.link!r}, which is not a file extracted before it")
         self.budget.add(m.name, st.st_size)  # a reader sees its bytes again: count them
-        path = os.path.join(self._folder(parts[:-1]), parts[-1])
+        path = os.path.join(self._mkdirs(parts[:-1]), parts[-1])
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISDIR(os.lstat(path).st_mode):
-                raise _Refused("a link and a folder of the archive share this name")
+                raise Refused("a link and a folder of the archive share this name")
             os.unlink(path)  # a later member of the same name wins, as tar does
         try:
             os.link(src, path, follow_symlinks=False)
@@ -512,65 +563,58 @@ class _Tree:
 
     def finish(self) -> None:
         """Create the symbolic links, then prove each resolves inside the root."""
-        for parts, link, name in self._links:
+        for parts, link, name in self.links:
             try:
-                os.symlink(link, os.path.join(self._folder(parts[:-1]), parts[-1]))
+                os.symlink(link, os.path.join(self._mkdirs(parts[:-1]), parts[-1]))
             except FileExistsError:
-                raise _Refused("a link and another member share this name", name) from None
-            except _Refused as exc:
+                raise Refused("a link and another member share this name", name) from None
+            except Refused as exc:
                 exc.member = name
                 raise
         root = os.path.realpath(self.root)
-        for parts, link, name in self._links:
+        for parts, link, name in self.links:
             real = os.path.realpath(self._path(parts))
             if real != root and not real.startswith(root + os.sep):
-                raise _Refused(f"symbolic link to outside the target ({link!r})", name)
+                raise Refused(f"symbolic link to outside the target ({link!r})", name)
 
 
-def _unpack(
-    archive: Path,
-    kind: str,
-    root: Path,
-    single_name: str,
-    budget: _Budget,
-    progress: ProgressCallback | None,
-) -> None:
-    """Write every member of ``archive`` under ``root`` (raising :class:`_Refused`)."""
-    total: list[int | None] = [None]
+def _write_all(fd: int, chunk: bytes) -> None:
+    view = memoryview(chunk)
+    while view:
+        view = view[os.write(fd, view) :]
 
-    def report() -> None:
-        if progress is not None:
-            progress(ExtractProgress(budget.members, total[0], budget.bytes))
 
-    tree = _Tree(str(root), budget, report)
-    with open(archive, "rb") as raw:
-        members: Iterator[_Member]
-        with contextlib.ExitStack() as stack:
-            if kind == "zip":
-                zf = stack.enter_context(zipfile.ZipFile(raw))
-                count = total[0] = len(zf.infolist())
-                if count > budget.max_files:
-                    raise _Refused(f"more than {budget.max_files:,} members (max_extract_files)")
-                members = _zip_members(zf)
-            elif kind.startswith("tar"):
-                stream = stack.enter_context(_decompressed(kind[4:], raw)) if kind != "tar" else raw
-                guard = _HeaderGuard(stream)
-                tar = stack.enter_context(tarfile.open(fileobj=guard, mode="r|"))  # type: ignore[call-overload]
-                members = _tar_members(tar, guard)
-            else:
-                total[0] = 1
-                stream = stack.enter_context(_decompressed(kind, raw))
-                members = iter([_Member(single_name, FILE, open=lambda: _Unclosed(stream))])
-            for member in members:
-                try:
-                    tree.place(member)
-                except _Refused as exc:
-                    exc.member = exc.member or member.name
-                    raise
-                except OSError as exc:  # a name too long, a full disk…
-                    raise _Refused(_os_reason(exc), member.name) from exc
-                report()
-            tree.finish()
+def unpack(raw: IO[bytes], kind: str, tree: Tree, single_name: str) -> None:
+    """Place every member of the archive read from ``raw`` (seekable for a zip) into
+    ``tree``, then finish it. :raises Refused: a member, or the archive, is refused."""
+    budget = tree.budget
+    members: Iterator[Member]
+    with contextlib.ExitStack() as stack:
+        if kind == "zip":
+            zf = stack.enter_context(zipfile.ZipFile(raw))
+            count = tree.total = len(zf.infolist())
+            if count > budget.max_files:
+                raise Refused(f"more than {budget.max_files:,} members (max_extract_files)")
+            members = _zip_members(zf)
+        elif kind.startswith("tar"):
+            stream = stack.enter_context(_decompressed(kind[4:], raw)) if kind != "tar" else raw
+            guard = _HeaderGuard(stream)
+            tar = stack.enter_context(tarfile.open(fileobj=guard, mode="r|"))  # type: ignore[call-overload]
+            members = _tar_members(tar, guard)
+        else:
+            tree.total = 1
+            stream = stack.enter_context(_decompressed(kind, raw))
+            members = iter([Member(single_name, FILE, open=lambda: _Unclosed(stream))])
+        for member in members:
+            try:
+                tree.place(member)
+            except Refused as exc:
+                exc.member = exc.member or member.name
+                raise
+            except OSError as exc:  # a name too long, a full disk…
+                raise Refused(_os_reason(exc), member.name) from exc
+            tree.report()
+        tree.finish()
 
 
 class _Unclosed(contextlib.AbstractContextManager[IO[bytes]]):
@@ -599,7 +643,7 @@ def _decompressed(kind: str, raw: IO[bytes]) -> Iterator[IO[bytes]]:
         try:
             import zstandard
         except ImportError:
-            raise _Refused(
+            raise Refused(
                 "zstd archives need the zstandard package: pip install 'rheo_nb[zstd]'"
             ) from None
         stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
@@ -685,7 +729,7 @@ def _identity(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     if stat.S_ISLNK(st.st_mode):
-        raise _Refused(f"the target {str(path)!r} is a symbolic link; refusing to replace it")
+        raise Refused(f"the target {str(path)!r} is a symbolic link; refusing to replace it")
     return (st.st_dev, st.st_ino)
 
 
@@ -737,10 +781,18 @@ def extract(
         or the target exists and did not come from this function.
     """
     archive = Path(archive)
-    shown = label if label is not None else str(archive)
-    try:
+    with refusals(label if label is not None else str(archive)):
         return _extract(archive, target, max_size, max_files, remove, progress)
-    except _Refused as exc:
+    raise AssertionError("unreachable")  # for mypy: refusals() re-raises
+
+
+@contextlib.contextmanager
+def refusals(shown: str) -> Iterator[None]:
+    """Turn a refusal, or what an unreadable archive raises, into :class:`ExtractError`
+    naming ``shown`` (the archive's masked URL or its path)."""
+    try:
+        yield
+    except Refused as exc:
         raise ExtractError(shown, exc.reason, exc.member) from None
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, lzma.LZMAError, zlib.error) as exc:
         raise ExtractError(shown, f"unreadable archive ({exc or type(exc).__name__})") from None
@@ -774,12 +826,12 @@ class _Job:
     def done_before(self) -> Extracted | None:
         """The earlier extraction of this archive, if the target still holds it.
 
-        :raises _Refused: the target exists and is not ours to replace.
+        :raises Refused: the target exists and is not ours to replace.
         """
         record = _read_record(self.file(".json"))
         current = _identity(self.target)
         if current is not None and (record is None or not record.owns(current)):
-            raise _Refused(
+            raise Refused(
                 f"the target {str(self.target)!r} exists and was not extracted from this "
                 "archive by rheo_nb; move it away or extract elsewhere"
             )
@@ -792,13 +844,15 @@ class _Job:
             _write_record(self.file(".json"), _Record(**touched), self.archive.name)
         return Extracted(self.target, record.kind, record.members, record.bytes, True)
 
-    def run(self, budget: _Budget, progress: ProgressCallback | None) -> Extracted:
+    def run(self, budget: Budget, progress: ProgressCallback | None) -> Extracted:
         """Unpack into the temporary folder, then swap it into place."""
         digest = _sha256(self.archive, _reporter(progress, budget))
         tmp = self.file(".tmp")
         try:
             tmp.mkdir()
-            _unpack(self.archive, self.kind, tmp, self.target.name, budget, progress)
+            with open(self.archive, "rb") as raw:
+                tree = _DiskTree(str(tmp), budget, progress)
+                unpack(raw, self.kind, tree, self.target.name)
             made = tmp / self.target.name if self.kind in _SINGLE else tmp
             current = _identity(self.target)
             record = _Record(
@@ -837,7 +891,7 @@ def _extract(
     st = os.stat(archive)
     kind = archive_kind(archive)
     if kind is None:
-        raise _Refused("not an archive rheo_nb extracts (zip, tar, gz, bz2, xz, zst)")
+        raise Refused("not an archive rheo_nb extracts (zip, tar, gz, bz2, xz, zst)")
     where = Path(target) if target is not None else default_target(archive, kind)
     work = where.parent / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
@@ -847,7 +901,7 @@ def _extract(
         for leftover in (job.file(".tmp"), job.file(".old")):
             _remove(leftover)  # an interrupted run: redone from scratch
         result = job.done_before() or job.run(
-            _Budget(size_limit(st.st_size, max_size), max_files), progress
+            Budget(size_limit(st.st_size, max_size), max_files), progress
         )
         if remove:
             os.unlink(archive)
@@ -873,7 +927,7 @@ def recorded(
         record = _read_record(where.parent / WORK_DIR / f"extract-{digest}.json")
         try:
             current = _identity(where)
-        except _Refused:
+        except Refused:
             continue
         if record is not None and current is not None and current == record.target:
             return where, record.size, record.sha256
@@ -893,7 +947,7 @@ def _noop() -> None:
     pass
 
 
-def _reporter(progress: ProgressCallback | None, budget: _Budget) -> Callable[[], None]:
+def _reporter(progress: ProgressCallback | None, budget: Budget) -> Callable[[], None]:
     if progress is None:
         return _noop
     return lambda: progress(ExtractProgress(budget.members, None, budget.bytes))

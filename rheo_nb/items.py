@@ -114,7 +114,7 @@ class Outcome:
     download_id: str = ""
     file: File = field(default_factory=lambda: File(""), repr=False, compare=False)
     source_url: str | None = None
-    extracted: Path | None = None
+    extracted: Path | ObjectPath | None = None
 
     @property
     def ok(self) -> bool:

@@ -35,7 +35,10 @@ promises in object-storage terms:
   (:class:`AlreadyComplete`, a skip for the transfer).
 
 :class:`ObjectDestination` is the :class:`~rheo_nb.destination.Destination` the transfer
-writes through; :class:`ObjectPath` is what outcomes and events carry for an object.
+writes through (its archives are extracted into the bucket by :mod:`rheo_nb.objextract`);
+:class:`ObjectPath` is what outcomes and events carry for an object. ``storage_options``'
+``s3_additional_kwargs`` go on every request that takes them (:meth:`Bucket.request`),
+as s3fs applies them.
 
 >>> async with Bucket("s3://my-bucket/data/", {"profile": "lab"}) as bucket:  # doctest: +SKIP
 ...     up = await bucket.upload("data/train.csv", url=url)
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import hashlib
 import io
 import json
@@ -64,11 +68,11 @@ from .destination import Present, Resume, Skip, Unpacking
 from .errors import (
     DestinationError,
     DownloadError,
-    ExtractError,
     IntegrityError,
     OptionError,
     TransferError,
 )
+from .format import mask_url
 from .format import size as fmt_size
 from .hashing import ExpectedHash
 from .http import Answer, Decision, Restart
@@ -273,7 +277,9 @@ def _error(exc: BaseException, where: str, doing: str) -> Exception:
             "and AWS_SECRET_ACCESS_KEY, or a profile",
         )
     if isinstance(exc, OSError | TimeoutError) or "Endpoint" in name or "Connect" in name:
-        return TransferError(where, f"cannot reach S3 ({name} on {doing})")
+        endpoint = urlsplit(str(getattr(exc, "kwargs", {}).get("endpoint_url") or ""))
+        at = f" at {mask_url(f'{endpoint.scheme}://{endpoint.netloc}')}" if endpoint.netloc else ""
+        return TransferError(where, f"cannot reach S3{at} ({name} on {doing})")
     return DestinationError(where, f"S3 client error {name} on {doing}")
 
 
@@ -321,6 +327,68 @@ async def _throwaway_client(session: Any) -> None:
         pass
 
 
+#: The S3 requests rheo_nb makes: ``s3_additional_kwargs`` must name parameters of them.
+OPERATIONS = (
+    "put_object",
+    "create_multipart_upload",
+    "upload_part",
+    "complete_multipart_upload",
+    "abort_multipart_upload",
+    "head_object",
+    "get_object",
+    "list_parts",
+    "list_multipart_uploads",
+    "list_objects_v2",
+    "delete_object",
+    "delete_objects",
+    "copy_object",
+)
+#: The server-side encryption with a key of the caller's (SSE-C) that a copy must also
+#: give for its source.
+_SSE_C = ("SSECustomerAlgorithm", "SSECustomerKey", "SSECustomerKeyMD5")
+
+
+def _additional_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
+    extra = options.get("s3_additional_kwargs") or {}
+    if not isinstance(extra, Mapping) or not all(isinstance(k, str) for k in extra):
+        raise OptionError(
+            "s3_additional_kwargs must be a mapping of S3 request parameters, e.g. "
+            "{'ServerSideEncryption': 'aws:kms'}"
+        )
+    return dict(extra)
+
+
+def _accepted(client: Any, op: str) -> frozenset[str]:
+    """The parameters the client's ``op`` takes (its input shape)."""
+    model = client.meta.service_model.operation_model(client.meta.method_to_api_mapping[op])
+    shape = model.input_shape
+    return frozenset(shape.members) if shape is not None else frozenset()
+
+
+def _extra_for(client: Any, op: str, additional: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``op`` takes of ``s3_additional_kwargs``, as s3fs applies them: each request
+    gets the parameters it has (encryption on writes, an SSE-C key on reads too)."""
+    if not additional:
+        return {}
+    accepted = _accepted(client, op)
+    extra = {k: v for k, v in additional.items() if k in accepted}
+    if op == "copy_object":
+        extra |= {f"CopySource{k}": additional[k] for k in _SSE_C if k in additional}
+    return extra
+
+
+def _check_additional(client: Any, additional: Mapping[str, Any]) -> None:
+    """Refuse a name no request of rheo_nb takes (a typo would silently do nothing)."""
+    known = frozenset().union(*(_accepted(client, op) for op in OPERATIONS))
+    if unknown := sorted(set(additional) - known):
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise OptionError(
+            f"s3_additional_kwargs: {', '.join(map(repr, unknown))} is no parameter of the "
+            f"S3 requests rheo_nb makes{hint}"
+        )
+
+
 class Bucket:
     """An ``s3://bucket/prefix/`` destination: one S3 client for every download into it.
 
@@ -348,6 +416,8 @@ class Bucket:
         self._fs: Any = None
         self.client: Any = None
         self._errors: tuple[type[BaseException], ...] = ()
+        self._additional = _additional_kwargs(self._options)
+        self._extra: dict[str, dict[str, Any]] = {}  # operation → what it takes of them
         #: Keys with a multipart upload under the prefix when the bucket was opened
         #: (None: too many to list at once). An upload started since belongs to a call
         #: running now, which is not resumed but joined or outlived (see the module).
@@ -375,9 +445,14 @@ class Bucket:
         except TypeError as exc:
             raise OptionError(f"storage_options not understood: {exc}") from None
         try:
+            _check_additional(self.client, self._additional)
+        except OptionError:
+            await self.close()
+            raise
+        try:
             # One request checks the bucket and the credentials, and tells which keys
             # have uploads a download may resume (most often none: no look-up per file).
-            page = await self.client.list_multipart_uploads(Bucket=self.name, Prefix=self.prefix)
+            page = await self._first_look(options)
         except self._errors as exc:
             await self.close()
             error = _error(exc, self.url(self.prefix), "ListMultipartUploads")
@@ -387,6 +462,28 @@ class Bucket:
         if not page.get("IsTruncated"):
             self._pending = {str(u["Key"]) for u in page.get("Uploads", [])}
         return self
+
+    async def _first_look(self, options: Mapping[str, Any]) -> Any:
+        """The opening request, through a client of its own that retries once, quickly: a
+        store out of reach (a wrong endpoint_url, no network) is said at once, not after
+        botocore's retries with backoff (~9 s), and a wrong name or credentials after one
+        request. The downloads keep botocore's retries, unless ``config_kwargs`` say."""
+        args = {"Bucket": self.name, "Prefix": self.prefix}
+        config = dict(options.get("config_kwargs") or {})
+        if "retries" in config:
+            return await self.request("list_multipart_uploads", **args)
+        import s3fs
+
+        config["retries"] = {"total_max_attempts": 2, "mode": "standard"}
+        fs = s3fs.S3FileSystem(
+            asynchronous=True, skip_instance_cache=True, **{**options, "config_kwargs": config}
+        )
+        client = await fs.set_session()
+        try:
+            extra = _extra_for(client, "list_multipart_uploads", self._additional)
+            return await client.list_multipart_uploads(**{**extra, **args})
+        finally:
+            await client.close()
 
     async def __aexit__(
         self,
@@ -409,16 +506,23 @@ class Bucket:
     async def call(self, op: str, key: str, **kwargs: Any) -> Any:
         """The client's ``op`` on ``key``, its errors translated."""
         try:
-            return await getattr(self.client, op)(Bucket=self.name, Key=key, **kwargs)
+            return await self.request(op, Bucket=self.name, Key=key, **kwargs)
         except self._errors as exc:
             raise _error(exc, self.url(key), op) from None
+
+    def request(self, op: str, **kwargs: Any) -> Any:
+        """The client's ``op`` (a coroutine), with the ``s3_additional_kwargs`` it takes."""
+        extra = self._extra.get(op)
+        if extra is None:
+            extra = self._extra[op] = _extra_for(self.client, op, self._additional)
+        return getattr(self.client, op)(**{**extra, **kwargs})
 
     # --- looking -------------------------------------------------------------------------------
 
     async def head(self, key: str) -> dict[str, Any] | None:
         """The object's ``HeadObject`` answer, or None when there is none."""
         try:
-            return dict(await self.client.head_object(Bucket=self.name, Key=key))
+            return dict(await self.request("head_object", Bucket=self.name, Key=key))
         except self._errors as exc:
             if _code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
@@ -451,7 +555,7 @@ class Bucket:
         kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": key}
         try:
             while True:
-                page = await self.client.list_multipart_uploads(**kwargs)
+                page = await self.request("list_multipart_uploads", **kwargs)
                 uploads += [u for u in page.get("Uploads", []) if u["Key"] == key]
                 if not page.get("IsTruncated"):
                     break
@@ -467,15 +571,22 @@ class Bucket:
                 found.append(record)
         return found
 
-    async def _read_record(self, key: str, upload_id: str) -> Record | None:
+    async def get(self, key: str) -> bytes | None:
+        """The whole object at ``key`` (a small one: a record), or None when there is none."""
         try:
-            resp = await self.client.get_object(Bucket=self.name, Key=record_key(key, upload_id))
+            resp = await self.request("get_object", Bucket=self.name, Key=key)
             async with resp["Body"] as body:
-                data = await body.read()
+                data: bytes = await body.read()
         except self._errors as exc:
             if _code(exc) in ("404", "NoSuchKey", "NotFound"):
-                return None  # not rheo_nb's upload
-            raise _error(exc, self.url(key), "GetObject (resume record)") from None
+                return None
+            raise _error(exc, self.url(key), "GetObject") from None
+        return data
+
+    async def _read_record(self, key: str, upload_id: str) -> Record | None:
+        data = await self.get(record_key(key, upload_id))
+        if data is None:
+            return None  # not rheo_nb's upload
         record = Record.from_json(data)
         return record if record is not None and record.upload_id == upload_id else None
 
@@ -499,8 +610,12 @@ class Bucket:
 
     async def _upload_gone(self, record: Record) -> bool:
         try:
-            await self.client.list_parts(
-                Bucket=self.name, Key=record.key, UploadId=record.upload_id, MaxParts=1
+            await self.request(
+                "list_parts",
+                Bucket=self.name,
+                Key=record.key,
+                UploadId=record.upload_id,
+                MaxParts=1,
             )
         except self._errors as exc:
             return _code(exc) == "NoSuchUpload"
@@ -547,24 +662,78 @@ class Bucket:
             await self.call("abort_multipart_upload", record.key, UploadId=record.upload_id)
         await self.call("delete_object", record_key(record.key, record.upload_id))
 
-    async def clean(self) -> list[str]:
-        """Abort every multipart upload rheo_nb left under the prefix; their keys.
+    async def read(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
+        """Bytes ``start``..``end`` (exclusive) of the object at ``key``; with ``etag``, only
+        while the object is still that version (a change fails with a 412)."""
+        kwargs: dict[str, Any] = {"Range": f"bytes={start}-{end - 1}"}
+        if etag:
+            kwargs["IfMatch"] = etag
+        resp = await self.call("get_object", key, **kwargs)
+        try:
+            async with resp["Body"] as body:
+                data: bytes = await body.read()
+        except self._errors as exc:
+            raise _error(exc, self.url(key), "GetObject") from None
+        return data
+
+    async def listed(self, prefix: str, *, limit: int | None = None) -> list[str]:
+        """Keys of the objects under ``prefix`` (at most ``limit`` of them)."""
+        found: list[str] = []
+        kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix}
+        if limit is not None:
+            kwargs["MaxKeys"] = limit
+        try:
+            while True:
+                page = await self.request("list_objects_v2", **kwargs)
+                found += [str(o["Key"]) for o in page.get("Contents", [])]
+                if not page.get("IsTruncated") or (limit is not None and len(found) >= limit):
+                    return found[:limit]
+                kwargs["ContinuationToken"] = page["NextContinuationToken"]
+        except self._errors as exc:
+            raise _error(exc, self.url(prefix), "ListObjectsV2") from None
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        """Delete the objects at ``keys`` (those already gone count as deleted)."""
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes 1,000 keys at most
+            batch = [{"Key": k} for k in keys[start : start + 1000]]
+            try:
+                resp = await self.request(
+                    "delete_objects", Bucket=self.name, Delete={"Objects": batch, "Quiet": True}
+                )
+            except self._errors as exc:
+                raise _error(exc, self.url(self.prefix), "DeleteObjects") from None
+            if errors := resp.get("Errors"):
+                first = errors[0]
+                raise DestinationError(
+                    self.url(str(first.get("Key", ""))),
+                    f"S3 error {first.get('Code', '?')} on DeleteObjects",
+                )
+
+    async def copy(self, source: str, key: str) -> None:
+        """A server-side copy of the object at ``source`` to ``key``, in one request."""
+        copy_source = {"Bucket": self.name, "Key": source}
+        await self.call("copy_object", key, CopySource=copy_source)
+
+    async def clean(self, prefix: str | None = None) -> list[str]:
+        """Abort every multipart upload rheo_nb left under ``prefix`` (by default the
+        bucket's); their keys.
 
         Uploads without a rheo_nb record (another tool's) are left alone.
         """
         keys: set[str] = set()
-        kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": self.prefix}
+        prefix = self.prefix if prefix is None else prefix
+        kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix}
         uploads: list[tuple[str, str]] = []
         try:
             while True:
-                page = await self.client.list_multipart_uploads(**kwargs)
+                page = await self.request("list_multipart_uploads", **kwargs)
                 uploads += [(u["Key"], u["UploadId"]) for u in page.get("Uploads", [])]
                 if not page.get("IsTruncated"):
                     break
                 kwargs["KeyMarker"] = page["NextKeyMarker"]
                 kwargs["UploadIdMarker"] = page["NextUploadIdMarker"]
         except self._errors as exc:
-            raise _error(exc, self.url(self.prefix), "ListMultipartUploads") from None
+            raise _error(exc, self.url(prefix), "ListMultipartUploads") from None
         for key, upload_id in uploads:
             record = await self._read_record(key, upload_id)
             if record is not None:
@@ -1060,7 +1229,10 @@ class ObjectDestination:
         self.bucket, self.path, self.url, self.expected = bucket, path, url, expected
         self.parts_in_flight = parts_in_flight
         self.up = self._fresh()
-        self._dropped = 0  # bytes of an upload given up by a rename, for the next restart
+        self._dropped = 0  # bytes of an upload given up (a rename…), for the next restart
+        #: The upload continues from another source, checked by the hash: that source's
+        #: validator differs, and may.
+        self._carried = False
         self._split = False  # ranges were written: what is stored is not one prefix
 
     def _fresh(self) -> MultipartUpload:
@@ -1129,11 +1301,13 @@ class ObjectDestination:
         if not up.validator:
             raise Restart("the server gave no validator to continue the upload with")
         validator = up.validator
+        self._carried = False
         if up.url != url_key(url):  # the upload came from another of the file's sources
             if up.url not in {url_key(s) for s in sources}:
                 raise Restart("the upload kept is of another file")
             if self.expected is not None:
                 validator = ""  # the hash checks the result: no If-Range across sources
+                self._carried = True
             elif not validator.startswith('"'):
                 raise Restart("the upload kept came from another source, without a strong ETag")
         split = None if no_split or self.expected is not None else self._stored_split()
@@ -1143,14 +1317,31 @@ class ObjectDestination:
             return Resume((seg.position, seg.end - 1), validator, up.total, split)
         return Resume((up.position, None), validator, up.total)
 
-    async def extracted(self, folder: PurePosixPath | None) -> tuple[Skip, Path] | None:
-        return None
+    def _folder(self, folder: PurePosixPath | None) -> str | None:
+        """The full key of an extraction folder given relative to the call's prefix."""
+        return None if folder is None else self.bucket.key(folder.as_posix())
 
-    async def extract(self, folder: PurePosixPath | None, how: Unpacking) -> Path | None:
-        raise ExtractError(
-            how.label,
-            "extraction into object storage is not available yet: download the archive to "
-            "a local folder to extract it",
+    async def extracted(self, folder: PurePosixPath | None) -> tuple[Skip, ObjectPath] | None:
+        from .objextract import recorded
+
+        found = await recorded(self.bucket, self.path, self._folder(folder), self.expected)
+        if found is None:
+            return None
+        target, nbytes = found
+        verified = ", sha256 verified" if self.expected is not None else ""
+        return Skip(nbytes, "already downloaded and extracted" + verified), target
+
+    async def extract(self, folder: PurePosixPath | None, how: Unpacking) -> ObjectPath | None:
+        """Unpack the archive object into keys under the folder (see
+        :mod:`rheo_nb.objextract`)."""
+        from .objextract import extract_object
+
+        return await extract_object(
+            self.bucket,
+            self.path,
+            self._folder(folder),
+            how,
+            parts_in_flight=self.parts_in_flight,
         )
 
     def _stored_split(self) -> Split | None:
@@ -1188,16 +1379,24 @@ class ObjectDestination:
                 await up.start(answer.validator, answer.total, continuing=False)
         else:
             total = up.position if answer.decision is Decision.COMPLETE else answer.total
-            if not await up.start(answer.validator, total, continuing=True):
-                raise Restart("the upload kept does not match the file any more")
+            await self._continue(answer.validator, total)
         return _UploadSink(up)
+
+    async def _continue(self, validator: str | None, total: int | None) -> None:
+        """A response continues the upload kept; restart when it cannot."""
+        up = self.up
+        if self._carried and validator is not None and total == up.total:
+            up.validator = validator  # another source of the same file: the hash decides
+        held = up.held
+        if not await up.start(validator, total, continuing=True):
+            self._dropped += held  # aborted already: the restart reports what went
+            raise Restart("the upload kept does not match the file any more")
 
     async def open_split(self, split: Split) -> None:
         up = self.up
         self._split = True
         if split.done:  # the parts missing from an upload found (:meth:`resumable`)
-            if not await up.start(split.validator, split.total, continuing=True):
-                raise Restart("the upload kept does not match the file any more")
+            await self._continue(split.validator, split.total)
         elif up.joinable(split.validator, split.total):
             up.from_start()
         else:

@@ -112,7 +112,7 @@ class Download:
         self.resumed = False  # this attempt continues an earlier partial
         self.no_split = False  # ranges failed once: one stream from now on
         self.one_source = False  # ranges from mirrors failed the hash: none from them now
-        self.extracted: Path | None = None
+        self.extracted: Path | ObjectPath | None = None
 
     # --- events --------------------------------------------------------------------------
 

@@ -156,10 +156,13 @@ _HOP = frozenset(
 
 @dataclass
 class S3Proxy:
-    """Forwards requests to ``upstream`` as they are, and records ``(method, path_qs)``."""
+    """Forwards requests to ``upstream`` as they are, and records ``(method, path_qs)``
+    and the ``Range`` asked for."""
 
     upstream: str
     requests: list[tuple[str, str]] = field(default_factory=list)
+    #: The ``Range`` header of each request (None without one), in the same order.
+    ranges: list[str | None] = field(default_factory=list)
     local: LocalServer = field(init=False)
 
     def __post_init__(self) -> None:
@@ -171,6 +174,7 @@ class S3Proxy:
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.method, request.path_qs))
+        self.ranges.append(request.headers.get("Range"))
         data = await request.content.read()  # not read(): it caps bodies at 1 MiB
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         async with (
@@ -185,6 +189,12 @@ class S3Proxy:
         ):
             payload = await resp.read()
             out = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP}
+            if request.method == "HEAD":  # its Content-Length is the object's, not the body's
+                head = web.StreamResponse(status=resp.status, headers=out)
+                head.content_length = resp.content_length
+                await head.prepare(request)
+                await head.write_eof()
+                return head
             return web.Response(status=resp.status, headers=out, body=payload)
 
     def __enter__(self) -> S3Proxy:
