@@ -105,6 +105,19 @@ async def test_overwrite_downloads_an_archive_removed_after_extraction_again(
     assert server.count("y.tar.gz") == 2
 
 
+async def test_results_paths_list_only_what_is_on_disk_after_extract_remove(
+    server: Server, dest: Path
+) -> None:
+    # Results.paths: "paths of the files on disk". With extract_remove the archive is
+    # gone, yet its path is listed (and its folder, outcome.extracted, is not).
+    url = server.handle("z.tar.gz", serving(ARCHIVE))
+    for _ in range(2):  # the run that extracts, and the rerun that skips
+        res = await fetch([url], dest, extract=True, extract_remove=True)
+        assert res[0].ok, res[0].error
+        missing = [p for p in res.paths if isinstance(p, Path) and not p.exists()]
+        assert not missing, f"results.paths lists files not on disk: {missing}"
+
+
 # --- archives named by the server (content_disposition=True) --------------------------------------
 
 
