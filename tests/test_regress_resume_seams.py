@@ -39,14 +39,20 @@ def ranged(
     gone: dict[str, bool] | None = None,
 ) -> Any:
     """A handler serving the generated file ``key`` with ranges and ``If-Range`` as real
-    servers do; 404 for everything once ``gone["gone"]`` is set."""
+    servers do (a range past the end is a 416); 404 for everything once ``gone["gone"]``
+    is set."""
 
     async def handler(request: web.Request, spec: Spec) -> web.StreamResponse:
         if gone is not None and gone["gone"]:
             return web.Response(status=404, text="gone\n")
         headers = {"ETag": etag, "Accept-Ranges": "bytes"}
+        fresh = request.headers.get("If-Range") not in (None, etag)
+        asked = testing.parse_range(request.headers.get("Range"), size)
+        if asked is not None and asked[1] < 0 and not fresh:  # nothing after the end
+            headers["Content-Range"] = f"bytes */{size}"
+            return web.Response(status=416, headers=headers)
         rng = requested_range(request, size)
-        if rng is None or request.headers.get("If-Range") not in (None, etag):
+        if rng is None or fresh:
             return await stream(request, key, size, headers=headers, rate=rate)
         start, end = rng
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
