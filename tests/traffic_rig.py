@@ -37,6 +37,7 @@ from server import RouteHandler, Server, Spec
 
 import rheo_nb
 from rheo_nb import Options, testing
+from rheo_nb.display import Source
 from rheo_nb.items import Items
 from rheo_nb.traffic import (
     READ_SIZE,
@@ -342,7 +343,7 @@ class _Failures:
     def __init__(self) -> None:
         self.errors: list[str] = []
 
-    def open(self, manager: rheo_nb.DownloadManager) -> None:
+    def open(self, manager: Source) -> None:
         manager.on("failed", lambda event: self.errors.append(str(getattr(event, "error", ""))))
 
     def close(self, results: rheo_nb.Results, *, interrupted: bool) -> None:
