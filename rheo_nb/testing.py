@@ -483,6 +483,18 @@ class S3Server:
         self.client().create_bucket(Bucket=name)
         return name
 
+    def delete_bucket(self, name: str) -> None:
+        """Empty the bucket (objects and open uploads) and delete it. SeaweedFS keeps a
+        collection of volumes per bucket: a run that makes a bucket per test and keeps
+        them all runs out of volumes to write to."""
+        s3 = self.client()
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+            for obj in page.get("Contents", []):
+                s3.delete_object(Bucket=name, Key=obj["Key"])
+        for upload in s3.list_multipart_uploads(Bucket=name).get("Uploads", []):
+            s3.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
+        s3.delete_bucket(Bucket=name)
+
     def __enter__(self) -> Self:
         return self.start()
 

@@ -46,8 +46,10 @@ def s3_server() -> Iterator[S3Server]:
 
 
 @pytest.fixture
-def s3_bucket(s3_server: S3Server) -> str:
-    return s3_server.create_bucket(f"t{next(_buckets)}-rheo")
+def s3_bucket(s3_server: S3Server) -> Iterator[str]:
+    name = s3_server.create_bucket(f"t{next(_buckets)}-rheo")
+    yield name
+    s3_server.delete_bucket(name)  # its volumes are freed for the next tests
 
 
 @pytest.fixture
