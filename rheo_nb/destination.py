@@ -93,9 +93,11 @@ class Destination(Protocol):
         """Where the file is, or will be: shown in outcomes and events."""
         ...
 
-    #: Whether a download that fails for good after a transient error (retries
-    #: exhausted) keeps its bytes for a rerun, as a cancel does; else they are dropped.
-    keep_failed: bool
+    @property
+    def keep_failed(self) -> bool:
+        """Whether a download that fails for good after a transient error (retries
+        exhausted) keeps its bytes for a rerun, as a cancel does; else they are dropped."""
+        ...
 
     @property
     def size(self) -> int:
