@@ -15,6 +15,7 @@ and one download attempt into a bucket the way the transfer makes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import sys
@@ -46,8 +47,25 @@ def s3_server() -> Iterator[S3Server]:
 
 
 @pytest.fixture
-def s3_bucket(s3_server: S3Server) -> str:
-    return s3_server.create_bucket(f"t{next(_buckets)}-rheo")
+def s3_bucket(s3_server: S3Server) -> Iterator[str]:
+    name = s3_server.create_bucket(f"t{next(_buckets)}-rheo")
+    yield name
+    # SeaweedFS gives each bucket volumes of its own, out of a number set by the free
+    # disk: kept, a few dozen buckets use them all, and every later write fails with
+    # InternalError. Deleting the bucket gives them back.
+    with contextlib.suppress(Exception):
+        drop_bucket(s3_server.client(), name)
+
+
+def drop_bucket(s3: Any, bucket: str) -> None:
+    """Abort the bucket's uploads, delete its objects, then the bucket."""
+    for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
+        for u in page.get("Uploads", []):
+            s3.abort_multipart_upload(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for o in page.get("Contents", []):
+            s3.delete_object(Bucket=bucket, Key=o["Key"])
+    s3.delete_bucket(Bucket=bucket)
 
 
 @pytest.fixture
