@@ -93,9 +93,11 @@ class Destination(Protocol):
         """Where the file is, or will be: shown in outcomes and events."""
         ...
 
-    #: Whether a download that fails for good after a transient error (retries
-    #: exhausted) keeps its bytes for a rerun, as a cancel does; else they are dropped.
-    keep_failed: bool
+    @property
+    def keep_failed(self) -> bool:
+        """Whether a download that fails for good after a transient error (retries
+        exhausted) keeps its bytes for a rerun, as a cancel does; else they are dropped."""
+        ...
 
     @property
     def size(self) -> int:
@@ -293,9 +295,14 @@ class LocalDestination:
         if not record.segments:
             return Resume((partial.size, None), record.validator, record.total)
         split = None if no_split else segments.resumable(record, partial.size)
-        seg = split.first_missing() if split is not None else None
-        if split is None or seg is None:
+        if split is None:
             raise Restart("the partial file's record does not add up")
+        seg = split.first_missing()
+        if seg is None:
+            # Every range is on disk (the run ended during the final check): ask for what
+            # follows the end, as for a whole single-stream partial; the server's "nothing
+            # more" confirms the version, and the bytes are checked and committed.
+            return Resume((split.total, None), record.validator, record.total)
         return Resume((seg.position, seg.end - 1), record.validator, record.total, split)
 
     async def restart(self) -> int:

@@ -11,6 +11,9 @@ of the final file's name::
     data/.rheo_nb/<key>.part      the bytes so far          (partfile.py)
     data/.rheo_nb/<key>.json      what a resume needs       (partfile.py)
     data/.rheo_nb/<key>.lock      the one writer's flock    (here)
+    data/.rheo_nb/<key>.<pid>-<host>-<token>.part
+                                  the bytes of a writer without flock (here: named
+                                  so that a later run removes it once its writer is gone)
 
 No final name can be a working name (a path through a ``.rheo_nb`` folder is refused),
 and working names are short whatever the length of the final name. The working folder
@@ -25,7 +28,9 @@ import fcntl
 import hashlib
 import os
 import re
+import secrets
 import stat
+import time
 import unicodedata
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
@@ -215,12 +220,15 @@ def claim(
     found inside ``dest`` by this call (the check is made once per folder). ``base``:
     :func:`working_base` of ``final``.
     """
-    if final.parent not in checked:
+    first = final.parent not in checked
+    if first:
         ensure_parent(dest_real, final)
         checked.add(final.parent)
     lock = try_lock(final, base)
     if lock is None:
         return None, None
+    if lock == LOCK_UNSUPPORTED and first:
+        drop_orphans(final.parent / WORKDIR)
     try:
         existing = existing_size(final)
     except BaseException:
@@ -237,7 +245,8 @@ def try_lock(final: Path, base: str | None = None) -> int | None:
 
     Returns the lock's file descriptor, ``None`` when another writer holds it, or
     ``LOCK_UNSUPPORTED`` when the filesystem has no ``flock`` (then the caller writes to
-    a unique temp file: correctness never depends on the lock, and no lock file is left).
+    a unique temp file, :func:`lockless_part`: correctness never depends on the lock, and
+    no lock file is left).
     """
     path = (working_base(final) if base is None else base) + ".lock"
     while True:
@@ -278,3 +287,59 @@ def unlock(final: Path, fd: int, base: str | None = None) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink((working_base(final) if base is None else base) + ".lock")
     os.close(fd)
+
+
+# --- writers without a lock --------------------------------------------------------------
+
+#: This machine, in the names of lockless part files: a process id means something only
+#: on the machine that ran it (a network mount is shared by several).
+_HOST = hashlib.sha256(os.uname().nodename.encode()).hexdigest()[:8]
+#: ``<key>.<pid>-<host>-<token>.part``: a part file of a writer without a lock.
+_LOCKLESS = re.compile(r"[0-9a-f]{32}\.(?:(\d{1,9})-([0-9a-f]{8})-)?[0-9a-f]{12}\.part")
+#: A lockless part file of another machine unchanged for this long has no writer left: a
+#: live download writes far more often, even through its longest retry wait.
+ORPHAN_AGE = 24 * 3600.0
+
+
+def lockless_part(base: str) -> str:
+    """The part file of a writer of :func:`working_base` ``base`` that has no lock (a
+    filesystem without ``flock``): a name no other writer uses, which says which process
+    on which machine writes it, so that a later run can remove it once that writer is
+    gone (:func:`drop_orphans`)."""
+    return f"{base}.{os.getpid()}-{_HOST}-{secrets.token_hex(6)}.part"
+
+
+def drop_orphans(workdir: Path) -> None:
+    """Remove the lockless part files in ``workdir`` whose writer is gone: a process of
+    this machine that no longer runs (killed), or, of another machine, unchanged for
+    :data:`ORPHAN_AGE`. No later run could resume them. Blocking; errors are ignored.
+    """
+    try:
+        names = os.listdir(workdir)
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        match = _LOCKLESS.fullmatch(name)
+        if match is None:
+            continue
+        path = os.path.join(workdir, name)
+        pid, host = match.groups()
+        with contextlib.suppress(OSError):
+            if host == _HOST and pid is not None:
+                if _running(int(pid)):
+                    continue
+            elif now - os.lstat(path).st_mtime < ORPHAN_AGE:
+                continue
+            os.unlink(path)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` of this machine runs (a zombie counts: it is not reaped yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True

@@ -333,22 +333,24 @@ class DownloadManager:
         self._pulling = True
         try:
             source = self._lazy[0]
+            batch: list[File] = []
+            broke: Exception | None = None
             try:
-                batch = await asyncio.to_thread(lambda: list(islice(source.files, PULL_BATCH)))
+                await asyncio.to_thread(_read_into, batch, source.files, PULL_BATCH)
             except Exception as exc:  # a manifest that breaks halfway: the rest cannot come
-                self._lazy.popleft()
-                self.tracker.expect(-source.announced)
-                text = format.mask_urls_in(str(exc), auth.secret_params(self.options.auth))
-                self._reject(File(""), f"reading the items stopped: {text}")
-                return
+                broke = exc  # what it yielded before is in the batch, and is downloaded
             taken = min(len(batch), source.announced)
             source.announced -= taken
             self.tracker.expect(-taken)
-            if len(batch) < PULL_BATCH:  # the source is done; what it announced is all in
+            if broke is not None or len(batch) < PULL_BATCH:
+                # The source is done: what it announced and did not yield never comes.
                 self._lazy.popleft()
                 self.tracker.expect(-source.announced)
             for file in batch:
                 self._queue_one(file)
+            if broke is not None:
+                text = format.mask_urls_in(str(broke), auth.secret_params(self.options.auth))
+                self._reject(File(""), f"reading the items stopped: {text}")
             self._check_idle()
         finally:
             self._pulling = False
@@ -505,6 +507,13 @@ class _Lazy:
     files: Iterator[File]
     #: Items announced to the tracker (the source's length) and not yet read.
     announced: int
+
+
+def _read_into(batch: list[File], files: Iterator[File], n: int) -> None:
+    """Append up to ``n`` items of ``files`` to ``batch``, one at a time: when the source
+    raises, what it yielded before stays in ``batch``. Blocking."""
+    for file in islice(files, n):
+        batch.append(file)  # noqa: PERF402 - list() would drop them when the source raises
 
 
 def _workers(concurrency: int) -> int:

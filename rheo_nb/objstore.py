@@ -1213,10 +1213,6 @@ class ObjectDestination:
     machine with the credentials (a cluster worker, a new notebook server) can continue.
     """
 
-    #: A download that failed for good aborts its upload: an incomplete upload is billed
-    #: and invisible in listings, unlike a local partial. A cancel keeps it.
-    keep_failed = False
-
     def __init__(
         self,
         bucket: Bucket,
@@ -1234,6 +1230,19 @@ class ObjectDestination:
         #: validator differs, and may.
         self._carried = False
         self._split = False  # ranges were written: what is stored is not one prefix
+        #: The id of the upload an earlier run kept, found by the claim.
+        self._kept: str | None = None
+
+    @property
+    def keep_failed(self) -> bool:
+        """Whether a download that failed for good after transient errors keeps its upload.
+
+        One this run started is aborted: an incomplete upload is billed and invisible in
+        listings, unlike a local partial. One an earlier run kept (a cancel) is that run's
+        resumable partial, and stays for the run after this one, as a local partial does.
+        """
+        record = self.up.record
+        return record is not None and record.upload_id == self._kept
 
     def _fresh(self) -> MultipartUpload:
         return MultipartUpload(
@@ -1260,6 +1269,7 @@ class ObjectDestination:
             expected=self.expected,
             parts_in_flight=self.parts_in_flight,
         )
+        self._kept = self.up.record.upload_id if self.up.record is not None else None
         return None
 
     async def _present(self, path: ObjectPath, note: str = "") -> Skip | None:

@@ -19,7 +19,6 @@ import functools
 import hashlib
 import json
 import os
-import secrets
 import stat
 import threading
 from collections.abc import Callable
@@ -142,7 +141,7 @@ class PartFile:
         #: once, as every call of a small file's download counts.
         self.base = files.working_base(final) if base is None else base
         self.record_path = self.base + ".json"
-        self.path = self.base + (f".{secrets.token_hex(6)}.part" if unique else ".part")
+        self.path = files.lockless_part(self.base) if unique else self.base + ".part"
         self.unique = unique
         self.fd: int | None = None
         #: Bytes written in order from the start (the single stream's position).

@@ -37,7 +37,7 @@ from .http import Decision, Restart, decide, range_headers
 from .items import host_key
 from .partfile import Record, url_key
 from .stream import Watchdog, WriteBatch, pump
-from .traffic import TokenBucket
+from .traffic import THROTTLE_STATUSES, TokenBucket
 
 if TYPE_CHECKING:
     from .transfer import Download
@@ -151,7 +151,8 @@ class Split:
     owned: set[int] = field(default_factory=set)  # id() of segments with a connection
     #: A range request was answered with the range asked: the server takes ranges.
     ranges_ok: bool = False
-    #: A probe was refused: this file stays on the connections it has.
+    #: A probe, or another extra connection, was refused: this file stays on the
+    #: connections it has.
     refused: bool = False
     hasher: Any = None  # fed by the range at ``hashed`` while the file is contiguous
     hashed: int = 0
@@ -307,7 +308,10 @@ class _Crew:
         slot: str | None,
     ) -> None:
         self.split.owned.add(id(seg))
-        task = asyncio.create_task(_fetch_range(self.job, self.split, seg, resp, victim, url))
+        extra = slot is not None
+        task = asyncio.create_task(
+            _fetch_range(self.job, self.split, seg, resp, victim, url, extra=extra)
+        )
         self.tasks[task] = (seg, url, slot)
 
     def recruit(self) -> None:
@@ -404,13 +408,16 @@ async def _fetch_range(
     resp: aiohttp.ClientResponse | None,
     victim: Segment | None,
     url: str,
+    *,
+    extra: bool,
 ) -> None:
     """Fetch one range to its end from ``url``, retrying transient failures from where it
     stopped.
 
     ``victim``: this range is a probe, cut from ``victim`` only once the server answers
     it with the range asked. A range from a mirror that fails for good leaves the mirror
-    (and the range, to the other sources) instead of failing the file.
+    (and the range, to the other sources) instead of failing the file. ``extra``: a
+    connection beyond the download's own, which a refusal ends (see :func:`_retry_after`).
     """
     ctx, opts = job.ctx, job.ctx.options
     sink = job.dest.range_sink(split, seg)
@@ -434,7 +441,7 @@ async def _fetch_range(
                     if tail:
                         await sink.write(tail)
         except DownloadError as exc:
-            retry = _retry_after(job, split, seg, url, exc, attempt)
+            retry = _retry_after(job, split, seg, url, exc, attempt, extra=extra)
             if retry is None:
                 return
             attempt, delay = retry
@@ -446,15 +453,26 @@ async def _fetch_range(
 
 
 def _retry_after(
-    job: Download, split: Split, seg: Segment, url: str, exc: DownloadError, failed: int
+    job: Download,
+    split: Split,
+    seg: Segment,
+    url: str,
+    exc: DownloadError,
+    failed: int,
+    *,
+    extra: bool,
 ) -> tuple[int, float] | None:
     """The failed attempts that count and the wait before a failed range is tried again
     from ``url``. None when a mirror has failed for good (it is left for the rest of the
-    file, and its range to the others), or when the origin's connections were cut under
-    this one (its range is handed on by the coordinator).
+    file, and its range to the others), when the origin's connections were cut under
+    this one (its range is handed on by the coordinator), or when an ``extra`` connection
+    was refused.
 
     :raises DownloadError: the file's own source has failed for good.
     """
+    if _refused(exc, extra=extra):
+        split.refused = True
+        return None
     cause = f"range {seg.position}-{seg.end - 1}: {exc.cause}"
     try:
         attempt, delay = job.ctx.policy.after(exc, failed)
@@ -469,6 +487,23 @@ def _retry_after(
         return None
     job.emit(events.Retrying, attempt, delay, cause)
     return attempt, delay
+
+
+def _refused(exc: DownloadError, *, extra: bool) -> bool:
+    """An ``extra`` connection refused with a 429 or 503 that the traffic did not excuse
+    (an excused one costs no retry, and the traffic's cut already limits the split).
+
+    A server that limits connections per client (nginx's ``limit_conn``, an API's
+    limiter) says "no split" so: the file goes on, on the connections it accepted, and
+    the range (a probe's was never cut) goes back to them. Retrying it would only spend
+    the file's retries on an optimisation.
+    """
+    return (
+        extra
+        and isinstance(exc, HTTPStatusError)
+        and exc.status in THROTTLE_STATUSES
+        and not exc.excused
+    )
 
 
 def _over_capacity(job: Download, url: str, exc: DownloadError) -> bool:

@@ -15,6 +15,7 @@ and one download attempt into a bucket the way the transfer makes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import sys
@@ -49,7 +50,11 @@ def s3_server() -> Iterator[S3Server]:
 def s3_bucket(s3_server: S3Server) -> Iterator[str]:
     name = s3_server.create_bucket(f"t{next(_buckets)}-rheo")
     yield name
-    s3_server.delete_bucket(name)  # its volumes are freed for the next tests
+    # SeaweedFS gives each bucket volumes of its own, out of a number set by the free
+    # disk: kept, a few dozen buckets use them all, and every later write fails with
+    # InternalError. Deleting the bucket gives them back.
+    with contextlib.suppress(Exception):
+        s3_server.delete_bucket(name)
 
 
 @pytest.fixture

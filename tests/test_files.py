@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -252,3 +255,33 @@ def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
 
 def test_unlock_without_flock_support_is_a_no_op(tmp_path: Path) -> None:
     files.unlock(tmp_path / "x.bin", files.LOCK_UNSUPPORTED)
+
+
+def test_lockless_part_files_of_writers_gone_are_dropped_and_live_ones_kept(
+    tmp_path: Path,
+) -> None:
+    # Where flock fails, each writer has a part file of its own; a killed writer's is
+    # removed by a later run, a running writer's never.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    work = tmp_path / files.WORKDIR
+    work.mkdir()
+    base = files.working_base(tmp_path / "x.bin")
+    live = files.lockless_part(base)
+    killed = live.replace(f".{os.getpid()}-", f".{dead.stdout.strip()}-")
+    elsewhere = live.replace(f"-{files._HOST}-", "-00000000-")
+    old_elsewhere = files.working_base(tmp_path / "y.bin") + ".1-00000000-0123456789ab.part"
+    others = [base + ".part", base + ".json", base + ".lock", str(work / "extract-x.json")]
+    for path in [live, killed, elsewhere, old_elsewhere, *others]:
+        Path(path).write_bytes(b"x")
+    day_ago = time.time() - files.ORPHAN_AGE - 60
+    os.utime(old_elsewhere, (day_ago, day_ago))
+    os.utime(others[0], (day_ago, day_ago))
+    files.drop_orphans(work)
+    assert sorted(os.listdir(work)) == sorted(
+        os.path.basename(p) for p in [live, elsewhere, *others]
+    )

@@ -167,14 +167,18 @@ async def test_a_hash_mismatch_aborts_the_upload_and_leaves_nothing_at_the_key(
 async def test_a_stream_cut_midway_is_resumed_after_the_parts_stored(
     s3_server: S3Server, s3_bucket: str, s3: Any, server: Server
 ) -> None:
-    cut = 2 * PART_SIZE + 300_000
+    # Inside the last part (a cut past the end would cut nothing: the second request was
+    # then the split's probe, and under load a third range came too). One stream, as
+    # the ranges of a split have tests of their own.
+    cut = 2 * PART_SIZE + 6_000
     url = server.route_url("truncate", "cut.bin", BIG, cut=cut, times=1)
-    res = await rheo_nb.fetch([url], where(s3_bucket), **opts(s3_server))
+    res = await rheo_nb.fetch([url], where(s3_bucket), **opts(s3_server, segments=1))
     assert res[0].status is Status.COMPLETED, res[0].error
-    # The retry asked only for what was not stored yet: the parts are whole ones.
+    # The retry asked only for what was not stored yet: from the part it was filling (or
+    # from the cut, that part's bytes still in memory), never the stored parts again.
     first, retry = ranges(server, "cut.bin")
     assert first is None
-    assert retry in (f"bytes={2 * PART_SIZE}-", f"bytes={2 * PART_SIZE}-{BIG - 1}")
+    assert retry in (f"bytes={2 * PART_SIZE}-", f"bytes={cut}-"), retry
     assert body(s3, s3_bucket, "data/cut.bin") == server.content("cut.bin", BIG)
     assert pending(s3, s3_bucket) == []
 

@@ -1,10 +1,11 @@
 """Issue 9, defect family 5: the segmented path.
 
 A file split over several connections keeps every promise a single stream keeps:
-``Retry-After`` and its cap, the refetch from zero before a hash mismatch is reported,
-``max_size``, the server's name, validators on a ``416``; a range is never split while its
-request is in flight; a file changed on the server between runs is fetched anew in one
-run; and a server that refuses ranges costs at most one probe.
+``Retry-After`` (and an extra connection refused is not retried), the refetch from zero
+before a hash mismatch is reported, ``max_size``, the server's name, validators on a
+``416``; a range is never split while its request is in flight; a file changed on the
+server between runs is fetched anew in one run; and a server that refuses ranges costs at
+most one probe.
 """
 
 from __future__ import annotations
@@ -85,29 +86,36 @@ def throttled(after: str) -> RouteHandler:
     return handler
 
 
-async def test_a_range_answered_429_waits_for_its_retry_after(server: Server, dest: Path) -> None:
+# The range refused here is the extra connection a split adds. A 429 to it says "no
+# split" (tests/test_regress_segment_seams.py): the file goes on, on its first
+# connection, instead of retrying the range (which spent the file's retries and, beyond
+# retry_after_max, failed a file its first connection was delivering). The pause the
+# server asks for still holds: no request is sent to it meanwhile.
+
+
+async def test_a_range_answered_429_sends_nothing_during_its_retry_after(
+    server: Server, dest: Path
+) -> None:
     url = server.handle("throttled.bin", throttled("2"))
     res = await fetch([url], dest)
     assert res[0].status is Status.COMPLETED, res[0].error
     assert (dest / "throttled.bin").read_bytes() == server.content("throttled.bin", BIG)
     records = server.requests("throttled.bin")
     refusal = next(r for r in records if r.status == 429)
-    again = [r for r in records if r.time > refusal.time and range_start(r) == range_start(refusal)]
-    waits = [round(r.time - refusal.time, 2) for r in again]
-    assert all(w >= 1.8 for w in waits), f"asked for the range again after {waits} s, not 2 s"
+    during = [round(r.time - refusal.time, 2) for r in records if r.time > refusal.time]
+    assert all(w >= 1.8 for w in during), f"asked again after {during} s, not 2 s"
 
 
-async def test_a_range_asked_to_wait_beyond_retry_after_max_fails_the_file_at_once(
+async def test_a_range_asked_to_wait_beyond_retry_after_max_is_not_asked_again(
     server: Server, dest: Path
 ) -> None:
     url = server.handle("patience.bin", throttled("600"))
-    res = await fetch([url], dest, retry_after_max=5)
-    assert res[0].status is Status.FAILED, "a Retry-After of 600 s over a cap of 5 s was ignored"
-    assert "retry_after_max" in (res[0].error or "")
+    res = await asyncio.wait_for(fetch([url], dest, retry_after_max=5), 30)
+    assert res[0].status is Status.COMPLETED, res[0].error
+    assert (dest / "patience.bin").read_bytes() == server.content("patience.bin", BIG)
     records = server.requests("patience.bin")
     refusal = next(r for r in records if r.status == 429)
     assert not [r for r in records if range_start(r) == range_start(refusal) and r is not refusal]
-    assert not (dest / "patience.bin").exists()
 
 
 # --- resuming a segmented partial keeps the single stream's promises ------------------------------
