@@ -389,15 +389,16 @@ class LocalDestination:
         from . import extract  # tarfile, zipfile and the codecs: only when extracting
 
         found = await self.lane.run(
-            destination_errors(extract.recorded), self.final, self._target(folder)
+            destination_errors(extract.recorded), self.path, self._target(folder)
         )
         if found is None:
             return None
-        target, nbytes, sha256 = found
+        target, nbytes, digests = found
         expected = self.expected
-        if expected is not None and (expected.algorithm, expected.hexdigest) != ("sha256", sha256):
+        if expected is not None and digests.get(expected.algorithm) != expected.hexdigest:
             return None
-        reason = "already downloaded and extracted" + (", sha256 verified" if expected else "")
+        verified = f", {expected.algorithm} verified" if expected else ""
+        reason = "already downloaded and extracted" + verified
         await self.release()
         return Skip(nbytes, reason), target
 
@@ -423,6 +424,8 @@ class LocalDestination:
                 remove=how.remove,
                 progress=reporter(how, loop, stop),
                 label=how.label,
+                # A rerun compares the hash it is given with the record (the archive gone).
+                hashes=(self.expected.algorithm,) if self.expected else (),
             )
 
         # A cancel waits for the thread to remove what it wrote: when the call returns,

@@ -367,3 +367,23 @@ async def test_a_zip_read_back_by_ranges_is_read_about_once(
             first, last = asked.removeprefix("bytes=").split("-")
             read += int(last) - int(first) + 1
     assert size <= read <= size * 1.1, (read, size)
+
+
+@pytest.mark.parametrize("algorithm", ["md5", "sha512"])
+async def test_an_archive_removed_after_extraction_is_skipped_whatever_its_hash(
+    s3_server: S3Server, s3_bucket: str, s3: Any, server: Server, algorithm: str
+) -> None:
+    data = gzip.compress(tar_bytes([f("x.txt", b"x")]), mtime=0)
+    url = serve(server, "h.tar.gz", data)
+    items = {url: f"{algorithm}:" + hashlib.new(algorithm, data).hexdigest()}
+    res = await rheo_nb.fetch(items, where(s3_bucket), **opts(s3_server, extract_remove=True))
+    assert res[0].status is Status.COMPLETED, res[0].error
+    asked = server.count()
+    again = await rheo_nb.fetch(items, where(s3_bucket), **opts(s3_server, extract_remove=True))
+    assert (again[0].status, again[0].extracted) == (Status.SKIPPED, res[0].extracted)
+    assert server.count() == asked
+    # Another hash of the same algorithm is another file: not taken for this extraction.
+    other = {url: f"{algorithm}:" + hashlib.new(algorithm, b"other").hexdigest()}
+    third = await rheo_nb.fetch(other, where(s3_bucket), **opts(s3_server, extract_remove=True))
+    assert third[0].status is Status.FAILED
+    assert server.count() > asked
