@@ -22,7 +22,7 @@ import aiohttp
 
 from . import events, segments
 from .client import HostLimiter
-from .destination import Destination, LocalDestination, Present, Resume, Unpacking
+from .destination import Destination, LocalDestination, Present, Resume, Skip, Unpacking
 from .errors import DestinationError, DownloadError, IntegrityError, TooLargeError
 from .events import Status
 from .files import name_from_disposition
@@ -113,6 +113,8 @@ class Download:
         self.no_split = False  # ranges failed once: one stream from now on
         self.one_source = False  # ranges from mirrors failed the hash: none from them now
         self.extracted: Path | ObjectPath | None = None
+        #: The archive is gone: its extraction removed it (``extract_remove``).
+        self.removed = False
 
     # --- events --------------------------------------------------------------------------
 
@@ -161,20 +163,20 @@ class Download:
         try:
             skip = await self.dest.claim(overwrite=ctx.options.overwrite)
             unpack = self._unpacking()
-            if skip is None and unpack is not None and unpack.remove:
-                found = await self.dest.extracted(self._folder())
-                if found is not None:
-                    skip, self.extracted = found
-                    unpack = None
+            if skip is None:
+                skip = await self._extracted_before(unpack)
             if skip is None:
                 if ctx.options.offline:
                     raise _Offline(cause="offline: not downloaded")
-                nbytes = await self._sources()
-            if unpack is not None:
+                try:
+                    nbytes = await self._sources()
+                except Present as present:
+                    # Complete already under the server's name: kept, and extracted too.
+                    skip = present.skip
+                    await self.dest.stop(keep=False)
+            if unpack is not None and not self.removed:
                 self.extracted = await self.dest.extract(self._folder(), unpack)
-        except Present as present:
-            skip = present.skip
-            await self.dest.stop(keep=False)
+                self.removed = unpack.remove and self.extracted is not None
         except asyncio.CancelledError:
             await self.dest.stop(keep=True)
             self.emit(events.Cancelled, p.final, self.meter.received)
@@ -232,6 +234,18 @@ class Download:
             progress=lambda members, total: self.emit(events.Extracting, members, total),
             label=p.display_url,
         )
+
+    async def _extracted_before(self, unpack: Unpacking | None) -> Skip | None:
+        """A skip when the file was removed by its extraction (``extract_remove``), which
+        is still in place; never with ``overwrite``, which asks for the file again."""
+        if unpack is None or not unpack.remove or self.ctx.options.overwrite:
+            return None
+        found = await self.dest.extracted(self._folder())
+        if found is None:
+            return None
+        skip, self.extracted = found
+        self.removed = True
+        return skip
 
     def _folder(self) -> PurePosixPath | None:
         extract = self.planned.extract
@@ -368,5 +382,7 @@ class Download:
                 "of this call; give it a path with File(url, path=...)"
             )
         skip = await self.dest.rename(name, overwrite=self.ctx.options.overwrite)
+        if skip is None:  # the name was not known before: nor was its extraction
+            skip = await self._extracted_before(self._unpacking())
         if skip is not None:
             raise Present(skip)

@@ -387,3 +387,27 @@ async def test_an_archive_removed_after_extraction_is_skipped_whatever_its_hash(
     third = await rheo_nb.fetch(other, where(s3_bucket), **opts(s3_server, extract_remove=True))
     assert third[0].status is Status.FAILED
     assert server.count() > asked
+
+
+async def test_an_archive_named_by_the_server_is_extracted_and_skipped_once_removed(
+    s3_server: S3Server, s3_bucket: str, s3: Any, server: Server
+) -> None:
+    data = gzip.compress(tar_bytes([f("x.txt", b"x")]), mtime=0)
+
+    async def handler(request: web.Request, spec: Spec) -> web.StreamResponse:
+        headers = {"ETag": '"v1"', "Content-Disposition": 'attachment; filename="n.tar.gz"'}
+        return web.Response(body=data, headers=headers)
+
+    url = server.handle("get", handler)
+    named = {**opts(s3_server), "content_disposition": True}
+    # In the bucket from a run without extract: a run with extract keeps it and extracts it.
+    await rheo_nb.fetch([url], where(s3_bucket), **{**named, "extract": False})
+    res = await rheo_nb.fetch([url], where(s3_bucket), **named)
+    assert res[0].status is Status.SKIPPED, res[0].error
+    assert res[0].extracted == ObjectPath(f"s3://{s3_bucket}/data/n")
+    assert body(s3, s3_bucket, "data/n/x.txt") == b"x"
+    removed = await rheo_nb.fetch([url], where(s3_bucket), **named, extract_remove=True)
+    assert removed[0].ok, removed[0].error
+    assert "data/n.tar.gz" not in keys(s3, s3_bucket)
+    again = await rheo_nb.fetch([url], where(s3_bucket), **named, extract_remove=True)
+    assert (again[0].status, again[0].extracted) == (Status.SKIPPED, res[0].extracted)
