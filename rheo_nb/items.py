@@ -103,7 +103,8 @@ class Outcome:
     object in a bucket its ``s3://bucket/key`` URL (an :class:`~rheo_nb.ObjectPath`).
     ``source_url`` is the (masked) URL that served the file when a mirror did;
     ``extracted`` the folder an archive was unpacked into (None when nothing was
-    extracted)."""
+    extracted); ``archive_removed`` is True when the archive itself is gone, deleted
+    once extracted (``extract_remove``): ``extracted`` is then what is on disk."""
 
     url: str
     path: Path | ObjectPath
@@ -115,10 +116,19 @@ class Outcome:
     file: File = field(default_factory=lambda: File(""), repr=False, compare=False)
     source_url: str | None = None
     extracted: Path | ObjectPath | None = None
+    archive_removed: bool = False
 
     @property
     def ok(self) -> bool:
         return self.status.ok
+
+    @property
+    def on_disk(self) -> Path | ObjectPath:
+        """What the file is on disk (or in the bucket) now: its path, or for an archive
+        removed once extracted, what it was extracted into."""
+        if self.archive_removed and self.extracted is not None:
+            return self.extracted
+        return self.path
 
 
 Items = File | Iterable["str | File | Outcome"] | Mapping[str, "str | None"]

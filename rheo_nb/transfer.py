@@ -150,6 +150,7 @@ class Download:
             p.file,
             source,
             self.extracted,
+            self.removed,
         )
 
     def _shown(self, url: str) -> str:

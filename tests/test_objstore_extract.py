@@ -411,3 +411,20 @@ async def test_an_archive_named_by_the_server_is_extracted_and_skipped_once_remo
     assert "data/n.tar.gz" not in keys(s3, s3_bucket)
     again = await rheo_nb.fetch([url], where(s3_bucket), **named, extract_remove=True)
     assert (again[0].status, again[0].extracted) == (Status.SKIPPED, res[0].extracted)
+
+
+async def test_extract_remove_lists_the_prefix_and_overwrite_downloads_the_archive_again(
+    s3_server: S3Server, s3_bucket: str, s3: Any, server: Server
+) -> None:
+    url = serve(server, "o.tar.gz", gzip.compress(tar_bytes([f("x.txt", b"x")]), mtime=0))
+    options = opts(s3_server, extract_remove=True)
+    res = await rheo_nb.fetch([url], where(s3_bucket), **options)
+    assert res[0].status is Status.COMPLETED, res[0].error
+    assert res.paths == [ObjectPath(f"s3://{s3_bucket}/data/o")]  # the archive is gone
+    again = await rheo_nb.fetch([url], where(s3_bucket), **options)
+    assert (again[0].status, again.paths) == (Status.SKIPPED, res.paths)
+    asked = server.count()
+    fresh = await rheo_nb.fetch([url], where(s3_bucket), **options, overwrite=True)
+    assert fresh[0].status is Status.COMPLETED, fresh[0].error
+    assert server.count() == asked + 1
+    assert body(s3, s3_bucket, "data/o/x.txt") == b"x"
