@@ -62,8 +62,10 @@ class Present(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Unpacking:
-    """How to extract an archive (see :func:`rheo_nb.extract.extract`), and where to
-    report how far it got (called on the loop, at most ten times a second)."""
+    """How to extract an archive (see :func:`rheo_nb.extract.extract`), where to report
+    how far it got (called on the loop, at most ten times a second), and how to claim
+    its target once the archive's kind tells it (:class:`ExtractError` when another file
+    of the call has that path)."""
 
     explicit: bool
     remove: bool
@@ -71,6 +73,7 @@ class Unpacking:
     max_files: int
     progress: Callable[[int, int | None], None]
     label: str
+    claim: Callable[[Path | ObjectPath], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,6 +414,7 @@ class LocalDestination:
             if how.explicit:
                 raise ExtractError(how.label, "not an archive rheo_nb extracts (zip, tar, gz…)")
             return None
+        how.claim(target if target is not None else extract.default_target(archive, kind))
         if target is not None:
             await self.lane.run(destination_errors(files.ensure_parent), self.dest, target)
         loop = asyncio.get_running_loop()

@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import ExtractError
-from .files import WORKDIR
+from .files import ARCHIVE_SUFFIXES, WORKDIR, target_name
 from .hashing import ALGORITHMS
 from .options import MAX_EXTRACT_FILES
 
@@ -83,19 +83,7 @@ _MAGIC = (
     (b"\xfd7zXZ\x00", "xz"),
     (b"\x28\xb5\x2f\xfd", "zst"),
 )
-_SUFFIXES = {
-    "zip": (".zip",),
-    "tar": (".tar",),
-    "tar.gz": (".tar.gz", ".tgz", ".taz"),
-    "tar.bz2": (".tar.bz2", ".tbz2", ".tbz", ".tb2"),
-    "tar.xz": (".tar.xz", ".txz"),
-    "tar.zst": (".tar.zst", ".tzst"),
-    "gz": (".gz",),
-    "bz2": (".bz2",),
-    "xz": (".xz",),
-    "zst": (".zst",),
-}
-KINDS = frozenset(_SUFFIXES)
+KINDS = frozenset(ARCHIVE_SUFFIXES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,15 +165,6 @@ def default_target(archive: str | os.PathLike[str], kind: str) -> Path:
     suffix."""
     path = Path(archive)
     return path.with_name(target_name(path.name, kind))
-
-
-def target_name(name: str, kind: str) -> str:
-    """The name :func:`default_target` gives what an archive called ``name`` becomes."""
-    lower = name.lower()
-    for suffix in _SUFFIXES.get(kind, ()):
-        if lower.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return name + ".extracted"
 
 
 def size_limit(archive_size: int, max_size: int | None = None) -> int:

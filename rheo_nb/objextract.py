@@ -47,6 +47,7 @@ from . import extract
 from .destination import Stopped, Unpacking, reporter
 from .errors import ExtractError
 from .extract import Budget, Refused, Tree
+from .files import target_name
 from .hashing import ALGORITHMS, ExpectedHash
 from .objstore import RECORD_DIR, Bucket, MultipartUpload, ObjectPath
 from .partfile import url_key
@@ -138,7 +139,7 @@ def _target(archive: ObjectPath, folder: str | None, kind: str) -> _Target:
     if folder is not None:
         return _Target(folder.rstrip("/"), single)
     parent = archive.key.rpartition("/")[0]
-    name = extract.target_name(archive.name, kind)
+    name = target_name(archive.name, kind)
     return _Target(f"{parent}/{name}" if parent else name, single)
 
 
@@ -171,6 +172,7 @@ async def extract_object(
             raise ExtractError(how.label, "not an archive rheo_nb extracts (zip, tar, gz…)")
         return None
     target = _target(archive, folder, kind)
+    how.claim(bucket.url(target.key))
     meta = {k.lower(): v for k, v in head.get("Metadata", {}).items()}
     digests = {k: str(v).lower() for k, v in meta.items() if k in ALGORITHMS}
     record = _Record("extracting", archive.key, size, etag, digests, kind)

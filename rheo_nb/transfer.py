@@ -23,7 +23,7 @@ import aiohttp
 from . import events, segments
 from .client import HostLimiter
 from .destination import Destination, LocalDestination, Present, Resume, Skip, Unpacking
-from .errors import DestinationError, DownloadError, IntegrityError, TooLargeError
+from .errors import DestinationError, DownloadError, ExtractError, IntegrityError, TooLargeError
 from .events import Status
 from .files import name_from_disposition
 from .format import mask_url, size
@@ -234,7 +234,20 @@ class Download:
             max_files=opts.max_extract_files,
             progress=lambda members, total: self.emit(events.Extracting, members, total),
             label=p.display_url,
+            claim=self._claim_target,
         )
+
+    def _claim_target(self, target: Path | ObjectPath) -> None:
+        """Take the path the archive's bytes say it extracts to (its name said where, and
+        the call's claims hold that; a name can mislead: ``x.tar.gz`` may be one file)."""
+        did = self.planned.download_id
+        if self.ctx.paths.setdefault(target, did) != did:
+            raise ExtractError(
+                self.planned.display_url,
+                f"it extracts into {target.name}, which is another file's path, or another "
+                "archive's extraction, in this call; give it a folder with "
+                "File(url, extract='folder')",
+            )
 
     async def _extracted_before(self, unpack: Unpacking | None) -> Skip | None:
         """A skip when the file was removed by its extraction (``extract_remove``), which

@@ -428,3 +428,23 @@ async def test_extract_remove_lists_the_prefix_and_overwrite_downloads_the_archi
     assert fresh[0].status is Status.COMPLETED, fresh[0].error
     assert server.count() == asked + 1
     assert body(s3, s3_bucket, "data/o/x.txt") == b"x"
+
+
+async def test_two_archives_that_extract_under_one_prefix_are_refused_per_item(
+    s3_server: S3Server, s3_bucket: str, s3: Any, server: Server
+) -> None:
+    tar = serve(server, "p.tar.gz", gzip.compress(tar_bytes([f("t.txt", b"t")]), mtime=0))
+    zip_ = serve(server, "p.zip", make_zip_bytes({"z.txt": b"z"}))
+    res = await rheo_nb.fetch([tar, zip_], where(s3_bucket), **opts(s3_server))
+    assert [o.status for o in res] == [Status.COMPLETED, Status.FAILED], res
+    assert res[1].error is not None
+    assert "is already where" in res[1].error
+    assert under(s3, s3_bucket, "data/p/") == ["data/p/t.txt"]
+
+
+def make_zip_bytes(members: dict[str, bytes]) -> bytes:
+    raw = io.BytesIO()
+    with zipfile.ZipFile(raw, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return raw.getvalue()
