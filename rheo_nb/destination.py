@@ -62,8 +62,10 @@ class Present(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Unpacking:
-    """How to extract an archive (see :func:`rheo_nb.extract.extract`), and where to
-    report how far it got (called on the loop, at most ten times a second)."""
+    """How to extract an archive (see :func:`rheo_nb.extract.extract`), where to report
+    how far it got (called on the loop, at most ten times a second), and how to claim
+    its target once the archive's kind tells it (:class:`ExtractError` when another file
+    of the call has that path)."""
 
     explicit: bool
     remove: bool
@@ -71,6 +73,7 @@ class Unpacking:
     max_files: int
     progress: Callable[[int, int | None], None]
     label: str
+    claim: Callable[[Path | ObjectPath], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,15 +399,16 @@ class LocalDestination:
         from . import extract  # tarfile, zipfile and the codecs: only when extracting
 
         found = await self.lane.run(
-            destination_errors(extract.recorded), self.final, self._target(folder)
+            destination_errors(extract.recorded), self.path, self._target(folder)
         )
         if found is None:
             return None
-        target, nbytes, sha256 = found
+        target, nbytes, digests = found
         expected = self.expected
-        if expected is not None and (expected.algorithm, expected.hexdigest) != ("sha256", sha256):
+        if expected is not None and digests.get(expected.algorithm) != expected.hexdigest:
             return None
-        reason = "already downloaded and extracted" + (", sha256 verified" if expected else "")
+        verified = f", {expected.algorithm} verified" if expected else ""
+        reason = "already downloaded and extracted" + verified
         await self.release()
         return Skip(nbytes, reason), target
 
@@ -417,6 +421,7 @@ class LocalDestination:
             if how.explicit:
                 raise ExtractError(how.label, "not an archive rheo_nb extracts (zip, tar, gz…)")
             return None
+        how.claim(target if target is not None else extract.default_target(archive, kind))
         if target is not None:
             await self.lane.run(destination_errors(files.ensure_parent), self.dest, target)
         loop = asyncio.get_running_loop()
@@ -430,6 +435,8 @@ class LocalDestination:
                 remove=how.remove,
                 progress=reporter(how, loop, stop),
                 label=how.label,
+                # A rerun compares the hash it is given with the record (the archive gone).
+                hashes=(self.expected.algorithm,) if self.expected else (),
             )
 
         # A cancel waits for the thread to remove what it wrote: when the call returns,

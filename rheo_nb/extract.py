@@ -51,13 +51,14 @@ import tarfile
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from .errors import ExtractError
-from .files import WORKDIR
+from .files import ARCHIVE_SUFFIXES, WORKDIR, target_name
+from .hashing import ALGORITHMS
 from .options import MAX_EXTRACT_FILES
 
 #: The default cap on bytes written is this many times the archive's size…
@@ -82,19 +83,7 @@ _MAGIC = (
     (b"\xfd7zXZ\x00", "xz"),
     (b"\x28\xb5\x2f\xfd", "zst"),
 )
-_SUFFIXES = {
-    "zip": (".zip",),
-    "tar": (".tar",),
-    "tar.gz": (".tar.gz", ".tgz", ".taz"),
-    "tar.bz2": (".tar.bz2", ".tbz2", ".tbz", ".tb2"),
-    "tar.xz": (".tar.xz", ".txz"),
-    "tar.zst": (".tar.zst", ".tzst"),
-    "gz": (".gz",),
-    "bz2": (".bz2",),
-    "xz": (".xz",),
-    "zst": (".zst",),
-}
-KINDS = frozenset(_SUFFIXES)
+KINDS = frozenset(ARCHIVE_SUFFIXES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,15 +165,6 @@ def default_target(archive: str | os.PathLike[str], kind: str) -> Path:
     suffix."""
     path = Path(archive)
     return path.with_name(target_name(path.name, kind))
-
-
-def target_name(name: str, kind: str) -> str:
-    """The name :func:`default_target` gives what an archive called ``name`` becomes."""
-    lower = name.lower()
-    for suffix in _SUFFIXES.get(kind, ()):
-        if lower.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return name + ".extracted"
 
 
 def size_limit(archive_size: int, max_size: int | None = None) -> int:
@@ -665,9 +645,12 @@ def _read_up_to(stream: IO[bytes], n: int) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class _Record:
+    archive: str  # the archive's file name
     size: int
     mtime_ns: int
-    sha256: str
+    #: The archive's hex digests by algorithm: always sha256, and those asked for
+    #: (a download's hash, to compare with when the archive is gone).
+    digests: dict[str, str]
     kind: str
     members: int
     bytes: int
@@ -682,28 +665,31 @@ def _read_record(path: Path) -> _Record | None:
     try:
         data = json.loads(path.read_text())
         prev = data.get("previous")
+        digests = {str(k): str(v) for k, v in data.get("digests", {}).items()}
         return _Record(
+            str(data["archive"]),
             int(data["size"]),
             int(data["mtime_ns"]),
-            str(data["sha256"]),
+            {**digests, "sha256": str(data["sha256"])},
             str(data["kind"]),
             int(data["members"]),
             int(data["bytes"]),
             (int(data["target"][0]), int(data["target"][1])),
             (int(prev[0]), int(prev[1])) if prev else None,
         )
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
         return None
 
 
-def _write_record(path: Path, record: _Record, archive: str) -> None:
-    data = {"version": 1, "archive": archive}
+def _write_record(path: Path, record: _Record) -> None:
+    # "sha256" stays a field of its own: what records written before "digests" hold.
+    data = {"version": 1, **_fields(record), "sha256": record.digests["sha256"]}
     tmp = path.with_name(path.name + ".tmp")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     with open(fd, "w") as f:
-        json.dump({**data, **_fields(record)}, f)
+        json.dump(data, f)
     os.replace(tmp, path)
 
 
@@ -733,14 +719,16 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
-def _sha256(path: Path, report: Callable[[], None]) -> str:
-    h = hashlib.sha256()
+def _digests(path: Path, algorithms: Iterable[str], report: Callable[[], None]) -> dict[str, str]:
+    """The file's sha256 and its digests of ``algorithms``, in one read."""
+    hashes = {name: hashlib.new(name) for name in {"sha256", *algorithms}}
     with open(path, "rb") as f:
         while block := f.read(_CHUNK):
-            h.update(block)
+            for h in hashes.values():
+                h.update(block)
             if f.tell() % _REPORT_EVERY < _CHUNK:
                 report()
-    return h.hexdigest()
+    return {name: h.hexdigest() for name, h in hashes.items()}
 
 
 def _remove(path: Path) -> None:
@@ -763,6 +751,7 @@ def extract(
     remove: bool = False,
     progress: ProgressCallback | None = None,
     label: str | None = None,
+    hashes: Iterable[str] = (),
 ) -> Extracted:
     """Extract ``archive`` into ``target`` safely and atomically; skip it when an earlier
     run already did. Blocking: run it in a worker thread.
@@ -775,14 +764,18 @@ def extract(
     once extracted. ``progress`` is called after each member and every 16 MiB written;
     an exception it raises stops the extraction (nothing is left in the target) and
     propagates, which is how a caller cancels. ``label`` names the archive in errors
-    (its masked URL; default: its path).
+    (its masked URL; default: its path). ``hashes`` names algorithms (``"md5"`` …) whose
+    digests of the archive the record keeps besides its sha256, for :func:`recorded`.
 
     :raises ExtractError: the archive is refused (the member and the reason), unreadable,
         or the target exists and did not come from this function.
     """
     archive = Path(archive)
+    algorithms = frozenset(hashes)
+    if unknown := algorithms - ALGORITHMS.keys():
+        raise ValueError(f"hashes: unknown algorithm(s) {sorted(unknown)}; use {list(ALGORITHMS)}")
     with refusals(label if label is not None else str(archive)):
-        return _extract(archive, target, max_size, max_files, remove, progress)
+        return _extract(archive, target, max_size, max_files, remove, progress, algorithms)
     raise AssertionError("unreachable")  # for mypy: refusals() re-raises
 
 
@@ -819,6 +812,7 @@ class _Job:
     kind: str
     target: Path
     base: Path  # <target's folder>/.rheo_nb/extract-<digest>; + .lock, .json, .tmp, .old
+    algorithms: frozenset[str]  # the digests the record keeps besides sha256
 
     def file(self, suffix: str) -> Path:
         return self.base.with_name(self.base.name + suffix)
@@ -837,16 +831,22 @@ class _Job:
             )
         if record is None or current != record.target or record.size != self.stat.st_size:
             return None
-        if record.mtime_ns != self.stat.st_mtime_ns:
-            if record.sha256 != _sha256(self.archive, _noop):
+        if record.mtime_ns != self.stat.st_mtime_ns or not self.algorithms <= record.digests.keys():
+            digests = _digests(self.archive, self.algorithms, _noop)
+            if record.digests["sha256"] != digests["sha256"]:
                 return None
-            touched = {**_fields(record), "mtime_ns": self.stat.st_mtime_ns}
-            _write_record(self.file(".json"), _Record(**touched), self.archive.name)
+            touched = {
+                **_fields(record),
+                "archive": self.archive.name,
+                "mtime_ns": self.stat.st_mtime_ns,
+                "digests": {**record.digests, **digests},
+            }
+            _write_record(self.file(".json"), _Record(**touched))
         return Extracted(self.target, record.kind, record.members, record.bytes, True)
 
     def run(self, budget: Budget, progress: ProgressCallback | None) -> Extracted:
         """Unpack into the temporary folder, then swap it into place."""
-        digest = _sha256(self.archive, _reporter(progress, budget))
+        digests = _digests(self.archive, self.algorithms, _reporter(progress, budget))
         tmp = self.file(".tmp")
         try:
             tmp.mkdir()
@@ -856,9 +856,10 @@ class _Job:
             made = tmp / self.target.name if self.kind in _SINGLE else tmp
             current = _identity(self.target)
             record = _Record(
+                self.archive.name,
                 self.stat.st_size,
                 self.stat.st_mtime_ns,
-                digest,
+                digests,
                 self.kind,
                 budget.members,
                 budget.bytes,
@@ -867,7 +868,7 @@ class _Job:
             )
             # The record names the new folder before it is in place, and the old one until
             # it is gone: a crash anywhere in between leaves a target the next run redoes.
-            _write_record(self.file(".json"), record, self.archive.name)
+            _write_record(self.file(".json"), record)
             if current is not None:
                 os.rename(self.target, self.file(".old"))
             os.rename(made, self.target)
@@ -887,6 +888,7 @@ def _extract(
     max_files: int,
     remove: bool,
     progress: ProgressCallback | None,
+    algorithms: frozenset[str],
 ) -> Extracted:
     st = os.stat(archive)
     kind = archive_kind(archive)
@@ -896,7 +898,7 @@ def _extract(
     work = where.parent / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(os.fsencode(where.name)).hexdigest()[:16]
-    job = _Job(archive, st, kind, where, work / f"extract-{digest}")
+    job = _Job(archive, st, kind, where, work / f"extract-{digest}", algorithms)
     with _locked(job.file(".lock")):
         for leftover in (job.file(".tmp"), job.file(".old")):
             _remove(leftover)  # an interrupted run: redone from scratch
@@ -910,14 +912,16 @@ def _extract(
 
 def recorded(
     archive: str | os.PathLike[str], target: str | os.PathLike[str] | None = None
-) -> tuple[Path, int, str] | None:
-    """Where ``archive`` was extracted, with its size and sha256, when that folder still
-    holds the extraction: what a rerun needs to skip an archive removed after extracting
-    it (``remove=True``). ``target`` as for :func:`extract`. Blocking.
+) -> tuple[Path, int, dict[str, str]] | None:
+    """Where ``archive`` was extracted, with its size and digests (sha256, and those of
+    the ``algorithms`` given to :func:`extract`), when that folder still holds the
+    extraction of an archive of that name: what a rerun needs to skip an archive removed
+    after extracting it (``remove=True``). ``target`` as for :func:`extract`. Blocking.
 
     >>> recorded("data/train.tar.gz")          # doctest: +SKIP
-    (PosixPath('data/train'), 52428800, '9f86d0…')
+    (PosixPath('data/train'), 52428800, {'sha256': '9f86d0…'})
     """
+    name = Path(archive).name
     if target is not None:
         candidates = [Path(target)]
     else:
@@ -929,8 +933,11 @@ def recorded(
             current = _identity(where)
         except Refused:
             continue
-        if record is not None and current is not None and current == record.target:
-            return where, record.size, record.sha256
+        # Another archive's extraction (x.zip's, asked about x.tar.gz) is not this one's.
+        if record is None or record.archive != name:
+            continue
+        if current is not None and current == record.target:
+            return where, record.size, record.digests
     return None
 
 

@@ -38,6 +38,20 @@ from urllib.parse import unquote, urlsplit
 from .errors import InvalidItemError
 from .format import short_name
 
+#: The kinds of archive rheo_nb extracts, and the suffixes of their names.
+ARCHIVE_SUFFIXES = {
+    "zip": (".zip",),
+    "tar": (".tar",),
+    "tar.gz": (".tar.gz", ".tgz", ".taz"),
+    "tar.bz2": (".tar.bz2", ".tbz2", ".tbz", ".tb2"),
+    "tar.xz": (".tar.xz", ".txz"),
+    "tar.zst": (".tar.zst", ".tzst"),
+    "gz": (".gz",),
+    "bz2": (".bz2",),
+    "xz": (".xz",),
+    "zst": (".zst",),
+}
+
 _WINDOWS_RESERVED = re.compile(
     r"^(con|prn|aux|nul|com[0-9]|lpt[0-9]|conin\$|conout\$)(\..*)?$", re.I
 )
@@ -343,3 +357,31 @@ def _running(pid: int) -> bool:
     except PermissionError:
         return True  # another user's process
     return True
+
+
+def target_name(name: str, kind: str) -> str:
+    """The name an archive called ``name``, of ``kind``, is extracted under beside it
+    (``train.tar.gz`` → ``train``, ``x.csv.gz`` → ``x.csv``; ``<name>.extracted`` when the
+    name has no suffix of its kind)."""
+    lower = name.lower()
+    for suffix in ARCHIVE_SUFFIXES.get(kind, ()):
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name + ".extracted"
+
+
+def extraction_name(name: str, *, explicit: bool) -> str | None:
+    """:func:`target_name` as the name alone tells it, before any byte is read: by the
+    longest archive suffix it ends with. A name with none extracts to
+    ``<name>.extracted`` when extraction was asked of this file (``explicit``), and is
+    taken for no archive otherwise (None)."""
+    lower = name.lower()
+    suffixes = [
+        (len(suffix), kind)
+        for kind, kinds in ARCHIVE_SUFFIXES.items()
+        for suffix in kinds
+        if lower.endswith(suffix) and len(name) > len(suffix)
+    ]
+    if suffixes:
+        return target_name(name, max(suffixes)[1])
+    return name + ".extracted" if explicit else None

@@ -103,7 +103,8 @@ class Outcome:
     object in a bucket its ``s3://bucket/key`` URL (an :class:`~rheo_nb.ObjectPath`).
     ``source_url`` is the (masked) URL that served the file when a mirror did;
     ``extracted`` the folder an archive was unpacked into (None when nothing was
-    extracted)."""
+    extracted); ``archive_removed`` is True when the archive itself is gone, deleted
+    once extracted (``extract_remove``): ``extracted`` is then what is on disk."""
 
     url: str
     path: Path | ObjectPath
@@ -115,10 +116,19 @@ class Outcome:
     file: File = field(default_factory=lambda: File(""), repr=False, compare=False)
     source_url: str | None = None
     extracted: Path | ObjectPath | None = None
+    archive_removed: bool = False
 
     @property
     def ok(self) -> bool:
         return self.status.ok
+
+    @property
+    def on_disk(self) -> Path | ObjectPath:
+        """What the file is on disk (or in the bucket) now: its path, or for an archive
+        removed once extracted, what it was extracted into."""
+        if self.archive_removed and self.extracted is not None:
+            return self.extracted
+        return self.path
 
 
 Items = File | Iterable["str | File | Outcome"] | Mapping[str, "str | None"]
@@ -342,17 +352,22 @@ def check_extract(extract: bool | str | os.PathLike[str]) -> bool | PurePosixPat
 
 class Claims:
     """The files of one call by download id and by final path: an item given again is the
-    same download, and no two items share a path. One call's manager keeps one; a cluster
-    call keeps one for all its shards, so that the rule holds across them too.
+    same download, and no two items share a path, an extraction's output included (where
+    an archive's name says it extracts; ``extract``: the call's option). One call's
+    manager keeps one; a cluster call keeps one for all its shards, so that the rule holds
+    across them too.
 
     What stays for every file of the call is small (a number for what it asked, its path,
     its URL to show): a million files cost numbers, not plans. The plans of the files not
     finished yet are in :attr:`active`.
     """
 
-    def __init__(self) -> None:
-        #: Final paths taken, and the download taking each (server-given names join later).
+    def __init__(self, *, extract: bool = False) -> None:
+        self.extract = extract
+        #: Paths taken (final paths and extraction targets), and the download taking each;
+        #: server-given names and the targets the archives' bytes tell join later.
         self.paths: dict[Path | ObjectPath, str] = {}
+        self._unpacked: set[Path | ObjectPath] = set()  # those that are extraction targets
         #: The plans of the downloads queued or running (see :meth:`release`).
         self.active: dict[str, Planned] = {}
         self._specs: dict[str, int] = {}
@@ -378,18 +393,36 @@ class Claims:
                 f"{differs or 'a different hash, headers, mirrors or extract= setting'}; give "
                 "it once, or give the copies different paths with File(url, path=...)"
             )
-        owner = self.paths.get(planned.final)
-        if owner is not None:
-            raise InvalidItemError(
-                f"{planned.display_url}: {planned.relpath} is already the path of "
-                f"{self.shown(owner)} in this call; give one of them another path with "
-                "File(url, path=...)"
-            )
+        self._check(planned, planned.final, str(planned.relpath), False)
+        target = unpacks_to(planned, self.extract)
+        if target is not None:
+            self._check(planned, target, f"its extraction {target.name}", True)
+            self.paths[target] = did
+            self._unpacked.add(target)
         self._specs[did] = spec
         self._shown[did] = planned.display_url
         self.paths[planned.final] = did
         self.active[did] = planned
         return True
+
+    def _check(self, planned: Planned, path: Path | ObjectPath, what: str, extracts: bool) -> None:
+        """:raises InvalidItemError: ``path`` (``what``; ``extracts``: the item's
+        extraction target) is another item's already."""
+        owner = self.paths.get(path)
+        if owner is None or owner == planned.download_id:
+            return
+        shown = self.shown(owner)
+        if path in self._unpacked:
+            theirs = f"where the archive {shown} extracts"
+        else:
+            theirs = f"the path of {shown}"
+        fix = "another path with File(url, path=...)"
+        if extracts or path in self._unpacked:
+            fix += " or a folder to extract into with File(url, extract='folder')"
+        raise InvalidItemError(
+            f"{planned.display_url}: {what} is already {theirs} in this call; give one of "
+            f"them {fix}"
+        )
 
     def release(self, download_id: str) -> None:
         """The download is over: forget its plan (its claim stays)."""
@@ -398,6 +431,21 @@ class Claims:
     def shown(self, download_id: str) -> str:
         """The URL to show of a download of the call."""
         return self._shown.get(download_id, download_id)
+
+
+def unpacks_to(p: Planned, extract_all: bool) -> Path | ObjectPath | None:
+    """Where ``p`` is extracted, as the names tell before any byte is read (None: not
+    extracted); ``extract_all``: the call's ``extract`` option. The archive's bytes may
+    tell another kind, and another target: the extraction claims that one again."""
+    if isinstance(p.extract, PurePosixPath):
+        dest = p.final
+        for _ in p.relpath.parts:
+            dest = dest.parent
+        return dest.joinpath(*p.extract.parts)
+    if not (p.extract or extract_all):
+        return None
+    name = files.extraction_name(p.final.name, explicit=p.extract is True)
+    return None if name is None else p.final.with_name(name)
 
 
 def _spec(p: Planned) -> int:

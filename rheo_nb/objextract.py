@@ -22,7 +22,7 @@ with members streamed into objects instead of files, and no local disk at all:
 Atomic, as far as a prefix allows: a prefix cannot be renamed into place, so a record
 object is the commit point. ``<folder>/.rheo_nb/extract-<digest>.json`` beside the target
 says ``extracting`` before the first member is written and ``done`` (with the archive's
-size, ETag and sha256 when known) after the last. A refused, failed or cancelled
+size, ETag and the digests its metadata carries) after the last. A refused, failed or cancelled
 extraction deletes what it wrote and its record; a killed one leaves ``extracting``, and
 the next run deletes what the target holds and extracts again. A target never counts as
 extracted without a ``done`` record for the same archive; a target prefix that holds
@@ -47,7 +47,8 @@ from . import extract
 from .destination import Stopped, Unpacking, reporter
 from .errors import ExtractError
 from .extract import Budget, Refused, Tree
-from .hashing import ExpectedHash
+from .files import target_name
+from .hashing import ALGORITHMS, ExpectedHash
 from .objstore import RECORD_DIR, Bucket, MultipartUpload, ObjectPath
 from .partfile import url_key
 
@@ -71,7 +72,9 @@ class _Record:
     archive: str  # the archive's key, for a person reading the bucket
     size: int
     etag: str
-    sha256: str | None
+    #: The archive's hex digests by algorithm, as its metadata gave them (the hash its
+    #: download was verified with): what a rerun compares once the archive is gone.
+    digests: dict[str, str]
     kind: str
     members: int = 0
     nbytes: int = 0
@@ -83,18 +86,20 @@ class _Record:
     def from_json(cls, data: bytes) -> _Record | None:
         try:
             raw = json.loads(data)
-            sha = raw["sha256"]
+            # Records written before "digests" hold a "sha256" alone.
+            sha = raw.get("sha256")
+            digests = raw.get("digests", {} if sha is None else {"sha256": sha})
             return cls(
                 str(raw["state"]),
                 str(raw["archive"]),
                 int(raw["size"]),
                 str(raw["etag"]),
-                None if sha is None else str(sha),
+                {str(k): str(v) for k, v in digests.items()},
                 str(raw["kind"]),
                 int(raw["members"]),
                 int(raw["nbytes"]),
             )
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
     def done_for(self, size: int, etag: str) -> bool:
@@ -134,7 +139,7 @@ def _target(archive: ObjectPath, folder: str | None, kind: str) -> _Target:
     if folder is not None:
         return _Target(folder.rstrip("/"), single)
     parent = archive.key.rpartition("/")[0]
-    name = extract.target_name(archive.name, kind)
+    name = target_name(archive.name, kind)
     return _Target(f"{parent}/{name}" if parent else name, single)
 
 
@@ -167,12 +172,14 @@ async def extract_object(
             raise ExtractError(how.label, "not an archive rheo_nb extracts (zip, tar, gz…)")
         return None
     target = _target(archive, folder, kind)
+    how.claim(bucket.url(target.key))
     meta = {k.lower(): v for k, v in head.get("Metadata", {}).items()}
-    record = _Record("extracting", archive.key, size, etag, meta.get("sha256"), kind)
+    digests = {k: str(v).lower() for k, v in meta.items() if k in ALGORITHMS}
+    record = _Record("extracting", archive.key, size, etag, digests, kind)
     if not await _claim(bucket, target, record, how.label):
         job = _Job(bucket, archive.key, target, record, how, parts_in_flight)
         members, nbytes = await job.run()
-        done = _Record("done", archive.key, size, etag, record.sha256, kind, members, nbytes)
+        done = _Record("done", archive.key, size, etag, record.digests, kind, members, nbytes)
         await _put_record(bucket, target, done)
     if how.remove:
         await bucket.call("delete_object", archive.key)
@@ -183,7 +190,7 @@ async def recorded(
     bucket: Bucket, archive: ObjectPath, folder: str | None, expected: ExpectedHash | None
 ) -> tuple[ObjectPath, int] | None:
     """Where ``archive`` (now gone: ``extract_remove``) was extracted, with its size, when
-    that extraction is complete and, with ``expected``, of an archive with that sha256."""
+    that extraction is complete and, with ``expected``, of an archive with that hash."""
     names = (
         [folder.rstrip("/")]
         if folder is not None
@@ -193,10 +200,7 @@ async def recorded(
         record = await _read_record(bucket, _Target(name, False))
         if record is None or record.state != "done" or record.archive != archive.key:
             continue
-        if expected is not None and (expected.algorithm, expected.hexdigest) != (
-            "sha256",
-            record.sha256,
-        ):
+        if expected is not None and record.digests.get(expected.algorithm) != expected.hexdigest:
             continue
         target = _Target(name, record.kind in _SINGLE)
         if record.members == 0 or await _holds(bucket, target):

@@ -1338,7 +1338,7 @@ class ObjectDestination:
         if found is None:
             return None
         target, nbytes = found
-        verified = ", sha256 verified" if self.expected is not None else ""
+        verified = f", {self.expected.algorithm} verified" if self.expected is not None else ""
         return Skip(nbytes, "already downloaded and extracted" + verified), target
 
     async def extract(self, folder: PurePosixPath | None, how: Unpacking) -> ObjectPath | None:

@@ -87,8 +87,9 @@ class Results(Sequence[Outcome]):
     @property
     def paths(self) -> list[Path | ObjectPath]:
         """Paths of the files on disk (completed and skipped); for a bucket, the objects'
-        ``s3://`` URLs, which pandas, Dask and fsspec open as they are."""
-        return [o.path for o in self._outcomes if o.status.ok]
+        ``s3://`` URLs, which pandas, Dask and fsspec open as they are. An archive removed
+        once extracted (``extract_remove``) is gone: what it became is listed instead."""
+        return [o.on_disk for o in self._outcomes if o.status.ok]
 
     @property
     def bytes(self) -> int:

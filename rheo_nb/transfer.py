@@ -22,8 +22,8 @@ import aiohttp
 
 from . import events, segments
 from .client import HostLimiter
-from .destination import Destination, LocalDestination, Present, Resume, Unpacking
-from .errors import DestinationError, DownloadError, IntegrityError, TooLargeError
+from .destination import Destination, LocalDestination, Present, Resume, Skip, Unpacking
+from .errors import DestinationError, DownloadError, ExtractError, IntegrityError, TooLargeError
 from .events import Status
 from .files import name_from_disposition
 from .format import mask_url, size
@@ -113,6 +113,8 @@ class Download:
         self.no_split = False  # ranges failed once: one stream from now on
         self.one_source = False  # ranges from mirrors failed the hash: none from them now
         self.extracted: Path | ObjectPath | None = None
+        #: The archive is gone: its extraction removed it (``extract_remove``).
+        self.removed = False
 
     # --- events --------------------------------------------------------------------------
 
@@ -148,6 +150,7 @@ class Download:
             p.file,
             source,
             self.extracted,
+            self.removed,
         )
 
     def _shown(self, url: str) -> str:
@@ -161,20 +164,20 @@ class Download:
         try:
             skip = await self.dest.claim(overwrite=ctx.options.overwrite)
             unpack = self._unpacking()
-            if skip is None and unpack is not None and unpack.remove:
-                found = await self.dest.extracted(self._folder())
-                if found is not None:
-                    skip, self.extracted = found
-                    unpack = None
+            if skip is None:
+                skip = await self._extracted_before(unpack)
             if skip is None:
                 if ctx.options.offline:
                     raise _Offline(cause="offline: not downloaded")
-                nbytes = await self._sources()
-            if unpack is not None:
+                try:
+                    nbytes = await self._sources()
+                except Present as present:
+                    # Complete already under the server's name: kept, and extracted too.
+                    skip = present.skip
+                    await self.dest.stop(keep=False)
+            if unpack is not None and not self.removed:
                 self.extracted = await self.dest.extract(self._folder(), unpack)
-        except Present as present:
-            skip = present.skip
-            await self.dest.stop(keep=False)
+                self.removed = unpack.remove and self.extracted is not None
         except asyncio.CancelledError:
             await self.dest.stop(keep=True)
             self.emit(events.Cancelled, p.final, self.meter.received)
@@ -231,7 +234,32 @@ class Download:
             max_files=opts.max_extract_files,
             progress=lambda members, total: self.emit(events.Extracting, members, total),
             label=p.display_url,
+            claim=self._claim_target,
         )
+
+    def _claim_target(self, target: Path | ObjectPath) -> None:
+        """Take the path the archive's bytes say it extracts to (its name said where, and
+        the call's claims hold that; a name can mislead: ``x.tar.gz`` may be one file)."""
+        did = self.planned.download_id
+        if self.ctx.paths.setdefault(target, did) != did:
+            raise ExtractError(
+                self.planned.display_url,
+                f"it extracts into {target.name}, which is another file's path, or another "
+                "archive's extraction, in this call; give it a folder with "
+                "File(url, extract='folder')",
+            )
+
+    async def _extracted_before(self, unpack: Unpacking | None) -> Skip | None:
+        """A skip when the file was removed by its extraction (``extract_remove``), which
+        is still in place; never with ``overwrite``, which asks for the file again."""
+        if unpack is None or not unpack.remove or self.ctx.options.overwrite:
+            return None
+        found = await self.dest.extracted(self._folder())
+        if found is None:
+            return None
+        skip, self.extracted = found
+        self.removed = True
+        return skip
 
     def _folder(self) -> PurePosixPath | None:
         extract = self.planned.extract
@@ -368,5 +396,7 @@ class Download:
                 "of this call; give it a path with File(url, path=...)"
             )
         skip = await self.dest.rename(name, overwrite=self.ctx.options.overwrite)
+        if skip is None:  # the name was not known before: nor was its extraction
+            skip = await self._extracted_before(self._unpacking())
         if skip is not None:
             raise Present(skip)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import io
 import json
 import lzma
@@ -44,6 +45,7 @@ from rheo_nb.extract import (
     default_target,
     extract,
     member_parts,
+    recorded,
     size_limit,
 )
 
@@ -644,6 +646,35 @@ def test_a_rerun_skips_a_completed_extraction(tmp_path: Path) -> None:
     assert len(record["sha256"]) == 64
     assert record["size"] == archive.stat().st_size
     assert record["archive"] == "train.tar.gz"
+
+
+def test_the_record_keeps_the_digests_asked_for_and_answers_for_its_own_archive(
+    tmp_path: Path,
+) -> None:
+    archive = make_tar(tmp_path / "x.tar.gz", SAMPLE, "gz")
+    data = archive.read_bytes()
+    extract(archive, remove=True, hashes=("md5",))
+    found = recorded(tmp_path / "x.tar.gz")
+    assert found is not None
+    target, size, digests = found
+    assert (target, size) == (tmp_path / "x", len(data))
+    assert digests == {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "md5": hashlib.md5(data).hexdigest(),
+    }
+    # x.zip would extract into x/ too, but x/ is not what x.zip became.
+    assert recorded(tmp_path / "x.zip") is None
+
+
+def test_a_rerun_adds_a_digest_the_record_lacks(tmp_path: Path) -> None:
+    archive = make_tar(tmp_path / "x.tar", SAMPLE)
+    extract(archive)
+    assert extract(archive, hashes=("sha1",)).skipped
+    found = recorded(archive)
+    assert found is not None
+    assert found[2]["sha1"] == hashlib.sha1(archive.read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match="crc32"):
+        extract(archive, hashes=("crc32",))
 
 
 def test_a_touched_archive_with_the_same_bytes_still_skips(tmp_path: Path) -> None:

@@ -314,3 +314,49 @@ async def test_extracting_events_count_members_up_to_the_total(server: Server, d
     kinds = [e.type.value for e in events if e.type.value in ("extracting", "completed")]
     assert kinds[-1] == "completed"  # completed only once extracted
     assert set(kinds[:-1]) == {"extracting"}
+
+
+# --- extraction targets are paths of the call ----------------------------------------------
+
+
+async def test_an_extraction_target_another_item_has_is_refused_before_any_request(
+    server: Server, dest: Path
+) -> None:
+    urls = [
+        server.publish("set.tar.gz", tgz(TRAIN)),
+        server.publish("set.zip", zipped(IMAGES)),  # extracts into set/ too
+        server.publish("other.zip", zipped(IMAGES)),
+    ]
+    res = await fetch(
+        [*urls, File(urls[2], "own.zip", extract="set")], dest, extract=True, concurrency=4
+    )
+    assert [o.status for o in res] == [
+        Status.COMPLETED,
+        Status.FAILED,
+        Status.COMPLETED,
+        Status.FAILED,
+    ], res
+    assert res[1].error is not None
+    assert "its extraction set is already where" in res[1].error
+    assert "File(url, extract='folder')" in res[1].error
+    assert server.count("set.zip") == 0
+    assert listing(dest / "set") == TRAIN
+
+
+async def test_an_archive_whose_bytes_lead_to_another_items_path_fails_its_extraction(
+    server: Server, dest: Path
+) -> None:
+    # Named like a tar, one gzip-compressed file: it extracts to x.tar, which its name
+    # did not say, and which another item of the call downloads. Whatever the order,
+    # x.tar keeps its own bytes and the archive fails, kept, with the reason.
+    for concurrency, folder in ((1, dest / "one"), (8, dest / "all")):
+        gz = server.publish("x.tar.gz", gzip.compress(b"not a tar\n" * 50, mtime=0))
+        tar = server.publish("x.tar", b"the tar itself")
+        res = await fetch([File(gz, extract=True), tar], folder, concurrency=concurrency)
+        archive, plain = res
+        assert archive.status is Status.FAILED, res
+        assert archive.error is not None
+        assert "extracts into x.tar" in archive.error
+        assert (folder / "x.tar.gz").is_file()
+        assert plain.status is Status.COMPLETED, plain.error
+        assert (folder / "x.tar").read_bytes() == b"the tar itself"

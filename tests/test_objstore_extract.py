@@ -367,3 +367,84 @@ async def test_a_zip_read_back_by_ranges_is_read_about_once(
             first, last = asked.removeprefix("bytes=").split("-")
             read += int(last) - int(first) + 1
     assert size <= read <= size * 1.1, (read, size)
+
+
+@pytest.mark.parametrize("algorithm", ["md5", "sha512"])
+async def test_an_archive_removed_after_extraction_is_skipped_whatever_its_hash(
+    s3_server: S3Server, s3_bucket: str, s3: Any, server: Server, algorithm: str
+) -> None:
+    data = gzip.compress(tar_bytes([f("x.txt", b"x")]), mtime=0)
+    url = serve(server, "h.tar.gz", data)
+    items = {url: f"{algorithm}:" + hashlib.new(algorithm, data).hexdigest()}
+    res = await rheo_nb.fetch(items, where(s3_bucket), **opts(s3_server, extract_remove=True))
+    assert res[0].status is Status.COMPLETED, res[0].error
+    asked = server.count()
+    again = await rheo_nb.fetch(items, where(s3_bucket), **opts(s3_server, extract_remove=True))
+    assert (again[0].status, again[0].extracted) == (Status.SKIPPED, res[0].extracted)
+    assert server.count() == asked
+    # Another hash of the same algorithm is another file: not taken for this extraction.
+    other = {url: f"{algorithm}:" + hashlib.new(algorithm, b"other").hexdigest()}
+    third = await rheo_nb.fetch(other, where(s3_bucket), **opts(s3_server, extract_remove=True))
+    assert third[0].status is Status.FAILED
+    assert server.count() > asked
+
+
+async def test_an_archive_named_by_the_server_is_extracted_and_skipped_once_removed(
+    s3_server: S3Server, s3_bucket: str, s3: Any, server: Server
+) -> None:
+    data = gzip.compress(tar_bytes([f("x.txt", b"x")]), mtime=0)
+
+    async def handler(request: web.Request, spec: Spec) -> web.StreamResponse:
+        headers = {"ETag": '"v1"', "Content-Disposition": 'attachment; filename="n.tar.gz"'}
+        return web.Response(body=data, headers=headers)
+
+    url = server.handle("get", handler)
+    named = {**opts(s3_server), "content_disposition": True}
+    # In the bucket from a run without extract: a run with extract keeps it and extracts it.
+    await rheo_nb.fetch([url], where(s3_bucket), **{**named, "extract": False})
+    res = await rheo_nb.fetch([url], where(s3_bucket), **named)
+    assert res[0].status is Status.SKIPPED, res[0].error
+    assert res[0].extracted == ObjectPath(f"s3://{s3_bucket}/data/n")
+    assert body(s3, s3_bucket, "data/n/x.txt") == b"x"
+    removed = await rheo_nb.fetch([url], where(s3_bucket), **named, extract_remove=True)
+    assert removed[0].ok, removed[0].error
+    assert "data/n.tar.gz" not in keys(s3, s3_bucket)
+    again = await rheo_nb.fetch([url], where(s3_bucket), **named, extract_remove=True)
+    assert (again[0].status, again[0].extracted) == (Status.SKIPPED, res[0].extracted)
+
+
+async def test_extract_remove_lists_the_prefix_and_overwrite_downloads_the_archive_again(
+    s3_server: S3Server, s3_bucket: str, s3: Any, server: Server
+) -> None:
+    url = serve(server, "o.tar.gz", gzip.compress(tar_bytes([f("x.txt", b"x")]), mtime=0))
+    options = opts(s3_server, extract_remove=True)
+    res = await rheo_nb.fetch([url], where(s3_bucket), **options)
+    assert res[0].status is Status.COMPLETED, res[0].error
+    assert res.paths == [ObjectPath(f"s3://{s3_bucket}/data/o")]  # the archive is gone
+    again = await rheo_nb.fetch([url], where(s3_bucket), **options)
+    assert (again[0].status, again.paths) == (Status.SKIPPED, res.paths)
+    asked = server.count()
+    fresh = await rheo_nb.fetch([url], where(s3_bucket), **options, overwrite=True)
+    assert fresh[0].status is Status.COMPLETED, fresh[0].error
+    assert server.count() == asked + 1
+    assert body(s3, s3_bucket, "data/o/x.txt") == b"x"
+
+
+async def test_two_archives_that_extract_under_one_prefix_are_refused_per_item(
+    s3_server: S3Server, s3_bucket: str, s3: Any, server: Server
+) -> None:
+    tar = serve(server, "p.tar.gz", gzip.compress(tar_bytes([f("t.txt", b"t")]), mtime=0))
+    zip_ = serve(server, "p.zip", make_zip_bytes({"z.txt": b"z"}))
+    res = await rheo_nb.fetch([tar, zip_], where(s3_bucket), **opts(s3_server))
+    assert [o.status for o in res] == [Status.COMPLETED, Status.FAILED], res
+    assert res[1].error is not None
+    assert "is already where" in res[1].error
+    assert under(s3, s3_bucket, "data/p/") == ["data/p/t.txt"]
+
+
+def make_zip_bytes(members: dict[str, bytes]) -> bytes:
+    raw = io.BytesIO()
+    with zipfile.ZipFile(raw, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return raw.getvalue()

@@ -165,7 +165,7 @@ async def test_two_archives_of_one_call_never_share_an_extraction_folder_silentl
     for outcome, member in zip(res, ["from_tar.txt", "from_zip.txt"], strict=True):
         if not outcome.ok:
             assert outcome.error, outcome
-        elif outcome.extracted is None or not (outcome.extracted / member).is_file():
+        elif not isinstance(outcome.extracted, Path) or not (outcome.extracted / member).is_file():
             lies.append(f"{outcome.url} is {outcome.status}, but {member} is not extracted")
     assert not lies, f"{lies}; on disk: {leftovers(dest)}"
 
@@ -185,7 +185,7 @@ async def test_a_file_named_like_another_items_extraction_keeps_its_own_bytes(
         assert plain.path.read_bytes() == b"the csv itself\n", (
             f"data.csv is {plain.status}, but holds the archive's bytes"
         )
-    if archive.ok and archive.extracted is not None:
+    if archive.ok and isinstance(archive.extracted, Path):
         assert archive.extracted.read_bytes().startswith(b"from the archive")
 
 
