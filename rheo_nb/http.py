@@ -28,7 +28,7 @@ from yarl import URL
 from . import auth, format
 from .client import Network
 from .errors import DownloadError, HTTPStatusError, OptionError, RedirectError, TransferError
-from .items import SCHEMES
+from .items import SCHEMES, host_problem
 from .options import Options
 from .retry import TRANSIENT_STATUSES, parse_retry_after
 from .stream import Watchdog
@@ -286,6 +286,9 @@ def next_hop(url: URL, status: int, location: str | None, hops: int, max_redirec
         raise RedirectError(cause="redirect to a malformed URL") from None
     if target.scheme not in SCHEMES:
         raise RedirectError(cause=f"redirect to a {target.scheme or 'relative'}: URL refused")
+    problem = host_problem(target, target.raw_host or "")
+    if problem:
+        raise RedirectError(cause=f"redirect to a URL whose host {problem}")
     # A password in a Location is never used: it would be sent without being asked for.
     return target.with_user(None)
 
