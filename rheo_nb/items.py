@@ -410,9 +410,14 @@ class Claims:
     What stays for every file of the call is small (a number for what it asked, its path,
     its URL to show): a million files cost numbers, not plans. The plans of the files not
     finished yet are in :attr:`active`.
+
+    ``server_names``: the call takes names from ``Content-Disposition``; then a file given
+    no path has no path until its server answers (``/download?id=1`` and ``?id=2`` are
+    not one path), and the transfer claims the name it gets then in :attr:`paths`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, server_names: bool = False) -> None:
+        self.server_names = server_names
         #: Final paths taken, and the download taking each (server-given names join later).
         self.paths: dict[Path | ObjectPath, str] = {}
         #: The plans of the downloads queued or running (see :meth:`release`).
@@ -440,7 +445,8 @@ class Claims:
                 f"{differs or 'a different hash, headers, mirrors or extract= setting'}; give "
                 "it once, or give the copies different paths with File(url, path=...)"
             )
-        owner = self.paths.get(planned.final)
+        named_later = self.server_names and planned.file.path is None
+        owner = None if named_later else self.paths.get(planned.final)
         if owner is not None:
             raise InvalidItemError(
                 f"{planned.display_url}: {planned.relpath} is already the path of "
@@ -449,7 +455,8 @@ class Claims:
             )
         self._specs[did] = spec
         self._shown[did] = planned.display_url
-        self.paths[planned.final] = did
+        if not named_later:
+            self.paths[planned.final] = did
         self.active[did] = planned
         return True
 

@@ -127,7 +127,7 @@ class DownloadManager:
         self.events = Emitter()
         self.tracker = Tracker(clock)
         self._queue: PriorityQueue[Planned] = PriorityQueue()
-        self._claims = Claims()
+        self._claims = Claims(server_names=self.options.content_disposition)
         self._lazy: deque[_Lazy] = deque()
         self._pulling = False
         self._outcomes: dict[str, Outcome] = {}
