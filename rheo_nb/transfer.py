@@ -293,7 +293,7 @@ class Download:
         opts = ctx.options
         async with Watchdog(opts.low_speed_limit, opts.low_speed_time) as dog:
             with ctx.http.errors(self.received):
-                resp = await ctx.http.get(self.url, headers, self.who, dog)
+                resp = await ctx.http.get(self.url, headers, self.who, dog, self.planned.url)
                 try:
                     answer, split = await self._receive(resp, resume)
                     if split is None:
