@@ -706,7 +706,9 @@ class ClusterRun:
         self._owned: Any = None  # the LocalCluster of cluster="local"
         self._free: asyncio.Queue[int] = asyncio.Queue()
         self._shares: list[int | None] = []
-        self._claims = Claims(extract=options.extract)
+        self._claims = Claims(
+            extract=options.extract, server_names=self.options.content_disposition
+        )
         self._refused = 0
         self._batches: dict[str, list[_Entry]] = {}
         self._outcomes: dict[int, tuple[Outcome, ...]] = {}

@@ -55,7 +55,8 @@ ARCHIVE_SUFFIXES = {
 _WINDOWS_RESERVED = re.compile(
     r"^(con|prn|aux|nul|com[0-9]|lpt[0-9]|conin\$|conout\$)(\..*)?$", re.I
 )
-_UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*\\/]')
+# C1 controls (U+0080..U+009F) too: U+009B is CSI to a terminal that takes 8-bit controls.
+_UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f-\x9f<>:"|?*\\/]')
 _DISPOSITION_PARAM = re.compile(r';\s*([^\s;=]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
 #: Most bytes a file name may have (ext4, XFS, APFS).
 MAX_NAME_BYTES = 255
@@ -67,7 +68,7 @@ WORKDIR = ".rheo_nb"
 def sanitize_name(name: str) -> str:
     """Reduce any string to one safe file name (possibly empty).
 
-    Path separators of every platform, control characters (NUL included) and characters
+    Path separators of every platform, control characters (NUL and C1 included) and characters
     Windows refuses become ``_``; leading dots (hidden files, ``..``) and trailing dots and
     spaces go; Windows device names get a ``_`` prefix; the result fits in 255 bytes.
     """

@@ -50,13 +50,15 @@ def mask_url(url: str, secret_params: frozenset[str] = frozenset()) -> str:
 
     ``secret_params`` names more query parameters to mask (an API key's parameter).
     A password with an unencoded ``/``, ``?`` or ``#`` (which a URL parser takes for the
-    start of the path), and a login in a URL without a scheme, are masked too.
+    start of the path), and a login in a URL without a scheme, are masked too; so are
+    those of a URL no parser reads (``http://[::1/a``), which is shown all the same: in a
+    list of thousands, the message must say which one.
     """
     url = _mask_loose_userinfo(url)
     try:
         parts = urlsplit(url)
     except ValueError:
-        return "<malformed URL>"
+        return _mask_unparsed(url, secret_params)
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, hostport = netloc.rpartition("@")
@@ -98,6 +100,28 @@ def _mask_loose_userinfo(url: str) -> str:
         return url  # an "@" in the path of a well-formed URL, such as /users/@bob
     at = rest.index("@")
     return f"{scheme}://{user}:{MASK}@{rest[at + 1 :]}"
+
+
+_QUERY_PAIR = re.compile(r"([?&;])([^=&;#]*)=([^&;#]*)")
+
+
+def _mask_unparsed(url: str, secret_params: frozenset[str]) -> str:
+    """Mask a URL that :func:`urlsplit` refuses by its shape alone: whatever comes before
+    an ``@`` in the authority, and the secret-looking values after a ``?``."""
+    scheme, sep, rest = url.partition("://")
+    end = _AUTHORITY_END.search(rest)
+    authority = rest if end is None else rest[: end.start()]
+    if sep and "@" in authority:
+        userinfo, _, hostport = authority.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        rest = (f"{user}:{MASK}@" if colon else f"{MASK}@") + hostport + rest[len(authority) :]
+    head, mark, tail = rest.partition("?")
+    if mark:
+        tail = _QUERY_PAIR.sub(
+            lambda m: f"{m[1]}{m[2]}={MASK}" if _is_secret(m[2], secret_params) else m[0],
+            "&" + tail,
+        )[1:]
+    return scheme + sep + head + mark + tail
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

@@ -28,7 +28,7 @@ from yarl import URL
 from . import auth, format
 from .client import Network
 from .errors import DownloadError, HTTPStatusError, OptionError, RedirectError, TransferError
-from .items import SCHEMES
+from .items import SCHEMES, host_problem
 from .options import Options
 from .retry import TRANSIENT_STATUSES, parse_retry_after
 from .stream import Watchdog
@@ -91,8 +91,14 @@ class Client:
         headers: Mapping[str, str],
         who: tuple[str, str] = ("", ""),
         dog: Watchdog | None = None,
+        home: str = "",
     ) -> aiohttp.ClientResponse:
         """GET ``url`` with credentials for its origin; the response is not yet read.
+
+        ``home``: the file's own URL when ``url`` is one of its mirrors. The call's
+        ``auth``, ``cookies`` and every header given (the call's and the file's) belong
+        to the origin of ``home``: a mirror on another origin gets none of them, as a
+        redirect's target does not, and uses its own login (in its URL, or ``.netrc``).
 
         ``who``: the download id and the URL to show, for the traffic's events; ``dog``:
         the attempt's low-speed watchdog, which does not count the time a request waits
@@ -105,8 +111,12 @@ class Client:
             them with :meth:`errors`.
         """
         target = URL(url)
-        headers = dict(headers)
-        credentials: auth.Auth | None = self.options.auth
+        foreign = bool(home) and home != url and origin_of(target) != origin_of(URL(home))
+        if foreign:
+            headers = {k: v for k, v in headers.items() if k.lower() in _SAFE_ACROSS_ORIGINS}
+        else:
+            headers = dict(headers)
+        credentials: auth.Auth | None = None if foreign else self.options.auth
         if target.raw_user is not None or target.raw_password is not None:
             # aiohttp would turn these into basic auth on every hop; send them ourselves.
             try:
@@ -116,7 +126,7 @@ class Client:
             target = target.with_user(None)
         elif credentials is None and not _has_header(headers, "Authorization"):
             credentials = self.network.login_for(target.host)
-        if self.options.cookies and not _has_header(headers, "Cookie"):
+        if self.options.cookies and not foreign and not _has_header(headers, "Cookie"):
             headers["Cookie"] = auth.cookie_header(self.options.cookies)
         renewed = False
         while True:
@@ -128,7 +138,7 @@ class Client:
                     continue
             if resp.status in (401, 403):
                 resp.release()
-                raise _auth_failure(resp, credentials, sent is not None, renewed)
+                raise _auth_failure(resp, credentials, sent is not None, renewed, foreign)
             return resp
 
     async def _send_handling_redirects(
@@ -286,6 +296,9 @@ def next_hop(url: URL, status: int, location: str | None, hops: int, max_redirec
         raise RedirectError(cause="redirect to a malformed URL") from None
     if target.scheme not in SCHEMES:
         raise RedirectError(cause=f"redirect to a {target.scheme or 'relative'}: URL refused")
+    problem = host_problem(target, target.raw_host or "")
+    if problem:
+        raise RedirectError(cause=f"redirect to a URL whose host {problem}")
     # A password in a Location is never used: it would be sent without being asked for.
     return target.with_user(None)
 
@@ -313,7 +326,11 @@ def _token_error(exc: auth.TokenError) -> DownloadError:
 
 
 def _auth_failure(
-    resp: aiohttp.ClientResponse, credentials: auth.Auth | None, on_origin: bool, renewed: bool
+    resp: aiohttp.ClientResponse,
+    credentials: auth.Auth | None,
+    on_origin: bool,
+    renewed: bool,
+    mirror: bool = False,
 ) -> HTTPStatusError:
     """A 401/403 is final: the message says which credentials were sent (never the secret)."""
     exc = HTTPStatusError(status=resp.status, reason=format.printable(resp.reason or ""))
@@ -325,6 +342,11 @@ def _auth_failure(
     elif credentials is not None:
         exc.add_context(
             f"(sent {credentials.describe()}" + (", renewed once" if renewed else "") + ")"
+        )
+    elif mirror:
+        exc.add_context(
+            "(a mirror on another origin gets no credentials given for the file's URL: put "
+            "its login in its URL, or in .netrc)"
         )
     elif resp.status == 401:
         exc.add_context("(no credentials were sent: pass auth=..., or headers=...)")

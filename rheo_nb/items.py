@@ -11,6 +11,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
 
+from yarl import URL
+
 from . import files, format
 from .errors import InvalidItemError
 from .events import Status
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_URL_CHARS = re.compile(r"[\x00-\x20\x7f]")
 SCHEMES = frozenset({"http", "https"})
+#: A host name sent as it is written (:func:`urlsplit` gives it lower-cased).
+_PLAIN_HOST = re.compile(r"^[a-z0-9._-]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,11 +248,13 @@ def _check_url(url: str, secret_params: frozenset[str]) -> SplitResult:
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError as exc:
         # The parser's words can quote a piece of the URL (a password read as a port).
-        reason = (
-            "its port is not a number (percent-encode a '/', '?' or '#' in a password)"
-            if "port" in str(exc).lower()
-            else "it cannot be parsed"
-        )
+        text = str(exc).lower()
+        if "port" in text:
+            reason = "its port is not a number (percent-encode a '/', '?' or '#' in a password)"
+        elif "ipv6" in text:
+            reason = "a '[' opens an IPv6 address that no ']' closes"
+        else:
+            reason = "it cannot be parsed"
         raise InvalidItemError(
             f"malformed URL {format.mask_url(url, secret_params)!r}: {reason}"
         ) from None
@@ -260,7 +266,63 @@ def _check_url(url: str, secret_params: frozenset[str]) -> SplitResult:
         )
     if not parts.hostname:
         raise InvalidItemError(f"URL {format.mask_url(url, secret_params)!r} has no host")
+    problem = host_problem(url, parts.hostname)
+    if problem:
+        raise InvalidItemError(f"URL {format.mask_url(url, secret_params)!r}: its host {problem}")
     return parts
+
+
+def host_problem(url: str | URL, hostname: str) -> str:
+    """Why the host of ``url`` can never be looked up, or ``""``: what the request would
+    otherwise meet deep in the connection, as an error no retry can mend. For the URLs
+    given and for every redirect's target. ``hostname``: the host as :func:`urlsplit`
+    (or yarl's ``raw_host``) reads it."""
+    if _PLAIN_HOST.match(hostname) and "xn--" not in hostname:
+        return dns_name_problem(hostname)  # sent as written: no second parse (most URLs)
+    try:
+        parsed = URL(url) if isinstance(url, str) else url
+        # The host as it goes on the wire (IDNA form), and as read back (an xn-- label
+        # must decode): the connection needs both.
+        host = parsed.raw_host or ""
+        parsed.host  # noqa: B018
+    except ValueError as exc:  # UnicodeError included: an undecodable xn-- label
+        what = "internationalised" if isinstance(exc, UnicodeError) else "host"
+        return f"{hostname!r} is not a valid {what} name"
+    return dns_name_problem(host)
+
+
+#: Most characters of a DNS name, and of one of its labels (RFC 1035).
+_MAX_DNS_NAME = 253
+_MAX_DNS_LABEL = 63
+
+
+def dns_name_problem(host: str) -> str:
+    """Why ``host`` (ASCII, as sent) is no name a resolver can look up, or ``""``.
+
+    An IP address is always fine; a name needs labels of 1 to 63 characters and at most
+    253 in all (one trailing dot, the root, is allowed).
+
+    >>> dns_name_problem("a..b.example")
+    "'a..b.example' has an empty label"
+    """
+    if ":" in host:  # an IPv6 address
+        return ""
+    name = host[:-1] if host.endswith(".") else host
+    labels = name.split(".")
+    if not all(labels):
+        return f"{host!r} has an empty label"
+    longest = max(labels, key=len)
+    if len(longest) > _MAX_DNS_LABEL:
+        return (
+            f"{format.short_name(host, 60)!r} has a label of {len(longest)} characters, "
+            f"over the {_MAX_DNS_LABEL} a DNS name allows"
+        )
+    if len(name) > _MAX_DNS_NAME:
+        return (
+            f"{format.short_name(host, 60)!r} is {len(name)} characters long, over the "
+            f"{_MAX_DNS_NAME} a DNS name allows"
+        )
+    return ""
 
 
 def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -360,10 +422,15 @@ class Claims:
     What stays for every file of the call is small (a number for what it asked, its path,
     its URL to show): a million files cost numbers, not plans. The plans of the files not
     finished yet are in :attr:`active`.
+
+    ``server_names``: the call takes names from ``Content-Disposition``; then a file given
+    no path has no path until its server answers (``/download?id=1`` and ``?id=2`` are
+    not one path), and the transfer claims the name it gets then in :attr:`paths`.
     """
 
-    def __init__(self, *, extract: bool = False) -> None:
+    def __init__(self, *, extract: bool = False, server_names: bool = False) -> None:
         self.extract = extract
+        self.server_names = server_names
         #: Paths taken (final paths and extraction targets), and the download taking each;
         #: server-given names and the targets the archives' bytes tell join later.
         self.paths: dict[Path | ObjectPath, str] = {}
@@ -393,15 +460,17 @@ class Claims:
                 f"{differs or 'a different hash, headers, mirrors or extract= setting'}; give "
                 "it once, or give the copies different paths with File(url, path=...)"
             )
-        self._check(planned, planned.final, str(planned.relpath), False)
-        target = unpacks_to(planned, self.extract)
-        if target is not None:
-            self._check(planned, target, f"its extraction {target.name}", True)
-            self.paths[target] = did
-            self._unpacked.add(target)
+        named_later = self.server_names and planned.file.path is None
+        if not named_later:  # its path and extraction are claimed once its server names it
+            self._check(planned, planned.final, str(planned.relpath), False)
+            target = unpacks_to(planned, self.extract)
+            if target is not None:
+                self._check(planned, target, f"its extraction {target.name}", True)
+                self.paths[target] = did
+                self._unpacked.add(target)
+            self.paths[planned.final] = did
         self._specs[did] = spec
         self._shown[did] = planned.display_url
-        self.paths[planned.final] = did
         self.active[did] = planned
         return True
 

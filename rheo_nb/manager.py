@@ -127,7 +127,9 @@ class DownloadManager:
         self.events = Emitter()
         self.tracker = Tracker(clock)
         self._queue: PriorityQueue[Planned] = PriorityQueue()
-        self._claims = Claims(extract=self.options.extract)
+        self._claims = Claims(
+            extract=self.options.extract, server_names=self.options.content_disposition
+        )
         self._lazy: deque[_Lazy] = deque()
         self._pulling = False
         self._outcomes: dict[str, Outcome] = {}

@@ -28,13 +28,19 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, DownloadError) and exc.transient
 
 
+#: The largest power of two a float holds.
+_MAX_DOUBLINGS = 1023
+
+
 def backoff(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
     """Wait before retry number ``attempt`` (1-based): exponential, capped, half jittered.
 
     The lower half grows with every attempt (so waits really grow); the jittered upper
     half keeps many clients that failed together from retrying together.
     """
-    ceiling = min(cap, base * 2.0 ** (attempt - 1))
+    # A long run reaches attempts whose 2.0 ** n overflows a float (n >= 1024); by then
+    # every wait is the cap, so the doubling can stop at the largest finite power.
+    ceiling = min(cap, base * 2.0 ** min(attempt - 1, _MAX_DOUBLINGS))
     jitter: float = (rng or random).uniform(0, ceiling / 2)
     return ceiling / 2 + jitter
 

@@ -530,7 +530,7 @@ async def _open_range(
     asked = (seg.position, seg.end - 1)
     sent = split.validator if url == job.url else ""
     headers = {**job.headers, **range_headers(asked, sent)}
-    resp = await job.ctx.http.get(url, headers, job.who, dog)
+    resp = await job.ctx.http.get(url, headers, job.who, dog, job.planned.url)
     try:
         answer = decide(
             resp.status, resp.reason or "", resp.headers, asked, sent or None, split.total

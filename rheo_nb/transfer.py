@@ -162,13 +162,13 @@ class Download:
         ctx, p = self.ctx, self.planned
         t0 = ctx.clock()
         try:
-            skip = await self.dest.claim(overwrite=ctx.options.overwrite)
+            skip = await self.dest.claim(overwrite=ctx.options.overwrite or self._not_its_own())
             unpack = self._unpacking()
             if skip is None:
                 skip = await self._extracted_before(unpack)
             if skip is None:
                 if ctx.options.offline:
-                    raise _Offline(cause="offline: not downloaded")
+                    raise _Offline(cause=self._offline_cause())
                 try:
                     nbytes = await self._sources()
                 except Present as present:
@@ -220,6 +220,27 @@ class Download:
                     self.emit(events.Retrying, 0, 0.0, cause)
         self.url = p.url
         raise DownloadError(cause=f"all {len(sources)} sources failed: " + "; ".join(failures))
+
+    def _offline_cause(self) -> str:
+        if not self._named_by_server():
+            return "offline: not downloaded"
+        # Its name is in the server's answer, and no answer can be had: say how to find it.
+        return (
+            "offline: not downloaded, or saved under a name its server gave "
+            "(content_disposition=True), which offline mode cannot ask for: give the file "
+            "its path with File(url, path=...) to find it offline"
+        )
+
+    def _named_by_server(self) -> bool:
+        return self.ctx.options.content_disposition and self.planned.file.path is None
+
+    def _not_its_own(self) -> bool:
+        """The file at the path its URL suggests is another file of this call: a file
+        named by its server finds its name only in the answer, and never skips on that."""
+        p = self.planned
+        return self._named_by_server() and self.ctx.paths.get(p.final, p.download_id) != (
+            p.download_id
+        )
 
     def _unpacking(self) -> Unpacking | None:
         """How to extract this file, when a ``File``'s or the call's ``extract`` asks."""
@@ -310,7 +331,7 @@ class Download:
         opts = ctx.options
         async with Watchdog(opts.low_speed_limit, opts.low_speed_time) as dog:
             with ctx.http.errors(self.received):
-                resp = await ctx.http.get(self.url, headers, self.who, dog)
+                resp = await ctx.http.get(self.url, headers, self.who, dog, self.planned.url)
                 try:
                     answer, split = await self._receive(resp, resume)
                     if split is None:
@@ -352,7 +373,7 @@ class Download:
         total = answer.total
         if opts.max_size is not None and total is not None and total > opts.max_size:
             raise TooLargeError(cause=f"file is {size(total)}, over max_size={size(opts.max_size)}")
-        if opts.content_disposition and p.file.path is None and self.dest.path == p.final:
+        if self._named_by_server() and self.dest.path == p.final:
             await self._rename(resp.headers.get("Content-Disposition"))
         if answer.decision is Decision.APPEND and resume is not None and resume.split:
             self.resumed = True
@@ -388,13 +409,16 @@ class Download:
         """
         p, paths = self.planned, self.ctx.paths
         name = name_from_disposition(header)
-        if not name or name == p.final.name:
-            return
-        if paths.setdefault(p.final.with_name(name), p.download_id) != p.download_id:
+        # Its path was left unclaimed until now (items.Claims): claim the one it gets.
+        target = p.final.with_name(name) if name else p.final
+        if paths.setdefault(target, p.download_id) != p.download_id:
+            said = f"the server names it {name}" if name else "the server gives it no name"
             raise DownloadError(
-                cause=f"the server names it {name}, which is also the name of another file "
-                "of this call; give it a path with File(url, path=...)"
+                cause=f"{said}, and {target.name} is also the name of another file of this "
+                "call; give it a path with File(url, path=...)"
             )
+        if target == p.final:
+            return
         skip = await self.dest.rename(name, overwrite=self.ctx.options.overwrite)
         if skip is None:  # the name was not known before: nor was its extraction
             skip = await self._extracted_before(self._unpacking())

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import unicodedata
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -31,6 +32,8 @@ from rheo_nb.errors import InvalidItemError
         ("name. . ", "name"),
         ("a\x00b", "a_b"),
         ("tab\there", "tab_here"),
+        ("a\x9b[2Jb.bin", "a_[2Jb.bin"),  # a C1 control: CSI on an 8-bit terminal
+        ("a\x85b\x9f", "a_b_"),
         ('a<b>c:d"e|f?g*h', "a_b_c_d_e_f_g_h"),
         ("con", "_con"),
         ("CON.txt", "_CON.txt"),
@@ -61,7 +64,7 @@ def test_sanitize_name_always_gives_one_safe_component(raw: str) -> None:
     name = files.sanitize_name(raw)
     assert "/" not in name
     assert "\\" not in name
-    assert not any(ord(c) < 0x20 or c == "\x7f" for c in name)
+    assert not any(unicodedata.category(c) == "Cc" for c in name)
     assert not name.startswith(".")
     assert name == name.rstrip(". ")
     assert len(name.encode()) <= files.MAX_NAME_BYTES

@@ -68,7 +68,10 @@ def test_duration(seconds: float | None, text: str) -> None:
             "https://example.org/a?access_token=***&sid=1",
         ),
         ("https://example.org/a?Password=p", "https://example.org/a?Password=***"),
-        ("http://[::1", "<malformed URL>"),
+        # Unparsable, yet shown (which URL of thousands?), with its secrets masked.
+        ("http://[::1", "http://[::1"),
+        ("http://u:pw@[::1/a?token=t&n=1", "http://u:***@[::1/a?token=***&n=1"),
+        ("http://tok@[::1/a?x&Signature=s#f", "http://***@[::1/a?x&Signature=***#f"),
     ],
 )
 def test_mask_url(url: str, masked: str) -> None:

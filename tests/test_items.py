@@ -80,6 +80,13 @@ def test_file_is_frozen_and_hashable() -> None:
         ("https:///a", "has no host"),
         ("https://example.org:99999/a", "malformed URL"),
         ("https://example.org:port/a", "malformed URL"),
+        ("https://[::1/a", r"malformed URL 'https://\[::1/a': a '\[' opens an IPv6"),
+        ("https://a..b.example/a", "'a..b.example' has an empty label"),
+        ("https://.example/a", "has an empty label"),
+        ("https://" + "a" * 64 + ".example/a", "has a label of 64 characters"),
+        ("https://" + "a." * 127 + "ab/a", "is 256 characters long"),
+        ("https://xn--zz.example/a", "not a valid internationalised name"),
+        ("https://a\u200bb.example/a", "not a valid host name"),
     ],
 )
 def test_check_url_rejects_unusable_urls(url: str, words: str) -> None:
@@ -97,6 +104,28 @@ def test_check_url_never_shows_secrets() -> None:
 def test_check_url_accepts_http_and_https() -> None:
     assert check_url("HTTP://example.org/a") == "HTTP://example.org/a"
     assert check_url("https://127.0.0.1:8080/a?b=c") == "https://127.0.0.1:8080/a?b=c"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://example.org./a",  # the root's trailing dot
+        "https://" + "a" * 63 + ".example/a",
+        "https://b\u00fccher.example/a",
+        "https://xn--bcher-kva.example/a",
+        "http://[::1]:8080/a",
+        "http://[fe80::1%25eth0]/a",
+        "http://my_host/a",
+    ],
+)
+def test_check_url_accepts_every_host_a_resolver_takes(url: str) -> None:
+    assert check_url(url) == url
+
+
+def test_a_bad_host_with_a_login_never_shows_the_password() -> None:
+    with pytest.raises(InvalidItemError, match="has an empty label") as info:
+        check_url("https://alice:hunter2@a..b.example/a")
+    assert "hunter2" not in str(info.value)
 
 
 def test_check_headers() -> None:

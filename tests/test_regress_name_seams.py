@@ -21,7 +21,7 @@ from faults import leftovers
 from server import FAST, Server, Spec, send
 
 import rheo_nb
-from rheo_nb import Status
+from rheo_nb import File, Status
 
 
 async def fetch(items: Any, dest: Path, **options: Any) -> rheo_nb.Results:
@@ -55,7 +55,7 @@ async def test_urls_alike_but_for_their_query_get_the_names_their_server_gives(
     assert [n for n in leftovers(dest) if not n.startswith(".")] == ["one.csv", "two.csv"]
 
 
-async def test_an_offline_rerun_skips_a_file_named_by_its_server(
+async def test_an_offline_rerun_of_a_file_named_by_its_server_says_how_to_find_it(
     server: Server, dest: Path
 ) -> None:
     # The file is complete on disk under the server's name; the offline rerun (an HPC
@@ -63,8 +63,14 @@ async def test_an_offline_rerun_skips_a_file_named_by_its_server(
     url = server.handle("get", named('attachment; filename="report.csv"'))
     first = await fetch([url], dest, content_disposition=True)
     assert first[0].status is Status.COMPLETED, first[0].error
-    assert (dest / "report.csv").is_file()
+    first_bytes = (dest / "report.csv").read_bytes()
     res = await fetch([url], dest, content_disposition=True, offline=True)
+    # The name is in the server's answer, which offline mode cannot ask for, and no record
+    # of it is kept: the failure says so and how to find the file (its path given).
+    assert res[0].status is Status.FAILED
+    assert "File(url, path=...)" in (res[0].error or "")
+    assert (dest / "report.csv").read_bytes() == first_bytes
+    res = await fetch([File(url, path="report.csv")], dest, content_disposition=True, offline=True)
     assert res[0].status is Status.SKIPPED, res[0].error
 
 

@@ -55,6 +55,13 @@ def test_backoff_is_capped() -> None:
     assert max(retry.backoff(50, 1.0, 4.0) for _ in range(100)) <= 4.0
 
 
+@pytest.mark.parametrize("attempt", [1024, 1025, 10**6])
+def test_backoff_of_a_long_run_stays_at_its_cap(attempt: int) -> None:
+    # 2.0 ** 1024 overflows a float: an overnight run must not turn that into a crash.
+    assert 2.0 <= retry.backoff(attempt, 0.5, 4.0) <= 4.0
+    assert retry.backoff(attempt, 0.0, 0.0) == 0.0
+
+
 def test_backoff_is_jittered() -> None:
     rng = random.Random(1)
     assert len({retry.backoff(3, 1.0, 60.0, rng) for _ in range(10)}) > 1

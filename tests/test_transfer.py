@@ -510,6 +510,26 @@ async def test_a_redirect_to_another_scheme_is_refused(
     assert leftovers(dest) == []
 
 
+@pytest.mark.parametrize(
+    ("target", "words"),
+    [
+        ("http://a..b.invalid/x.bin", "has an empty label"),
+        ("http://xn--zz.invalid/x.bin", "is not a valid internationalised name"),
+    ],
+)
+async def test_a_redirect_to_a_host_that_is_no_dns_name_fails_as_a_redirect(
+    server: Server, dest: Path, target: str, words: str
+) -> None:
+    # Otherwise the lookup's own error (a UnicodeError) surfaces as an internal error.
+    url = server.route_url("redirect", "nohost.bin", to=target)
+    res = await fetch([url], dest)
+    assert res[0].status is Status.FAILED
+    assert f"redirect to a URL whose host {target[7:].split('/')[0]!r} {words}" in (
+        res[0].error or ""
+    ), res[0].error
+    assert leftovers(dest) == []
+
+
 async def test_a_redirect_to_a_file_url_names_the_scheme(server: Server, dest: Path) -> None:
     url = server.route_url("redirect", "named.bin", to="file:///etc/passwd")
     res = await fetch([url], dest)
