@@ -14,14 +14,13 @@ import functools
 import inspect
 import os
 from collections.abc import Callable, Generator, Mapping
-from typing import Any, Literal, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeAlias, TypeVar, cast
 
 import aiohttp
 
 from . import format, objstore
 from .auth import AuthArg
 from .client import SESSION_OPTIONS, ClientFactory, NetrcArg, Verify
-from .cluster import ClusterArg, ClusterRun
 from .display import Display, ProgressArg, choose
 from .display.view import fraction, percent
 from .errors import OptionError
@@ -33,6 +32,9 @@ from .options import Options, check_names
 from .options import storage_options as checked_storage_options
 from .results import Results
 from .runner import LoopThread, run_sync
+
+if TYPE_CHECKING:  # the cluster module is imported by a call that asks for a cluster
+    from .cluster import ClusterArg, ClusterRun
 
 Dest = str | os.PathLike[str]
 Client = aiohttp.ClientSession | ClientFactory | None
@@ -168,8 +170,8 @@ async def fetch(
 
 
 #: What runs a call: its downloads here, or its shards on a Dask cluster.
-Engine = DownloadManager | ClusterRun
-Prepared = tuple[Engine, Items, Display | None]
+Engine: TypeAlias = "DownloadManager | ClusterRun"
+Prepared: TypeAlias = "tuple[Engine, Items, Display | None]"
 
 
 def _prepare(call: dict[str, Any]) -> Prepared:
@@ -194,6 +196,8 @@ def _prepare(call: dict[str, Any]) -> Prepared:
             "client= is a session of this process, which a cluster's workers cannot use: "
             "give verify=, proxy=, limit_per_host=… instead, for each worker's own session"
         )
+    from .cluster import ClusterRun
+
     run = ClusterRun(
         dest, Options.build(**options), cluster=cluster, shard_size=shard_size, session=session
     )
